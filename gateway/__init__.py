@@ -1,0 +1,1 @@
+"""Kapal's gateway: management API, invocation routes, and the Postgres it owns."""

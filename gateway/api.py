@@ -1,0 +1,164 @@
+"""Management API routes: deploy, update, list, get, delete, health."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+
+from gateway.deploy import Deployer
+from gateway.errors import BadRequest, InvalidSpec, PayloadTooLarge
+from gateway.records import Recorder
+from gateway.settings import Settings
+from gateway.store import FunctionRow, FunctionStore
+from gateway.wire import DeploySpec, FunctionOut, InstanceOut, VersionOut
+from scheduler.models import NAME_RE
+from scheduler.scheduler import Scheduler
+
+MAX_SPEC_BYTES = 256 * 1024
+
+deployer_key = web.AppKey("deployer", Deployer)
+store_key = web.AppKey("store", FunctionStore)
+scheduler_key = web.AppKey("scheduler", Scheduler)
+recorder_key = web.AppKey("recorder", Recorder)
+settings_key = web.AppKey("settings", Settings)
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def _read_part(part: BodyPartReader, limit: int, what: str) -> bytes:
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"{what} is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeploySpec, bytes]:
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest(
+            "deploy takes multipart/form-data with a 'spec' part (JSON) and a 'code' part"
+            " (.zip or .tar.gz)"
+        )
+    spec_raw: bytes | None = None
+    code: bytes | None = None
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not supported")
+            if part.name == "spec":
+                spec_raw = await _read_part(part, MAX_SPEC_BYTES, "spec")
+            elif part.name == "code":
+                code = await _read_part(part, max_code, "code archive")
+            else:
+                raise BadRequest(f"unexpected form part {part.name!r}; expected spec and code")
+    except (ValueError, AssertionError) as e:
+        raise BadRequest(f"malformed multipart body: {e}") from e
+    if spec_raw is None:
+        raise BadRequest("missing form part 'spec' (the function spec as JSON)")
+    if code is None:
+        raise BadRequest("missing form part 'code' (a .zip or .tar.gz of the function folder)")
+    try:
+        data = json.loads(spec_raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"spec is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidSpec("spec must be a JSON object")
+    try:
+        return DeploySpec.model_validate(data), code
+    except ValidationError as e:
+        raise InvalidSpec(validation_message(e)) from e
+
+
+def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
+    spec = row.spec
+    out = FunctionOut(
+        name=spec.name,
+        version=spec.version,
+        runtime=spec.runtime,
+        handler=spec.handler,
+        image=spec.image,
+        env=spec.env,
+        limits=spec.limits,
+        scaling=spec.scaling,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        invocations=row.invocations + recorder.pending_count(spec.name),
+        versions=[
+            VersionOut(version=v.version, image=v.image, created_at=v.created_at)
+            for v in row.versions
+        ],
+        instances=[InstanceOut(**vars(i)) for i in scheduler.describe(spec.name)],
+    )
+    return out.model_dump(mode="json")
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not NAME_RE.match(name):
+        raise BadRequest(f"{name!r} is not a valid function name")
+    return name
+
+
+async def create_function(request: web.Request) -> web.Response:
+    app = request.app
+    spec, code = await read_deploy_body(request, app[settings_key].max_code_bytes)
+    if spec.name is None:
+        raise InvalidSpec("name: field required")
+    await app[deployer_key].deploy(spec.name, spec, code, create=True)
+    row = await app[store_key].get(spec.name)
+    return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]), status=201)
+
+
+async def update_function(request: web.Request) -> web.Response:
+    app = request.app
+    name = _name(request)
+    spec, code = await read_deploy_body(request, app[settings_key].max_code_bytes)
+    if spec.name is not None and spec.name != name:
+        raise InvalidSpec(f"name: spec names {spec.name!r} but the URL names {name!r}")
+    await app[deployer_key].deploy(name, spec, code, create=False)
+    row = await app[store_key].get(name)
+    return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]))
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    app = request.app
+    rows = await app[store_key].all()
+    return web.json_response(
+        {"functions": [function_out(r, app[scheduler_key], app[recorder_key]) for r in rows]}
+    )
+
+
+async def get_function(request: web.Request) -> web.Response:
+    app = request.app
+    row = await app[store_key].get(_name(request))
+    return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]))
+
+
+async def delete_function(request: web.Request) -> web.Response:
+    await request.app[deployer_key].delete(_name(request))
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/functions", create_function)
+    app.router.add_get("/v1/functions", list_functions)
+    app.router.add_get("/v1/functions/{name}", get_function)
+    app.router.add_put("/v1/functions/{name}", update_function)
+    app.router.add_delete("/v1/functions/{name}", delete_function)

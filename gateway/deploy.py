@@ -1,0 +1,92 @@
+"""Deploying a function version: validate, unpack, build, record, route. All or nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from gateway import archive
+from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.settings import Settings
+from gateway.store import FunctionStore
+from gateway.wire import DeploySpec
+from scheduler.builder import ImageBuilder, image_repository
+from scheduler.docker_backend import DockerBackend
+from scheduler.models import FunctionSpec
+from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway.deploy")
+
+
+class Deployer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: FunctionStore,
+        scheduler: Scheduler,
+        builder: ImageBuilder,
+        backend: DockerBackend,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.builder = builder
+        self.backend = backend
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def deploy(self, name: str, spec_in: DeploySpec, code: bytes, *, create: bool) -> None:
+        limits = archive.Limits(self.settings.max_code_files, self.settings.max_unpacked_bytes)
+        with tempfile.TemporaryDirectory(prefix="kapal-code-") as tmp:
+            root = await asyncio.to_thread(archive.unpack, code, Path(tmp), limits)
+            archive.check_handler(root, spec_in.handler)
+            async with self._locks[name]:
+                exists = await self.store.exists(name)
+                if create and exists:
+                    raise FunctionExists(f"function {name} already exists; PUT to update it")
+                if not create and not exists:
+                    raise FunctionNotFound(f"function {name} not found")
+                version = await self.store.next_version(name)
+                started = time.monotonic()
+
+                def progress(line: str) -> None:
+                    log.info("build", extra={"function": name, "version": version, "step": line})
+
+                image = await self.builder.build(name, version, spec_in.runtime, root, progress)
+                spec = FunctionSpec(
+                    name=name,
+                    version=version,
+                    runtime=spec_in.runtime,
+                    handler=spec_in.handler,
+                    image=image,
+                    env=spec_in.env,
+                    limits=spec_in.limits,
+                    scaling=spec_in.scaling,
+                )
+                try:
+                    sha = hashlib.sha256(code).hexdigest()
+                    await self.store.add_version(spec, code, sha, create=create)
+                except BaseException:
+                    await self.backend.remove_image(image)
+                    raise
+                await self.scheduler.deploy(spec)
+                log.info(
+                    "deployed",
+                    extra={
+                        "function": name,
+                        "version": version,
+                        "image": image,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
+
+    async def delete(self, name: str) -> None:
+        async with self._locks[name]:
+            await self.store.delete(name)
+            await self.scheduler.remove(name)
+            await self.backend.remove_images(image_repository(self.settings.namespace, name))
+        self._locks.pop(name, None)

@@ -1,0 +1,193 @@
+"""The invocation path: ANY /fn/{name}[/{path}] proxied to a warm instance.
+
+Never touches the database: the function comes from the scheduler's in-memory pools and
+the record goes to an in-memory batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, istr
+from yarl import URL
+
+from gateway.errors import FunctionNotFound, PayloadTooLarge, UpstreamFailed, UpstreamTimeout
+from gateway.records import InvocationRecord, Recorder
+from gateway.settings import Settings
+from scheduler.scheduler import Scheduler
+
+REQUEST_ID = istr("X-Kapal-Request-Id")
+DEADLINE = istr("X-Kapal-Deadline")
+COLD_START = istr("X-Kapal-Cold-Start")
+HOP_BY_HOP = frozenset(
+    istr(h)
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
+)
+# Bodies up to this size are read whole (one write, a Content-Length); larger ones stream.
+BUFFER_LIMIT = 1 << 20
+CHUNK = 1 << 16
+
+
+def _forward_headers(request: web.Request, request_id: str, deadline: float) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in request.headers.items():
+        if key not in HOP_BY_HOP and key != REQUEST_ID and key != DEADLINE:
+            headers.add(key, value)
+    headers[REQUEST_ID] = request_id
+    headers[DEADLINE] = f"{deadline:.3f}"
+    peer = request.remote or ""
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers.setdefault("X-Forwarded-Host", request.host)
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    return headers
+
+
+def _response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in upstream.headers.items():
+        if key not in HOP_BY_HOP:
+            headers.add(key, value)
+    headers[REQUEST_ID] = request_id
+    return headers
+
+
+def _subpath(request: web.Request, name: str) -> str:
+    """What follows /fn/{name} in the raw (still percent-encoded) path, with the query."""
+    raw = request.raw_path
+    rest = raw[len("/fn/") + len(name) :]
+    if not rest or rest[0] == "?":
+        rest = "/" + rest
+    return rest
+
+
+class Invoker:
+    def __init__(self, settings: Settings, scheduler: Scheduler, recorder: Recorder) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.recorder = recorder
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=None)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
+        if not request.body_exists:
+            return None
+        length = request.content_length
+        limit = self.settings.max_body_bytes
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if length is not None and length <= BUFFER_LIMIT:
+            return await request.content.readexactly(length) if length else b""
+
+        async def stream() -> AsyncIterator[bytes]:
+            seen = 0
+            async for chunk in request.content.iter_chunked(CHUNK):
+                seen += len(chunk)
+                if seen > limit:
+                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                yield chunk
+
+        return stream()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        pool = self.scheduler.pool(name)
+        if pool is None:
+            raise FunctionNotFound(f"function {name} not found")
+        assert self.session is not None
+        request_id = uuid.uuid4().hex
+        wall_start = time.time()
+        t0 = time.monotonic()
+        acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
+        inst = acquired.instance
+        timeout = inst.spec.limits.timeout_s
+        status = 502
+        try:
+            body = await self._body(request)
+            headers = _forward_headers(request, request_id, time.time() + timeout)
+            url = URL(f"http://{inst.address}{_subpath(request, name)}", encoded=True)
+            try:
+                async with asyncio.timeout(timeout):
+                    async with self.session.request(
+                        request.method, url, headers=headers, data=body, allow_redirects=False
+                    ) as up:
+                        status = up.status
+                        out_headers = _response_headers(up, request_id)
+                        if acquired.cold:
+                            out_headers[COLD_START] = "new"
+                        length = up.content_length
+                        if length is not None and length <= BUFFER_LIMIT:
+                            data = await up.read()
+                            return web.Response(status=status, headers=out_headers, body=data)
+                        resp = web.StreamResponse(status=status, headers=out_headers)
+                        await resp.prepare(request)
+                        async for chunk in up.content.iter_any():
+                            await resp.write(chunk)
+                        await resp.write_eof()
+                        return resp
+            except TimeoutError:
+                status = 504
+                pool.discard(inst, "timeout")
+                raise UpstreamTimeout(
+                    f"function {name} did not answer within {timeout:g}s"
+                ) from None
+            except aiohttp.ClientError as e:
+                status = 502
+                pool.discard(inst, f"request failed: {type(e).__name__}")
+                raise UpstreamFailed(
+                    f"instance of {name} failed during the request ({type(e).__name__});"
+                    " it has been replaced"
+                ) from None
+        except PayloadTooLarge:
+            status = 413
+            raise
+        finally:
+            pool.release(inst)
+            self.recorder.add(
+                InvocationRecord(
+                    uuid.UUID(request_id),
+                    name,
+                    inst.version,
+                    request.method,
+                    request.path[:512],
+                    status,
+                    acquired.cold,
+                    inst.id,
+                    datetime.fromtimestamp(wall_start, UTC),
+                    (time.monotonic() - t0) * 1000,
+                )
+            )
+
+
+def add_routes(app: web.Application, invoker: Invoker) -> None:
+    app.router.add_route("*", "/fn/{name}", invoker.handle)
+    app.router.add_route("*", "/fn/{name}/{path:.*}", invoker.handle)

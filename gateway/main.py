@@ -1,0 +1,40 @@
+"""Running the gateway: `python -m gateway` (reads KAPAL_* settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import uvloop
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway import logs
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as e:
+        for err in e.errors():
+            key = "KAPAL_" + "_".join(str(p) for p in err["loc"]).upper()
+            print(f"kapal: bad setting {key}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run() -> None:
+    settings = load_settings()
+    logs.setup(settings.log_level)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=settings.stop_grace_s,
+        handle_signals=True,
+    )

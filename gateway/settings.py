@@ -1,0 +1,64 @@
+"""All gateway settings, from KAPAL_* environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAPAL_", extra="ignore")
+
+    # host:port the gateway listens on.
+    listen: str = "127.0.0.1:8080"
+    # Postgres URL (required; `make up` provides an embedded one).
+    database_url: str
+    # Prefix of every container, network and image this gateway owns.
+    namespace: str = Field(default="kapal", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    # Base image per runtime that function images are built FROM.
+    runtime_image_python: str = "kapal/runtime-python:latest"
+    # Largest code archive accepted by a deploy, in bytes.
+    max_code_bytes: int = 50 * 1024 * 1024
+    # Largest unpacked code folder, in bytes.
+    max_unpacked_bytes: int = 200 * 1024 * 1024
+    # Most files a code archive may hold.
+    max_code_files: int = 10_000
+    # Largest invocation request body, in bytes.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Seconds a request may wait for a free instance slot before a 503.
+    queue_timeout_s: float = 30.0
+    # Requests that may wait per function before a 503.
+    buffer_size: int = 1000
+    # Seconds a new instance has to pass its health check.
+    start_timeout_s: float = 30.0
+    # Seconds in-flight work gets when an instance is stopped.
+    stop_grace_s: float = 5.0
+    # How often buffered invocation records are written, in seconds.
+    records_flush_s: float = 0.25
+    # Days invocation records are kept.
+    records_retention_days: int = 7
+    # Log level of the gateway's structured logs.
+    log_level: str = "INFO"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be host:port, got {v!r}")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def network(self) -> str:
+        return f"{self.namespace}-functions"
+
+    def base_images(self) -> dict[str, str]:
+        return {"python": self.runtime_image_python}

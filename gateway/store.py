@@ -1,0 +1,142 @@
+"""Functions and their versions in Postgres: the source of truth of what is deployed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.errors import FunctionExists, FunctionNotFound
+from scheduler.models import FunctionSpec
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: int
+    image: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FunctionRow:
+    spec: FunctionSpec
+    invocations: int
+    created_at: datetime
+    updated_at: datetime
+    versions: list[VersionRow]
+
+
+def _spec(row: asyncpg.Record) -> FunctionSpec:
+    data: dict[str, Any] = json.loads(row["spec"])
+    return FunctionSpec(**data, name=row["name"], version=row["version"], image=row["image"])
+
+
+class FunctionStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def current_specs(self) -> list[FunctionSpec]:
+        rows = await self.pool.fetch(
+            "SELECT v.name, v.version, v.spec, v.image FROM functions f"
+            " JOIN function_versions v ON v.name = f.name AND v.version = f.current_version"
+        )
+        return [_spec(r) for r in rows]
+
+    async def next_version(self, name: str) -> int:
+        current = await self.pool.fetchval(
+            "SELECT current_version FROM functions WHERE name = $1", name
+        )
+        return 1 if current is None else int(current) + 1
+
+    async def exists(self, name: str) -> bool:
+        return bool(await self.pool.fetchval("SELECT 1 FROM functions WHERE name = $1", name))
+
+    async def add_version(
+        self, spec: FunctionSpec, code: bytes, code_sha256: str, *, create: bool
+    ) -> None:
+        """Record a new version; `create` for a new function. Atomic."""
+        body = spec.model_dump(exclude={"version", "image", "name"})
+        async with self.pool.acquire() as conn, conn.transaction():
+            if create:
+                inserted = await conn.fetchval(
+                    "INSERT INTO functions (name, current_version) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO NOTHING RETURNING name",
+                    spec.name,
+                    spec.version,
+                )
+                if inserted is None:
+                    raise FunctionExists(f"function {spec.name} already exists")
+            else:
+                current = await conn.fetchval(
+                    "SELECT current_version FROM functions WHERE name = $1 FOR UPDATE", spec.name
+                )
+                if current is None:
+                    raise FunctionNotFound(f"function {spec.name} not found")
+                if current != spec.version - 1:
+                    raise FunctionExists(
+                        f"function {spec.name} was updated concurrently (now version {current})"
+                    )
+                await conn.execute(
+                    "UPDATE functions SET current_version = $2, updated_at = now() WHERE name = $1",
+                    spec.name,
+                    spec.version,
+                )
+            await conn.execute(
+                "INSERT INTO function_versions (name, version, spec, image, code, code_sha256)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                spec.name,
+                spec.version,
+                json.dumps(body),
+                spec.image,
+                code,
+                code_sha256,
+            )
+
+    async def get(self, name: str) -> FunctionRow:
+        async with self.pool.acquire() as conn:
+            f = await conn.fetchrow("SELECT * FROM functions WHERE name = $1", name)
+            if f is None:
+                raise FunctionNotFound(f"function {name} not found")
+            versions = await conn.fetch(
+                "SELECT version, spec, image, created_at FROM function_versions"
+                " WHERE name = $1 ORDER BY version",
+                name,
+            )
+        current = next(v for v in versions if v["version"] == f["current_version"])
+        spec = FunctionSpec(
+            **json.loads(current["spec"]),
+            name=name,
+            version=current["version"],
+            image=current["image"],
+        )
+        return FunctionRow(
+            spec,
+            f["invocations"],
+            f["created_at"],
+            f["updated_at"],
+            [VersionRow(v["version"], v["image"], v["created_at"]) for v in versions],
+        )
+
+    async def all(self) -> list[FunctionRow]:
+        names = await self.pool.fetch("SELECT name FROM functions ORDER BY name")
+        out = []
+        for r in names:
+            try:
+                out.append(await self.get(r["name"]))
+            except FunctionNotFound:
+                continue
+        return out
+
+    async def delete(self, name: str) -> list[str]:
+        """Delete a function and its versions; returns the images they used."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            images = await conn.fetch("SELECT image FROM function_versions WHERE name = $1", name)
+            deleted = await conn.fetchval(
+                "DELETE FROM functions WHERE name = $1 RETURNING name", name
+            )
+        if deleted is None:
+            raise FunctionNotFound(f"function {name} not found")
+        return [r["image"] for r in images]

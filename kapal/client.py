@@ -1,0 +1,226 @@
+"""`KapalClient`: the gateway's HTTP API as async Python calls (aiohttp).
+
+Every failure surfaces as a `KapalAPIError`, never as an aiohttp exception.
+"""
+
+import asyncio
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from kapal.archive import build_archive
+from kapal.errors import KapalAPIError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+USER_AGENT = "kapal-client/0.1"
+
+# The gateway's Function object, as JSON.
+Function = dict[str, Any]
+Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The gateway base URL: the argument, else $KAPAL_URL, else the local default."""
+    return (url or os.environ.get("KAPAL_URL") or DEFAULT_URL).rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    """A function's HTTP answer, as it came back through the gateway."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class KapalClient:
+    """Async client of one Kapal gateway: `async with KapalClient(url) as kapal: ...`."""
+
+    def __init__(self, url: str | None = None, *, timeout_s: float | None = 600.0) -> None:
+        self.url = resolve_url(url)
+        self._base = URL(self.url)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- management API ------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/healthz")
+        return result
+
+    async def list(self) -> list[Function]:
+        answer = await self._call("GET", "/v1/functions")
+        functions: list[Function] = answer.get("functions", [])
+        return functions
+
+    async def get(self, name: str) -> Function:
+        result: Function = await self._call("GET", f"/v1/functions/{_segment(name)}")
+        return result
+
+    async def delete(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/functions/{_segment(name)}")
+
+    async def deploy(self, folder: Path, spec: Mapping[str, Any]) -> Function:
+        """Create a function from `folder`'s code; 409 `function_exists` if it exists."""
+        archive = await asyncio.to_thread(build_archive, folder)
+        return await self._upload("POST", "/v1/functions", spec, archive)
+
+    async def update(self, folder: Path, spec: Mapping[str, Any]) -> Function:
+        """Deploy `folder`'s code as a new version of the existing function `spec.name`."""
+        archive = await asyncio.to_thread(build_archive, folder)
+        return await self._upload("PUT", f"/v1/functions/{_segment(spec['name'])}", spec, archive)
+
+    async def deploy_or_update(
+        self, folder: Path, spec: Mapping[str, Any]
+    ) -> tuple[Function, bool]:
+        """Create the function, or add a version if it exists; True when it was created."""
+        archive = await asyncio.to_thread(build_archive, folder)
+        try:
+            return await self._upload("POST", "/v1/functions", spec, archive), True
+        except KapalAPIError as exc:
+            if exc.status != 409:
+                raise
+        path = f"/v1/functions/{_segment(spec['name'])}"
+        return await self._upload("PUT", path, spec, archive), False
+
+    # -- invocation ------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        name: str,
+        path: str = "",
+        *,
+        method: str | None = None,
+        data: bytes | None = None,
+        headers: Pairs | None = None,
+        query: Pairs | None = None,
+    ) -> InvokeResult:
+        """Call a function; any HTTP status comes back as a result, not an error.
+
+        The method defaults to POST with `data`, GET without. The body is returned
+        byte for byte: nothing is decompressed or redirected.
+        """
+        url = self._base.with_path(f"{self._base.path.rstrip('/')}/fn/{name}")
+        if path.lstrip("/"):
+            url = url.with_path(f"{url.path}/{path.lstrip('/')}")
+        answer = await self._send(
+            method or ("POST" if data is not None else "GET"),
+            url,
+            data=data,
+            headers=list(headers.items()) if isinstance(headers, Mapping) else headers,
+            params=list(query.items()) if isinstance(query, Mapping) else query,
+            allow_redirects=False,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding",),
+        )
+        return InvokeResult(answer.status, answer.headers, answer.body)
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _upload(
+        self, method: str, path: str, spec: Mapping[str, Any], archive: bytes
+    ) -> Function:
+        form = aiohttp.MultipartWriter("form-data")
+        form.append_json(dict(spec)).set_content_disposition("form-data", name="spec")
+        code = form.append(archive, {"Content-Type": "application/gzip"})
+        code.set_content_disposition("form-data", name="code", filename="code.tar.gz")
+        result: Function = await self._call(method, path, data=form)
+        return result
+
+    async def _call(self, method: str, path: str, *, data: Any = None) -> Any:
+        """A management API call: JSON in the answer, or KapalAPIError for a 4xx/5xx."""
+        answer = await self._send(method, URL(self.url + path, encoded=True), data=data)
+        if answer.status >= 400:
+            raise _api_error(answer)
+        if not answer.body:
+            return None
+        try:
+            return json.loads(answer.body)
+        except ValueError as exc:
+            raise KapalAPIError(
+                answer.status, "bad_response", f"{self.url}{path} did not answer JSON"
+            ) from exc
+
+    async def _send(self, method: str, url: URL, **kwargs: Any) -> _Answer:
+        """One HTTP exchange; every transport failure becomes a KapalAPIError."""
+        try:
+            async with self._http().request(method, url, **kwargs) as resp:
+                body = await resp.read()
+                return _Answer(resp.status, resp.reason or "", resp.headers, body)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                why = "connection refused"
+            else:
+                why = exc.os_error.strerror or str(exc.os_error)
+            raise KapalAPIError(
+                0,
+                "unreachable",
+                f"Kapal is not running at {self.url} ({why}). "
+                "Start it with `make up` or `kapal up`, or point --url / KAPAL_URL at it.",
+            ) from exc
+        except TimeoutError as exc:
+            raise KapalAPIError(0, "timeout", f"{method} {url} timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise KapalAPIError(
+                0, "transport_error", f"{method} {url} failed: {exc or type(exc).__name__}"
+            ) from exc
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use so it binds to the running event loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers={"User-Agent": USER_AGENT}
+            )
+        return self._session
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _api_error(answer: _Answer) -> KapalAPIError:
+    """The gateway's `{"error": {"code", "message"}}` body, or a stand-in for other bodies."""
+    try:
+        error = json.loads(answer.body)["error"]
+        return KapalAPIError(answer.status, str(error["code"]), str(error["message"]))
+    except (ValueError, TypeError, KeyError):
+        text = answer.body.decode("utf-8", "replace").strip()[:200]
+        message = f"HTTP {answer.status} {answer.reason}" + (f": {text}" if text else "")
+        return KapalAPIError(answer.status, f"http_{answer.status}", message)

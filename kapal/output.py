@@ -1,0 +1,74 @@
+"""How the CLI shows things: the function table, ages, invocation heads and errors."""
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+from kapal.client import InvokeResult
+
+COLUMNS = ("NAME", "VERSION", "INSTANCES", "INVOCATIONS", "UPDATED")
+
+
+def format_table(functions: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
+    """The `kapal ls` table, header included, one line per function."""
+    now = now or datetime.now(UTC)
+    rows = [COLUMNS] + [
+        (
+            str(fn.get("name", "?")),
+            str(fn.get("version", "?")),
+            str(len(fn.get("instances") or [])),
+            str(fn.get("invocations", 0)),
+            format_age(fn.get("updated_at"), now),
+        )
+        for fn in functions
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+def format_age(timestamp: str | None, now: datetime) -> str:
+    """`"2024-05-01T10:00:00Z"` as `"3m ago"` relative to `now`; "-" when unknown."""
+    if not timestamp:
+        return "-"
+    try:
+        then = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return timestamp
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def format_invoke_head(result: InvokeResult) -> str:
+    """Status line and headers, as `kapal invoke -i` shows them."""
+    lines = [f"HTTP {result.status} {_reason(result.status)}".rstrip()]
+    lines += [f"{key}: {value}" for key, value in result.headers.items()]
+    return "\n".join(lines) + "\n\n"
+
+
+def invoke_error(name: str, result: InvokeResult) -> str:
+    """One line saying why an invocation failed: Kapal's error message when there is one."""
+    try:
+        error = json.loads(result.body)["error"]
+        if isinstance(error, dict) and "message" in error:
+            return f"{error['message']} (HTTP {result.status})"
+    except (ValueError, TypeError, KeyError):
+        pass
+    return f"{name} answered HTTP {result.status} {_reason(result.status)}".rstrip()
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""

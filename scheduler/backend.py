@@ -1,0 +1,34 @@
+"""The narrow interface between pools and whatever runs containers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from scheduler.models import FunctionSpec
+
+
+@dataclass(frozen=True)
+class Running:
+    """A container the backend started or found, as pools see it."""
+
+    id: str
+    # host:port the instance's runtime server listens on.
+    address: str
+    function: str
+    version: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class ContainerBackend(Protocol):
+    async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
+        """Create and start an instance of `spec`; return once the engine says it runs."""
+        ...
+
+    async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
+        """Stop (SIGTERM, then SIGKILL after `grace_s`) and remove a container."""
+        ...
+
+    async def list_managed(self) -> list[Running]:
+        """Every running or stopped container this Kapal namespace owns."""
+        ...

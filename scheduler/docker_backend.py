@@ -1,0 +1,221 @@
+"""Container backend on a Docker engine, through the Docker SDK.
+
+The SDK is blocking, so every call runs on a dedicated thread pool: the event loop
+never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+from docker import APIClient
+
+from scheduler.backend import Running
+from scheduler.errors import BackendError, StartFailed
+from scheduler.models import FunctionSpec
+
+log = logging.getLogger("kapal.scheduler.docker")
+
+T = TypeVar("T")
+RUNTIME_PORT = 8080
+LABEL_MANAGED = "kapal.managed"
+LABEL_NAMESPACE = "kapal.namespace"
+LABEL_FUNCTION = "kapal.function"
+LABEL_VERSION = "kapal.version"
+LABEL_INSTANCE = "kapal.instance"
+
+
+def instance_labels(namespace: str, spec: FunctionSpec, instance_id: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: "true",
+        LABEL_NAMESPACE: namespace,
+        LABEL_FUNCTION: spec.name,
+        LABEL_VERSION: str(spec.version),
+        LABEL_INSTANCE: instance_id,
+    }
+
+
+def container_config(
+    spec: FunctionSpec, namespace: str, network: str, instance_id: str
+) -> dict[str, Any]:
+    """The create/host config of one function instance: labelled, limited, locked down."""
+    env = {
+        **spec.env,
+        "KAPAL_FUNCTION": spec.name,
+        "KAPAL_VERSION": str(spec.version),
+        "KAPAL_HANDLER": spec.handler,
+        "KAPAL_TIMEOUT_S": str(spec.limits.timeout_s),
+    }
+    memory = spec.limits.memory_mb * 1024 * 1024
+    return {
+        "image": spec.image,
+        "name": f"{namespace}-{spec.name}-{spec.version}-{instance_id}",
+        "labels": instance_labels(namespace, spec, instance_id),
+        "environment": env,
+        "host_config": {
+            "network_mode": network,
+            "mem_limit": memory,
+            "memswap_limit": memory,
+            "nano_cpus": int(spec.limits.cpus * 1e9),
+            "pids_limit": 512,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "read_only": True,
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},
+            "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
+            "restart_policy": {"Name": "no"},
+        },
+    }
+
+
+class DockerBackend:
+    def __init__(self, namespace: str, network: str, client: docker.DockerClient | None = None):
+        self.namespace = namespace
+        self.network = network
+        self.client = client or docker.from_env(max_pool_size=32)
+        self.api: APIClient = self.client.api
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except docker.errors.DockerException as e:
+            raise BackendError(str(e)) from e
+
+    async def ensure_network(self) -> None:
+        def ensure() -> None:
+            if not self.api.networks(names=[self.network]):
+                self.api.create_network(
+                    self.network,
+                    driver="bridge",
+                    labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
+                    check_duplicate=True,
+                )
+
+        await self._run(ensure)
+
+    async def remove_network(self) -> None:
+        def remove() -> None:
+            for net in self.api.networks(names=[self.network]):
+                try:
+                    self.api.remove_network(net["Id"])
+                except docker.errors.NotFound:
+                    pass
+
+        await self._run(remove)
+
+    async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
+        cfg = container_config(spec, self.namespace, self.network, instance_id)
+
+        def start() -> Running:
+            host_config = self.api.create_host_config(**cfg["host_config"])
+            try:
+                created = self.api.create_container(
+                    cfg["image"],
+                    name=cfg["name"],
+                    labels=cfg["labels"],
+                    environment=cfg["environment"],
+                    host_config=host_config,
+                )
+            except docker.errors.ImageNotFound as e:
+                raise StartFailed(f"image {spec.image} is missing: redeploy the function") from e
+            cid: str = created["Id"]
+            try:
+                self.api.start(cid)
+                info = self.api.inspect_container(cid)
+                ip = info["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+            except BaseException:
+                self._remove_quietly(cid)
+                raise
+            return Running(cid, f"{ip}:{RUNTIME_PORT}", spec.name, spec.version, cfg["labels"])
+
+        return await self._run(start)
+
+    def _remove_quietly(self, cid: str) -> None:
+        try:
+            self.api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as e:
+            log.warning("remove failed", extra={"container": cid, "error": str(e)})
+
+    async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
+        def remove() -> None:
+            if grace_s > 0:
+                try:
+                    self.api.stop(container_id, timeout=max(1, int(grace_s)))
+                except docker.errors.NotFound:
+                    return
+                except docker.errors.DockerException:
+                    pass
+            self._remove_quietly(container_id)
+
+        await self._run(remove)
+
+    async def list_managed(self) -> list[Running]:
+        def list_() -> list[Running]:
+            found = self.api.containers(
+                all=True,
+                filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"]},
+            )
+            out = []
+            for c in found:
+                labels = c.get("Labels") or {}
+                nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
+                ip = (nets.get(self.network) or {}).get("IPAddress") or ""
+                running = c.get("State") == "running"
+                out.append(
+                    Running(
+                        c["Id"],
+                        f"{ip}:{RUNTIME_PORT}" if ip and running else "",
+                        labels.get(LABEL_FUNCTION, ""),
+                        int(labels.get(LABEL_VERSION, "0") or 0),
+                        labels,
+                    )
+                )
+            return out
+
+        return await self._run(list_)
+
+    async def remove_images(self, repository: str) -> None:
+        """Remove every tag of a function's image repository."""
+
+        def remove() -> None:
+            for img in self.api.images(name=repository):
+                for tag in img.get("RepoTags") or []:
+                    try:
+                        self.api.remove_image(tag, force=True)
+                    except docker.errors.NotFound:
+                        pass
+
+        await self._run(remove)
+
+    async def remove_image(self, tag: str) -> None:
+        def remove() -> None:
+            try:
+                self.api.remove_image(tag, force=True)
+            except docker.errors.NotFound:
+                pass
+
+        await self._run(remove)
+
+    async def image_exists(self, tag: str) -> bool:
+        def exists() -> bool:
+            try:
+                self.api.inspect_image(tag)  # type: ignore[no-untyped-call]
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+        return await self._run(exists)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

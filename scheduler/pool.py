@@ -1,0 +1,344 @@
+"""One pool of instances per function: slots, on-demand starts, draining, idle removal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from scheduler.backend import ContainerBackend
+from scheduler.errors import NoCapacity, SchedulerError, StartFailed, UnknownFunction
+from scheduler.models import FunctionSpec
+
+log = logging.getLogger("kapal.scheduler.pool")
+
+Clock = Callable[[], float]
+ReadyWaiter = Callable[[str, float], Awaitable[None]]
+
+
+class InstanceState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+@dataclass(eq=False)
+class Instance:
+    id: str
+    spec: FunctionSpec
+    state: InstanceState
+    started_at: float
+    last_used: float
+    container_id: str = ""
+    address: str = ""
+    in_flight: int = 0
+    served: int = 0
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    @property
+    def free_slots(self) -> int:
+        return self.spec.scaling.concurrency - self.in_flight
+
+
+@dataclass
+class PoolConfig:
+    # Seconds a new instance has to answer its health check.
+    start_timeout_s: float = 30.0
+    # Requests that may wait for a slot at once; more are answered 503.
+    buffer_size: int = 1000
+    # Seconds an instance gets to finish in-flight work when it is stopped.
+    stop_grace_s: float = 5.0
+
+
+@dataclass
+class Acquired:
+    instance: Instance
+    # The request waited for an instance to start.
+    cold: bool
+    waited_s: float = 0.0
+
+
+@dataclass
+class _Tasks:
+    running: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+
+def new_instance_id() -> str:
+    return secrets.token_hex(4)
+
+
+class Pool:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        backend: ContainerBackend,
+        wait_ready: ReadyWaiter,
+        config: PoolConfig | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.wait_ready = wait_ready
+        self.config = config or PoolConfig()
+        self.clock = clock
+        self.instances: dict[str, Instance] = {}
+        self.last_error: str | None = None
+        self.closed = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._tasks = _Tasks()
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def _pick(self) -> Instance | None:
+        best: Instance | None = None
+        version = self.spec.version
+        for inst in self.instances.values():
+            if (
+                inst.state is InstanceState.READY
+                and inst.spec.version == version
+                and inst.in_flight < inst.spec.scaling.concurrency
+                and (best is None or inst.in_flight < best.in_flight)
+            ):
+                best = inst
+        return best
+
+    async def acquire(self, deadline: float) -> Acquired:
+        """A slot on a ready instance of the current version, waiting while one starts."""
+        inst = self._pick()
+        if inst is not None:
+            inst.in_flight += 1
+            return Acquired(inst, cold=False)
+        if self.closed:
+            raise UnknownFunction(self.spec.name)
+        if len(self._waiters) >= self.config.buffer_size:
+            raise NoCapacity(f"function {self.spec.name} is at capacity: wait buffer is full")
+        began = self.clock()
+        loop = asyncio.get_running_loop()
+        while True:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            self._scale_for_waiters()
+            try:
+                await asyncio.wait_for(fut, max(0.0, deadline - self.clock()))
+            except TimeoutError:
+                raise NoCapacity(
+                    f"no instance of {self.spec.name} became free in time", retry_after_s=1.0
+                ) from None
+            finally:
+                if not fut.done() or fut.cancelled():
+                    fut.cancel()
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            inst = self._pick()
+            if inst is not None:
+                inst.in_flight += 1
+                return Acquired(inst, cold=True, waited_s=self.clock() - began)
+            if self.closed:
+                raise UnknownFunction(self.spec.name)
+
+    def release(self, inst: Instance) -> None:
+        inst.in_flight -= 1
+        inst.served += 1
+        inst.last_used = self.clock()
+        if inst.state is InstanceState.DRAINING:
+            if inst.in_flight == 0:
+                self._stop(inst)
+        elif inst.state is InstanceState.READY:
+            self._wake(1)
+
+    def discard(self, inst: Instance, reason: str) -> None:
+        """Take a broken instance (timed out, died) out of routing and remove it."""
+        if inst.state is InstanceState.STOPPING:
+            return
+        log.warning(
+            "instance discarded",
+            extra={"function": self.spec.name, "instance": inst.id, "reason": reason},
+        )
+        self._stop(inst, grace_s=0.0)
+        self._scale_for_waiters()
+
+    # -- capacity ----------------------------------------------------------------------
+
+    def _wake(self, n: int) -> None:
+        while n > 0 and self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+
+    def _fail_waiters(self, exc: SchedulerError) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def active(self) -> list[Instance]:
+        """Instances of the current version that are starting or serving."""
+        return [
+            i
+            for i in self.instances.values()
+            if i.spec.version == self.spec.version
+            and i.state in (InstanceState.STARTING, InstanceState.READY)
+        ]
+
+    def _scale_for_waiters(self) -> None:
+        if self.closed:
+            return
+        scaling = self.spec.scaling
+        active = self.active()
+        starting_slots = sum(
+            scaling.concurrency for i in active if i.state is InstanceState.STARTING
+        )
+        ready_free = sum(max(0, i.free_slots) for i in active if i.state is InstanceState.READY)
+        deficit = len(self._waiters) - starting_slots - ready_free
+        if deficit <= 0:
+            return
+        room = scaling.max - len(active)
+        for _ in range(min(room, math.ceil(deficit / scaling.concurrency))):
+            self.start_instance()
+
+    def ensure_min(self) -> None:
+        missing = self.spec.scaling.min - len(self.active())
+        for _ in range(max(0, missing)):
+            self.start_instance()
+
+    def start_instance(self) -> Instance:
+        now = self.clock()
+        inst = Instance(new_instance_id(), self.spec, InstanceState.STARTING, now, now)
+        self.instances[inst.id] = inst
+        self._tasks.spawn(self._start(inst), f"start-{self.spec.name}-{inst.id}")
+        return inst
+
+    async def _start(self, inst: Instance) -> None:
+        began = self.clock()
+        try:
+            running = await self.backend.start(inst.spec, inst.id)
+            inst.container_id = running.id
+            inst.address = running.address
+            await self.wait_ready(running.address, began + self.config.start_timeout_s)
+        except Exception as e:
+            self._start_failed(inst, e)
+            return
+        if inst.state is not InstanceState.STARTING:  # stopped while starting
+            self._remove_container(inst, 0.0)
+            return
+        inst.last_used = self.clock()
+        if inst.spec.version != self.spec.version:
+            self._stop(inst)
+            return
+        inst.state = InstanceState.READY
+        self.last_error = None
+        log.info(
+            "instance ready",
+            extra={
+                "function": self.spec.name,
+                "version": inst.version,
+                "instance": inst.id,
+                "start_ms": round((self.clock() - began) * 1000, 1),
+            },
+        )
+        self._wake(inst.free_slots)
+
+    def _start_failed(self, inst: Instance, e: Exception) -> None:
+        message = str(e) if isinstance(e, SchedulerError) else f"{type(e).__name__}: {e}"
+        log.warning(
+            "instance failed to start",
+            extra={"function": self.spec.name, "instance": inst.id, "error": message},
+        )
+        self.instances.pop(inst.id, None)
+        inst.state = InstanceState.STOPPING
+        if inst.container_id:
+            self._remove_container(inst, 0.0)
+        self.last_error = message
+        if not self.active():
+            self._fail_waiters(StartFailed(f"function {self.spec.name} failed to start: {message}"))
+
+    def _stop(self, inst: Instance, grace_s: float | None = None) -> None:
+        inst.state = InstanceState.STOPPING
+        self.instances.pop(inst.id, None)
+        if inst.container_id:
+            self._remove_container(inst, self.config.stop_grace_s if grace_s is None else grace_s)
+
+    def _remove_container(self, inst: Instance, grace_s: float) -> None:
+        self._tasks.spawn(
+            self.backend.remove(inst.container_id, grace_s), f"remove-{self.spec.name}-{inst.id}"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def adopt(self, inst: Instance) -> None:
+        """Take over a healthy container found at start-up."""
+        self.instances[inst.id] = inst
+        self._wake(inst.free_slots)
+
+    def update(self, spec: FunctionSpec) -> None:
+        """Route new requests to `spec`; older instances drain and go away."""
+        old_ready = sum(
+            1
+            for i in self.instances.values()
+            if i.state is InstanceState.READY and i.spec.version != spec.version
+        )
+        self.spec = spec
+        for inst in list(self.instances.values()):
+            if inst.spec.version == spec.version:
+                continue
+            if inst.state is InstanceState.STARTING:
+                inst.state = InstanceState.DRAINING
+            elif inst.state is InstanceState.READY:
+                inst.state = InstanceState.DRAINING
+                if inst.in_flight == 0:
+                    self._stop(inst)
+        # Replace what was serving, so traffic does not fall back to cold starts.
+        wanted = min(spec.scaling.max, max(spec.scaling.min, old_ready))
+        for _ in range(wanted - len(self.active())):
+            self.start_instance()
+        self._scale_for_waiters()
+
+    def reap_idle(self) -> None:
+        """Remove instances idle past idle_timeout_s, keeping `scaling.min`."""
+        now = self.clock()
+        scaling = self.spec.scaling
+        ready = [i for i in self.active() if i.state is InstanceState.READY]
+        keep = scaling.min
+        idle = sorted(
+            (i for i in ready if i.in_flight == 0 and now - i.last_used >= scaling.idle_timeout_s),
+            key=lambda i: i.last_used,
+        )
+        removable = len(ready) - keep
+        for inst in idle[: max(0, removable)]:
+            log.info(
+                "instance idle, removing",
+                extra={"function": self.spec.name, "instance": inst.id},
+            )
+            self._stop(inst)
+        self.ensure_min()
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop every instance and fail whoever waits (function deleted, or shutdown)."""
+        self.closed = True
+        self._fail_waiters(UnknownFunction(self.spec.name))
+        for inst in list(self.instances.values()):
+            self._stop(inst, grace_s)
+        await self.drain_tasks()
+
+    async def drain_tasks(self) -> None:
+        while self._tasks.running:
+            await asyncio.gather(*list(self._tasks.running), return_exceptions=True)

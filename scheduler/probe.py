@@ -1,0 +1,49 @@
+"""Readiness probe of a freshly started instance: GET /_/health until it answers 200."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from scheduler.errors import StartFailed
+
+PROBE_INTERVAL_S = 0.005
+_REQUEST = b"GET /_/health HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"
+
+
+async def health(address: str) -> tuple[int, bytes]:
+    """One health request over a fresh connection; (status, body)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(_REQUEST)
+        data = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
+
+
+def _load_error(body: bytes) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:300].decode(errors="replace")
+
+
+async def wait_ready(address: str, deadline: float) -> None:
+    """Poll until the runtime answers 200; raise StartFailed on a load error or the deadline."""
+    while True:
+        try:
+            status, body = await asyncio.wait_for(health(address), 1.0)
+            if status == 200:
+                return
+            if status >= 500:
+                raise StartFailed(f"handler failed to load: {_load_error(body)}")
+        except (OSError, TimeoutError, IndexError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            raise StartFailed(f"instance at {address} did not become healthy in time")
+        await asyncio.sleep(PROBE_INTERVAL_S)

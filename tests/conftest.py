@@ -1,0 +1,138 @@
+"""Fixtures of the whole suite: a real Postgres, a real Docker engine, real gateways."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import docker
+import pytest
+
+from tests.support import GatewayProcess, cleanup_namespace, new_namespace
+
+BASE_IMAGE = "kapal/runtime-python:latest"
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="kapal-test-pg-"))
+        self.external = os.environ.get("KAPAL_TEST_DATABASE_URL")
+        self.server = None
+        if not self.external:
+            os.environ.setdefault("XDG_RUNTIME_DIR", str(self.tmp / "run"))
+            (self.tmp / "run").mkdir(mode=0o700, exist_ok=True)
+            import pgserver
+
+            self.server = pgserver.get_server(self.tmp / "pg", cleanup_mode="stop")
+
+    @property
+    def admin_url(self) -> str:
+        if self.external:
+            return self.external
+        assert self.server is not None
+        return str(self.server.get_uri())
+
+    def new_database(self) -> str:
+        name = "t_" + secrets.token_hex(4)
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.admin_url)
+            try:
+                await conn.execute(f"CREATE DATABASE {name}")
+            finally:
+                await conn.close()
+
+        # Called from sync and async tests alike: run on a thread with a loop of its own.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, create()).result()
+        if self.server is not None:
+            return str(self.server.get_uri(name))
+        base, _, rest = self.admin_url.rpartition("/")
+        query = "?" + rest.split("?", 1)[1] if "?" in rest else ""
+        return f"{base}/{name}{query}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    client.ping()
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        from infra.images import ensure_base_images
+
+        ensure_base_images(client, Path(__file__).resolve().parent.parent)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gateway-logs")
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def make_gateway(
+    postgres: PostgresServer, docker_client: docker.DockerClient, log_dir: Path
+) -> Iterator[GatewayFactory]:
+    """Start gateways; each is stopped and its namespace checked for leftovers after the test."""
+    started: list[GatewayProcess] = []
+
+    def make(
+        database_url: str | None = None, namespace: str | None = None, **env: str
+    ) -> GatewayProcess:
+        gw = GatewayProcess(
+            database_url or postgres.new_database(), namespace or new_namespace(), log_dir, **env
+        )
+        gw.start()
+        started.append(gw)
+        return gw
+
+    yield make
+    leftovers = []
+    for gw in started:
+        gw.stop()
+    for ns in {gw.namespace for gw in started}:
+        leftovers += cleanup_namespace(docker_client, ns)
+    assert not leftovers, f"left behind after the gateway stopped: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(
+    postgres: PostgresServer, docker_client: docker.DockerClient, log_dir: Path
+) -> Iterator[GatewayProcess]:
+    """One gateway for a whole test module (deploys are the slow part)."""
+    gw = GatewayProcess(postgres.new_database(), new_namespace(), log_dir)
+    gw.start()
+    yield gw
+    gw.stop()
+    leftovers = cleanup_namespace(docker_client, gw.namespace)
+    assert not leftovers, f"left behind after the gateway stopped: {leftovers}"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        yield session

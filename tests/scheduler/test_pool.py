@@ -1,0 +1,194 @@
+"""Pools on an in-memory backend: slots, on-demand starts, draining, idle removal."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from scheduler.backend import Running
+from scheduler.errors import NoCapacity, StartFailed, UnknownFunction
+from scheduler.models import FunctionSpec, Scaling
+from scheduler.pool import InstanceState, Pool, PoolConfig
+
+
+@dataclass
+class FakeBackend:
+    started: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    fail_start: Exception | None = None
+    start_delay: float = 0.0
+
+    async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
+        await asyncio.sleep(self.start_delay)
+        if self.fail_start:
+            raise self.fail_start
+        cid = f"c-{instance_id}"
+        self.started.append(cid)
+        return Running(cid, f"10.0.0.{len(self.started)}:8080", spec.name, spec.version)
+
+    async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
+        self.removed.append(container_id)
+
+    async def list_managed(self) -> list[Running]:
+        return []
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def ready_at_once(address: str, deadline: float) -> None:
+    return None
+
+
+def spec(version: int = 1, **scaling: int | float) -> FunctionSpec:
+    return FunctionSpec(
+        name="f", version=version, image=f"img:{version}", scaling=Scaling(**scaling)
+    )
+
+
+def make_pool(backend: FakeBackend, s: FunctionSpec | None = None, **cfg: float) -> Pool:
+    return Pool(s or spec(), backend, ready_at_once, PoolConfig(**cfg))  # type: ignore[arg-type]
+
+
+async def test_first_request_starts_an_instance_and_is_cold() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    got = await pool.acquire(deadline=asyncio.get_running_loop().time() + 5)
+    assert got.cold
+    assert got.instance.state is InstanceState.READY
+    assert backend.started == [got.instance.container_id]
+    pool.release(got.instance)
+    again = await pool.acquire(deadline=10**9)
+    assert not again.cold and again.instance is got.instance
+
+
+async def test_concurrency_slots_then_a_second_instance() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(concurrency=2, max=5))
+    a = await pool.acquire(10**9)
+    b = await pool.acquire(10**9)
+    assert a.instance is b.instance and a.instance.in_flight == 2
+    c = await pool.acquire(10**9)
+    assert c.instance is not a.instance
+    assert len(backend.started) == 2
+
+
+async def test_least_loaded_instance_is_picked() -> None:
+    pool = make_pool(FakeBackend(), spec(concurrency=4))
+    first = (await pool.acquire(10**9)).instance
+    second = pool.start_instance()
+    await pool.drain_tasks()
+    first.in_flight = 3
+    assert (await pool.acquire(10**9)).instance is second
+
+
+async def test_max_bounds_instances_and_waiters_get_freed_slots() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(concurrency=1, max=1))
+    first = await pool.acquire(10**9)
+    waiter = asyncio.create_task(pool.acquire(10**9))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    assert len(backend.started) == 1
+    pool.release(first.instance)
+    got = await asyncio.wait_for(waiter, 1)
+    assert got.instance is first.instance
+
+
+async def test_deadline_passes_gives_no_capacity() -> None:
+    pool = make_pool(FakeBackend(), spec(concurrency=1, max=1))
+    await pool.acquire(10**9)
+    loop_now = pool.clock()
+    with pytest.raises(NoCapacity):
+        await pool.acquire(loop_now + 0.05)
+    assert not pool._waiters
+
+
+async def test_full_buffer_is_refused_at_once() -> None:
+    pool = make_pool(FakeBackend(), spec(concurrency=1, max=1), buffer_size=1)
+    await pool.acquire(10**9)
+    waiting = asyncio.create_task(pool.acquire(10**9))
+    await asyncio.sleep(0)
+    with pytest.raises(NoCapacity, match="buffer is full"):
+        await pool.acquire(10**9)
+    waiting.cancel()
+
+
+async def test_start_failure_fails_the_waiters_with_its_reason() -> None:
+    backend = FakeBackend(fail_start=StartFailed("handler failed to load: boom"))
+    pool = make_pool(backend)
+    with pytest.raises(StartFailed, match="boom"):
+        await pool.acquire(10**9)
+    assert pool.instances == {}
+    assert pool.last_error is not None
+
+
+async def test_update_drains_old_instances_after_in_flight_work() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(1, concurrency=2))
+    busy = await pool.acquire(10**9)
+    pool.update(spec(2, concurrency=2))
+    assert busy.instance.state is InstanceState.DRAINING
+    new = await pool.acquire(10**9)
+    assert new.instance.version == 2
+    assert busy.instance.container_id not in backend.removed
+    pool.release(busy.instance)
+    await pool.drain_tasks()
+    assert busy.instance.container_id in backend.removed
+    assert set(pool.instances) == {new.instance.id}
+
+
+async def test_idle_instances_are_reaped_down_to_min() -> None:
+    clock = FakeClock()
+    backend = FakeBackend()
+    pool = Pool(spec(min=1, concurrency=1, idle_timeout_s=60), backend, ready_at_once, clock=clock)  # type: ignore[arg-type]
+    a = await pool.acquire(10**9)
+    b = await pool.acquire(10**9)
+    pool.release(a.instance)
+    pool.release(b.instance)
+    clock.now += 30
+    pool.reap_idle()
+    assert len(pool.instances) == 2
+    clock.now += 31
+    pool.reap_idle()
+    await pool.drain_tasks()
+    assert len(pool.instances) == 1
+    assert len(backend.removed) == 1
+
+
+async def test_min_instances_are_started() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(min=2))
+    pool.ensure_min()
+    await pool.drain_tasks()
+    assert [i.state for i in pool.instances.values()] == [InstanceState.READY] * 2
+
+
+async def test_discard_removes_at_once_and_next_request_starts_fresh() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    got = await pool.acquire(10**9)
+    pool.discard(got.instance, "timeout")
+    pool.release(got.instance)
+    await pool.drain_tasks()
+    assert backend.removed == [got.instance.container_id]
+    again = await pool.acquire(10**9)
+    assert again.instance is not got.instance and again.cold
+
+
+async def test_close_fails_waiters_and_removes_everything() -> None:
+    backend = FakeBackend(start_delay=0.05)
+    pool = make_pool(backend)
+    waiter = asyncio.create_task(pool.acquire(10**9))
+    await asyncio.sleep(0)
+    await pool.close()
+    with pytest.raises(UnknownFunction):
+        await waiter
+    assert sorted(backend.removed) == sorted(backend.started)
