@@ -1,0 +1,45 @@
+"""`python3 -m kapal_runtime`: the container's command."""
+
+import io
+import os
+import sys
+import threading
+
+from kapal_runtime.config import ConfigError, RuntimeConfig
+from kapal_runtime.log import log_event
+from kapal_runtime.server import run
+
+# After a drain, how long a handler thread stuck past its deadline may delay the exit.
+EXIT_GRACE_S = 1.0
+
+
+def main() -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # Handlers' print() calls reach the container's logs as they happen.
+        sys.stdout.reconfigure(line_buffering=True)
+    try:
+        config = RuntimeConfig.from_env()
+    except ConfigError as exc:
+        log_event("config_invalid", "error", error=str(exc))
+        return 2
+    run(config)
+    _exit_soon(EXIT_GRACE_S)
+    return 0
+
+
+def _exit_soon(grace_s: float) -> None:
+    """Interpreter exit joins the handler threads; one that never returns must not keep a
+    drained container alive, so exit hard after a grace period if exit has not happened."""
+
+    def hard_exit() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    timer = threading.Timer(grace_s, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The runtime's HTTP server: /_/health, /_/init, and every other request as an invocation."""
+
+import asyncio
+import enum
+import json
+import math
+import os
+import platform
+import site
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init
+from kapal_runtime.config import RuntimeConfig
+from kapal_runtime.deadlines import DeadlineWatch
+from kapal_runtime.event import Context, Event, InvalidJSONBody
+from kapal_runtime.handler import LoadedHandler, load_handler
+from kapal_runtime.log import describe, log_event, log_traceback
+
+REQUEST_ID = "X-Kapal-Request-Id"
+DEADLINE = "X-Kapal-Deadline"
+ERROR_KIND = "X-Kapal-Error"
+
+# Every error the runtime answers: code -> (HTTP status, X-Kapal-Error value).
+ERRORS: dict[str, tuple[int, str]] = {
+    "handler_error": (500, "handler"),
+    "handler_load_failed": (500, "load"),
+    "init_failed": (500, "init"),
+    "timeout": (504, "timeout"),
+    "invalid_json": (400, "request"),
+    "body_too_large": (413, "request"),
+    "not_initialized": (503, "init"),
+    "invalid_init": (400, "init"),
+    "already_initialized": (409, "init"),
+    "not_found": (404, "runtime"),
+    "method_not_allowed": (405, "runtime"),
+}
+
+
+class State(enum.Enum):
+    PREWARM = "prewarm"  # no handler yet; waiting for /_/init
+    INITIALIZING = "initializing"  # an /_/init is unpacking and loading
+    READY = "ready"  # handler loaded
+    FAILED = "failed"  # loading (or init) failed; every invocation answers 500
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Runtime:
+    """One runtime process: its configuration, its handler and the threads that run it."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.function = config.function
+        self.version = config.version
+        self.state = State.PREWARM
+        self.handler: LoadedHandler | None = None
+        # (code, one-line message) answered by health and invocations once FAILED.
+        self.failure: tuple[str, str] = ("handler_load_failed", "")
+        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="kapal-handler")
+        self.deadlines = DeadlineWatch()
+
+    def load(self, spec: str) -> bool:
+        """Import the handler; on failure log why and answer 500 from then on."""
+        started = time.perf_counter()
+        try:
+            self.handler = load_handler(spec, self.config.code_dir)
+        except (Exception, SystemExit) as exc:
+            log_traceback(exc, "handler load: ")
+            self._fail("handler_load_failed", describe(exc))
+            log_event("handler_load_failed", "error", handler=spec, error=self.failure[1])
+            return False
+        self.state = State.READY
+        log_event(
+            "handler_loaded",
+            handler=spec,
+            is_async=self.handler.is_async,
+            takes_context=self.handler.takes_context,
+            load_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return True
+
+    def _fail(self, code: str, message: str) -> None:
+        self.state = State.FAILED
+        self.failure = (code, message)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get(REQUEST_ID) or os.urandom(16).hex()
+        path = request.path
+        if path.startswith("/_/"):
+            return await self._control(request, path, request_id)
+        return await self._invoke(request, path, request_id)
+
+    async def _invoke(self, request: web.Request, path: str, request_id: str) -> web.Response:
+        handler = self.handler
+        if handler is None:
+            if self.state is State.FAILED:
+                return error(*self.failure, request_id)
+            return error("not_initialized", "this runtime awaits POST /_/init", request_id)
+        headers = request.headers
+        deadline = _deadline(headers.get(DEADLINE), self.config.timeout_s)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.config.max_body_bytes
+            return error("body_too_large", f"request body exceeds {limit} bytes", request_id)
+        if deadline <= time.time():
+            return error("timeout", "the deadline passed before the handler started", request_id)
+        event = Event(body, headers, request.method, path, request.query)
+        context = Context(self.function, self.version, request_id, deadline)
+        task = asyncio.current_task()
+        assert task is not None
+        self.deadlines.watch(task, deadline)
+        try:
+            reply = await handler.run(event, context, self.executor)
+        except asyncio.CancelledError:
+            if not self.deadlines.release(task):
+                raise  # shutting down, not late
+            log_event("handler_timeout", "warning", request_id=request_id)
+            return error("timeout", "the handler did not finish by the deadline", request_id)
+        except InvalidJSONBody as exc:
+            return error("invalid_json", str(exc), request_id)
+        except (Exception, SystemExit) as exc:
+            log_traceback(exc, f"[{request_id}] ")
+            return error("handler_error", describe(exc), request_id)
+        finally:
+            self.deadlines.release(task)
+        reply.headers[REQUEST_ID] = request_id
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    async def _control(self, request: web.Request, path: str, request_id: str) -> web.Response:
+        if path == "/_/health":
+            if request.method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD", request_id)
+            return self._health(request_id)
+        if path == "/_/init":
+            if request.method != "POST":
+                return _not_allowed("POST", request_id)
+            return await self._init(request, request_id)
+        return error("not_found", f"no runtime endpoint {path}", request_id)
+
+    def _health(self, request_id: str) -> web.Response:
+        if self.state is State.READY:
+            return _json(200, _STATUS_OK, request_id)
+        if self.state is State.PREWARM:
+            return _json(200, _STATUS_PREWARM, request_id)
+        if self.state is State.INITIALIZING:
+            return _json(503, _STATUS_INITIALIZING, request_id)
+        return error(*self.failure, request_id)
+
+    async def _init(self, request: web.Request, request_id: str) -> web.Response:
+        if self.state is not State.PREWARM:
+            return error("already_initialized", self._why_no_init(), request_id)
+        # Claimed before the first await, so two concurrent inits cannot both proceed.
+        self.state = State.INITIALIZING
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            raw = await _read_at_most(request, self.config.max_init_bytes)
+            spec = await loop.run_in_executor(self.executor, parse_init, raw)
+            await loop.run_in_executor(
+                self.executor, install, spec, self.config.code_dir, self.config.deps_dir
+            )
+        except BodyTooLarge:
+            self.state = State.PREWARM
+            limit = self.config.max_init_bytes
+            return error("body_too_large", f"init body exceeds {limit} bytes", request_id)
+        except InvalidInit as exc:
+            self.state = State.PREWARM
+            log_event("init_refused", "warning", error=str(exc))
+            return error("invalid_init", str(exc), request_id)
+        except Exception as exc:
+            log_traceback(exc, "init: ")
+            self._fail("init_failed", describe(exc))
+            log_event("init_failed", "error", error=self.failure[1])
+            return error(*self.failure, request_id)
+        self._apply(spec)
+        loaded = self.load(spec.handler)
+        log_event(
+            "initialized",
+            function=spec.function,
+            version=spec.version,
+            handler=spec.handler,
+            ok=loaded,
+            code_bytes=len(spec.code or b""),
+            deps_bytes=len(spec.deps or b""),
+            init_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        if not loaded:
+            return error(*self.failure, request_id)
+        return _json(200, _STATUS_OK, request_id)
+
+    def _why_no_init(self) -> str:
+        if not self.config.prewarm:
+            return "this runtime was started with a handler; only KAPAL_PREWARM=1 runtimes init"
+        if self.state is State.INITIALIZING:
+            return "an init is already in progress"
+        return "this runtime is already initialized"
+
+    def _apply(self, spec: InitSpec) -> None:
+        """Make the unpacked function look as if the container had been started for it."""
+        self.function, self.version = spec.function, spec.version
+        os.environ.update(spec.env)
+        os.environ["KAPAL_FUNCTION"] = spec.function
+        os.environ["KAPAL_VERSION"] = str(spec.version)
+        os.environ["KAPAL_HANDLER"] = spec.handler
+        if spec.deps is not None:
+            site.addsitedir(str(self.config.deps_dir))  # also honours the deps' .pth files
+
+    async def draining(self, app: web.Application) -> None:
+        # The listening socket is closed; in-flight invocations get up to the timeout.
+        log_event("draining", in_flight=len(self.deadlines), timeout_s=self.config.timeout_s)
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        log_event(
+            "started",
+            port=self.config.port,
+            function=self.function,
+            version=self.version,
+            state=self.state.value,
+            handler=self.handler.spec if self.handler else None,
+            python=platform.python_version(),
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
+        sweeper = asyncio.create_task(self.deadlines.run(), name="deadline-sweeper")
+        yield
+        sweeper.cancel()
+        # Requests have drained by now (bounded by the shutdown timeout); a thread still
+        # running a handler past its deadline is not waited for.
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log_event("stopped")
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    app = web.Application(client_max_size=runtime.config.max_body_bytes)
+    app.router.add_route("*", "/{path:.*}", runtime.dispatch)
+    app.cleanup_ctx.append(runtime.lifespan)
+    app.on_shutdown.append(runtime.draining)
+    return app
+
+
+def run(config: RuntimeConfig) -> None:
+    """Load the handler (unless prewarm), serve until SIGTERM or SIGINT, drain, return."""
+    loop = new_event_loop(config.event_loop)
+    # Current before the handler is imported, for modules that look up the loop at import.
+    asyncio.set_event_loop(loop)
+    runtime = Runtime(config)
+    if not config.prewarm:
+        runtime.load(config.handler)
+    web.run_app(
+        build_app(runtime),
+        host="0.0.0.0",
+        port=config.port,
+        loop=loop,
+        shutdown_timeout=config.timeout_s,
+        handle_signals=True,
+        access_log=None,
+        print=None,
+    )
+
+
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except Exception:  # absent, or a broken build among the function's dependencies
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def error(
+    code: str, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The one shape of every runtime error: {"error": {"code", "message", "request_id"}}."""
+    status, kind = ERRORS[code]
+    payload = {"error": {"code": code, "message": message, "request_id": request_id}}
+    response = _json(status, json.dumps(payload, separators=(",", ":")).encode(), request_id)
+    response.headers[ERROR_KIND] = kind
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _not_allowed(allow: str, request_id: str) -> web.Response:
+    return error("method_not_allowed", f"use {allow}", request_id, {"Allow": allow})
+
+
+def _json(status: int, body: bytes, request_id: str) -> web.Response:
+    response = web.Response(status=status, body=body, content_type="application/json")
+    response.headers[REQUEST_ID] = request_id
+    return response
+
+
+_STATUS_OK = b'{"status":"ok"}'
+_STATUS_PREWARM = b'{"status":"prewarm"}'
+_STATUS_INITIALIZING = b'{"status":"initializing"}'
+
+
+def _deadline(header: str | None, timeout_s: float) -> float:
+    """Unix epoch seconds: the X-Kapal-Deadline header if it is a number, else now + timeout."""
+    if header:
+        try:
+            value = float(header)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(value):
+                return value
+    return time.time() + timeout_s
+
+
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    # Init bodies carry whole archives, so they have their own, larger limit.
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
