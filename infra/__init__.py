@@ -1,0 +1,1 @@
+"""Getting a machine ready to run Kapal: Docker engine, base runtime images, Postgres."""

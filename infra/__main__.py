@@ -1,0 +1,3 @@
+from infra.commands import main
+
+raise SystemExit(main())

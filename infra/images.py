@@ -1,0 +1,82 @@
+"""Kapal's base runtime images; function images are built FROM these tags."""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+from infra.errors import InfraError
+from infra.host import Log
+from infra.imagestore import build, image_id, image_labels, remove_if_unused
+from infra.recipes import (
+    BASE_LABEL,
+    INPUTS_LABEL,
+    RUNTIME_DOCKERFILE,
+    RUNTIME_IMAGE,
+    RUNTIME_REQUIREMENTS,
+    pip_target_argv,
+    runtime_files,
+    runtime_inputs_hash,
+    wheel_arch,
+)
+from infra.rootfs import ensure_os_image
+
+RUNTIME_NAME = "python"
+
+
+def ensure_base_images(
+    client: docker.DockerClient, repo_root: Path, log: Log = print
+) -> dict[str, str]:
+    """Make every base runtime image whose inputs changed; runtime name -> image tag."""
+    runtime_dir = repo_root / "runtimes" / "python"
+    if not (runtime_dir / "kapal_runtime").is_dir():
+        raise InfraError(
+            f"{runtime_dir / 'kapal_runtime'} is missing: the Python runtime is needed"
+        )
+    arch = wheel_arch()
+    inputs = runtime_inputs_hash(runtime_dir, arch)
+    if (image_labels(client, RUNTIME_IMAGE) or {}).get(INPUTS_LABEL) == inputs:
+        return {RUNTIME_NAME: RUNTIME_IMAGE}
+    started = time.monotonic()
+    ensure_os_image(client, arch, log)
+    log(f"runtime layer: building {RUNTIME_IMAGE} (inputs {inputs[:12]})")
+    old = image_id(client, RUNTIME_IMAGE)
+    with tempfile.TemporaryDirectory(prefix="kapal-runtime-") as tmp:
+        context = Path(tmp)
+        _copy_runtime(runtime_dir, context / "runtime")
+        _install_site(context / "site", arch, runtime_dir / "requirements.txt", log)
+        (context / "Dockerfile").write_text(RUNTIME_DOCKERFILE)
+        new = build(client, context, RUNTIME_IMAGE, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
+    remove_if_unused(client, old, new, log)
+    log(f"runtime layer: {RUNTIME_IMAGE} ready in {time.monotonic() - started:.1f} s")
+    return {RUNTIME_NAME: RUNTIME_IMAGE}
+
+
+def _copy_runtime(runtime_dir: Path, target: Path) -> None:
+    for path in runtime_files(runtime_dir):
+        destination = target / path.relative_to(runtime_dir)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, destination)
+
+
+def _install_site(site: Path, arch: str, requirements: Path, log: Log) -> None:
+    """Resolve the runtime's wheels on the host: inside a build there is no network."""
+    extra = requirements if requirements.is_file() else None
+    wanted = " ".join(RUNTIME_REQUIREMENTS) + (f" -r {extra.name}" if extra else "")
+    log(f"runtime layer: pip install --target site {wanted} (cp311, manylinux {arch})")
+    site.mkdir()
+    argv = pip_target_argv(sys.executable, site, arch, extra)
+    result = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    # This host's pip warns about every configured index location it skips; noise.
+    noise = [line for line in (result.stdout + result.stderr).splitlines() if "is ignored" in line]
+    output = [line for line in (result.stdout + result.stderr).splitlines() if line not in noise]
+    if result.returncode != 0:
+        raise InfraError("pip could not resolve the runtime's packages:\n" + "\n".join(output))
+    installed = sorted(p.name for p in site.glob("*.dist-info"))
+    log(f"runtime layer: site has {', '.join(n.removesuffix('.dist-info') for n in installed)}")

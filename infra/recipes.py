@@ -1,0 +1,143 @@
+"""What the base images are made of, and the hashes that say when to remake them.
+
+Pure: nothing here talks to Docker or the network, so the hashing is unit-tested.
+"""
+
+import hashlib
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+from infra.errors import InfraError
+
+OS_IMAGE = "kapal/os-python:bookworm"
+RUNTIME_REPO = "kapal/runtime-python"
+RUNTIME_IMAGE = f"{RUNTIME_REPO}:latest"
+INPUTS_LABEL = "kapal.inputs"  # sha256 of everything an image was made from
+BASE_LABEL = "kapal.base"  # marks Kapal's base images, so stale ones can be found
+
+# Bump a version to force a rebuild when the recipe changes in a way its text does not show.
+OS_RECIPE_VERSION = "os-python/1"
+RUNTIME_RECIPE_VERSION = "runtime-python/1"
+
+PULL_SOURCE = "python:3.11-slim"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_INCLUDE = ("python3", "ca-certificates")
+IMPORT_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["python3"]',
+)
+
+# The in-container runtime needs only aiohttp; its wheels are resolved on the host.
+RUNTIME_REQUIREMENTS = ("aiohttp>=3.9,<4", "uvloop>=0.19,<1")
+RUNTIME_PYTHON = "3.11"
+RUNTIME_USER = "10001:10001"
+
+_SKIPPED_DIRS = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"})
+_SKIPPED_SUFFIXES = frozenset({".pyc", ".pyo"})
+
+RUNTIME_DOCKERFILE = f"""\
+FROM {OS_IMAGE}
+COPY runtime/ /opt/kapal/runtime/
+COPY site/ /opt/kapal/runtime/site/
+RUN python3 -m compileall -q /opt/kapal/runtime \\
+ && mkdir -p /opt/kapal/function /opt/kapal/deps
+ENV PYTHONPATH=/opt/kapal/runtime:/opt/kapal/runtime/site:/opt/kapal/deps:/opt/kapal/function \\
+    PYTHONUNBUFFERED=1 \\
+    PYTHONDONTWRITEBYTECODE=1 \\
+    HOME=/tmp
+WORKDIR /opt/kapal/function
+USER {RUNTIME_USER}
+EXPOSE 8080
+CMD ["python3", "-m", "kapal_runtime"]
+"""
+
+
+def wheel_arch(machine: str | None = None) -> str:
+    """The manylinux architecture name of this host (x86_64 or aarch64)."""
+    machine = (machine or platform.machine()).lower()
+    arch = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+    if machine not in arch:
+        raise InfraError(f"unsupported CPU architecture {machine!r}: need x86_64 or aarch64")
+    return arch[machine]
+
+
+def runtime_files(runtime_dir: Path) -> Iterator[Path]:
+    """The runtime's files that go into the image, in a stable order; caches left out."""
+    for path in sorted(runtime_dir.rglob("*")):
+        relative = path.relative_to(runtime_dir)
+        if _SKIPPED_DIRS.intersection(relative.parts) or path.suffix in _SKIPPED_SUFFIXES:
+            continue
+        if path.is_file():
+            yield path
+
+
+def os_inputs_hash(arch: str) -> str:
+    parts = [
+        OS_RECIPE_VERSION,
+        arch,
+        PULL_SOURCE,
+        DEBIAN_SUITE,
+        DEBIAN_MIRROR,
+        *DEBIAN_INCLUDE,
+        *IMPORT_CHANGES,
+    ]
+    return _sha256_of_parts(parts)
+
+
+def runtime_inputs_hash(runtime_dir: Path, arch: str) -> str:
+    """Changes exactly when the runtime image would come out different."""
+    digest = hashlib.sha256()
+    head = [
+        RUNTIME_RECIPE_VERSION,
+        os_inputs_hash(arch),
+        arch,
+        RUNTIME_PYTHON,
+        *RUNTIME_REQUIREMENTS,
+        RUNTIME_DOCKERFILE,
+    ]
+    digest.update(_sha256_of_parts(head).encode())
+    for path in runtime_files(runtime_dir):
+        data = path.read_bytes()
+        name = path.relative_to(runtime_dir).as_posix().encode()
+        digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def pip_target_argv(
+    python: str, target: Path, arch: str, requirements_file: Path | None
+) -> list[str]:
+    """pip resolving the runtime's wheels for the image's Python, run on the host."""
+    argv = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--target",
+        str(target),
+        "--only-binary=:all:",
+        "--no-compile",
+        "--python-version",
+        RUNTIME_PYTHON,
+        "--implementation",
+        "cp",
+    ]
+    for tag in ("manylinux2014", "manylinux_2_17", "manylinux_2_28"):
+        argv += ["--platform", f"{tag}_{arch}"]
+    argv += list(RUNTIME_REQUIREMENTS)
+    if requirements_file is not None:
+        argv += ["--requirement", str(requirements_file)]
+    return argv
+
+
+def _sha256_of_parts(parts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode()
+        digest.update(b"%d:" % len(data))
+        digest.update(data)
+    return digest.hexdigest()
