@@ -25,6 +25,7 @@ from scheduler.scheduler import Scheduler
 REQUEST_ID = istr("X-Kapal-Request-Id")
 DEADLINE = istr("X-Kapal-Deadline")
 COLD_START = istr("X-Kapal-Cold-Start")
+RUNTIME_ERROR = istr("X-Kapal-Error")
 HOP_BY_HOP = frozenset(
     istr(h)
     for h in (
@@ -141,6 +142,10 @@ class Invoker:
                         request.method, url, headers=headers, data=body, allow_redirects=False
                     ) as up:
                         status = up.status
+                        if status == 504 and up.headers.get(RUNTIME_ERROR) == "timeout":
+                            # The handler is still running inside (a thread cannot be
+                            # killed): this instance must go, as on our own timeout.
+                            raise TimeoutError
                         out_headers = _response_headers(up, request_id)
                         if acquired.cold:
                             out_headers[COLD_START] = "new"
