@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from gateway.deploy import Deployer
 from gateway.errors import BadRequest, InvalidSpec, PayloadTooLarge
+from gateway.invoke import Invoker
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionRow, FunctionStore
@@ -24,6 +25,7 @@ store_key = web.AppKey("store", FunctionStore)
 scheduler_key = web.AppKey("scheduler", Scheduler)
 recorder_key = web.AppKey("recorder", Recorder)
 settings_key = web.AppKey("settings", Settings)
+invoker_key = web.AppKey("invoker", Invoker)
 
 
 def validation_message(e: ValidationError) -> str:

@@ -56,6 +56,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[api.store_key] = store
         app[api.scheduler_key] = scheduler
         app[api.recorder_key] = recorder
+        app[api.invoker_key] = invoker
         app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend)
         invoke.add_routes(app, invoker)
         log.info(

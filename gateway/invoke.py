@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -79,6 +80,15 @@ def _subpath(request: web.Request, name: str) -> str:
     return rest
 
 
+@dataclass(frozen=True)
+class CallResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+    cold: bool
+
+
 class Invoker:
     def __init__(self, settings: Settings, scheduler: Scheduler, recorder: Recorder) -> None:
         self.settings = settings
@@ -98,6 +108,85 @@ class Invoker:
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+
+    async def call(
+        self,
+        name: str,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        request_id: str | None = None,
+    ) -> CallResult:
+        """Invoke a function from inside Kapal (queue workers, jobs, schedules), buffered.
+
+        Raises the same errors as the HTTP path: FunctionNotFound, UpstreamTimeout,
+        UpstreamFailed, and scheduler errors (NoCapacity, StartFailed).
+        """
+        pool = self.scheduler.pool(name)
+        if pool is None:
+            raise FunctionNotFound(f"function {name} not found")
+        assert self.session is not None
+        request_id = request_id or uuid.uuid4().hex
+        wall_start, t0 = time.time(), time.monotonic()
+        acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
+        inst = acquired.instance
+        timeout = inst.spec.limits.timeout_s
+        status = 502
+        out = CIMultiDict({k: v for k, v in headers.items() if istr(k) not in HOP_BY_HOP})
+        out[REQUEST_ID] = request_id
+        out[DEADLINE] = f"{time.time() + timeout:.3f}"
+        if not path_qs.startswith("/"):
+            path_qs = "/" + path_qs
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    async with self.session.request(
+                        method,
+                        URL(f"http://{inst.address}{path_qs}", encoded=True),
+                        headers=out,
+                        data=body or None,
+                        allow_redirects=False,
+                    ) as up:
+                        status = up.status
+                        if status == 504 and up.headers.get(RUNTIME_ERROR) == "timeout":
+                            raise TimeoutError
+                        data = await up.read()
+                        return CallResult(
+                            status,
+                            dict(_response_headers(up, request_id)),
+                            data,
+                            request_id,
+                            acquired.cold,
+                        )
+            except TimeoutError:
+                status = 504
+                pool.discard(inst, "timeout")
+                raise UpstreamTimeout(
+                    f"function {name} did not answer within {timeout:g}s"
+                ) from None
+            except aiohttp.ClientError as e:
+                pool.discard(inst, f"request failed: {type(e).__name__}")
+                raise UpstreamFailed(
+                    f"instance of {name} failed during the request ({type(e).__name__})"
+                ) from None
+        finally:
+            pool.release(inst)
+            self.recorder.add(
+                InvocationRecord(
+                    uuid.UUID(request_id),
+                    name,
+                    inst.version,
+                    method,
+                    path_qs[:512],
+                    status,
+                    acquired.cold,
+                    inst.id,
+                    datetime.fromtimestamp(wall_start, UTC),
+                    (time.monotonic() - t0) * 1000,
+                )
+            )
 
     async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
         if not request.body_exists:

@@ -100,6 +100,9 @@ class Pool:
         self.instances: dict[str, Instance] = {}
         self.last_error: str | None = None
         self.closed = False
+        # Work queued for this function outside the pool (async invocations, job items);
+        # set by the queue, read by the autoscaler like in-flight requests.
+        self.backlog = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks = _Tasks()
 

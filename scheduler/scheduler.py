@@ -100,6 +100,12 @@ class Scheduler:
         if pool is not None:
             await pool.close(grace_s=0.0)
 
+    def set_backlog(self, name: str, depth: int) -> None:
+        """How many queued invocations wait for `name` (feeds scaling)."""
+        pool = self.pools.get(name)
+        if pool is not None:
+            pool.backlog = depth
+
     def describe(self, name: str) -> list[InstanceView]:
         pool = self.pools.get(name)
         if pool is None:
