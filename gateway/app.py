@@ -58,7 +58,6 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[api.recorder_key] = recorder
         app[api.invoker_key] = invoker
         app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend)
-        invoke.add_routes(app, invoker)
         log.info(
             "gateway started",
             extra={

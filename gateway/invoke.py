@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from gateway.errors import FunctionNotFound, PayloadTooLarge, UpstreamFailed, UpstreamTimeout
+from gateway.errors import FunctionNotFound, UpstreamFailed, UpstreamTimeout
 from gateway.records import InvocationRecord, Recorder
 from gateway.settings import Settings
 from scheduler.scheduler import Scheduler
@@ -187,101 +187,3 @@ class Invoker:
                     (time.monotonic() - t0) * 1000,
                 )
             )
-
-    async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
-        if not request.body_exists:
-            return None
-        length = request.content_length
-        limit = self.settings.max_body_bytes
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        if length is not None and length <= BUFFER_LIMIT:
-            return await request.content.readexactly(length) if length else b""
-
-        async def stream() -> AsyncIterator[bytes]:
-            seen = 0
-            async for chunk in request.content.iter_chunked(CHUNK):
-                seen += len(chunk)
-                if seen > limit:
-                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-                yield chunk
-
-        return stream()
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        pool = self.scheduler.pool(name)
-        if pool is None:
-            raise FunctionNotFound(f"function {name} not found")
-        assert self.session is not None
-        request_id = uuid.uuid4().hex
-        wall_start = time.time()
-        t0 = time.monotonic()
-        acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
-        inst = acquired.instance
-        timeout = inst.spec.limits.timeout_s
-        status = 502
-        try:
-            body = await self._body(request)
-            headers = _forward_headers(request, request_id, time.time() + timeout)
-            url = URL(f"http://{inst.address}{_subpath(request, name)}", encoded=True)
-            try:
-                async with asyncio.timeout(timeout):
-                    async with self.session.request(
-                        request.method, url, headers=headers, data=body, allow_redirects=False
-                    ) as up:
-                        status = up.status
-                        if status == 504 and up.headers.get(RUNTIME_ERROR) == "timeout":
-                            # The handler is still running inside (a thread cannot be
-                            # killed): this instance must go, as on our own timeout.
-                            raise TimeoutError
-                        out_headers = _response_headers(up, request_id)
-                        if acquired.cold:
-                            out_headers[COLD_START] = "new"
-                        length = up.content_length
-                        if length is not None and length <= BUFFER_LIMIT:
-                            data = await up.read()
-                            return web.Response(status=status, headers=out_headers, body=data)
-                        resp = web.StreamResponse(status=status, headers=out_headers)
-                        await resp.prepare(request)
-                        async for chunk in up.content.iter_any():
-                            await resp.write(chunk)
-                        await resp.write_eof()
-                        return resp
-            except TimeoutError:
-                status = 504
-                pool.discard(inst, "timeout")
-                raise UpstreamTimeout(
-                    f"function {name} did not answer within {timeout:g}s"
-                ) from None
-            except aiohttp.ClientError as e:
-                status = 502
-                pool.discard(inst, f"request failed: {type(e).__name__}")
-                raise UpstreamFailed(
-                    f"instance of {name} failed during the request ({type(e).__name__});"
-                    " it has been replaced"
-                ) from None
-        except PayloadTooLarge:
-            status = 413
-            raise
-        finally:
-            pool.release(inst)
-            self.recorder.add(
-                InvocationRecord(
-                    uuid.UUID(request_id),
-                    name,
-                    inst.version,
-                    request.method,
-                    request.path[:512],
-                    status,
-                    acquired.cold,
-                    inst.id,
-                    datetime.fromtimestamp(wall_start, UTC),
-                    (time.monotonic() - t0) * 1000,
-                )
-            )
-
-
-def add_routes(app: web.Application, invoker: Invoker) -> None:
-    app.router.add_route("*", "/fn/{name}", invoker.handle)
-    app.router.add_route("*", "/fn/{name}/{path:.*}", invoker.handle)

@@ -1,17 +1,29 @@
-"""Running the gateway: `python -m gateway` (reads KAPAL_* settings)."""
+"""Running the gateway: `python -m gateway` (reads KAPAL_* settings).
+
+The public port is served by the raw front server (`gateway.front`); the aiohttp
+management application listens on a private unix socket behind it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import uvloop
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import logs
+from gateway import api, logs
 from gateway.app import create_app
+from gateway.front import ClientConnection, Front
 from gateway.settings import Settings
+
+log = logging.getLogger("kapal.gateway")
 
 
 def load_settings() -> Settings:
@@ -24,17 +36,47 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then drain in-flight work and close everything."""
+    loop = asyncio.get_running_loop()
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.stop_grace_s
+    )
+    with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
+        socket_path = str(Path(tmp) / "management.sock")
+        await runner.setup()
+        try:
+            await web.UnixSite(runner, socket_path).start()
+            front = Front(
+                settings, app[api.scheduler_key], app[api.recorder_key], f"unix:{socket_path}"
+            )
+            server = await loop.create_server(
+                lambda: ClientConnection(front),
+                settings.host,
+                settings.port,
+                reuse_address=True,
+                backlog=4096,
+            )
+            log.info("listening", extra={"listen": settings.listen})
+            await stop.wait()
+            log.info("stopping: draining in-flight requests")
+            server.close()
+            await front.drain(settings.stop_grace_s)
+        finally:
+            await runner.cleanup()
+
+
 def run() -> None:
     settings = load_settings()
     logs.setup(settings.log_level)
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.stop_grace_s,
-        handle_signals=True,
-    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(main())

@@ -1,31 +1,30 @@
-"""Helpers shared by the integration tests: a real gateway process, code archives."""
+"""Helpers shared by the integration tests: code archives, deploys, a real gateway."""
 
 from __future__ import annotations
 
 import io
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
 import tarfile
-import time
-import urllib.error
-import urllib.request
 import zipfile
-from pathlib import Path
 from typing import Any
 
-import docker
+from infra.local import (
+    GatewayProcess,
+    cleanup_namespace,
+    free_port,
+    managed_containers,
+    new_namespace,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = [
+    "GatewayProcess",
+    "cleanup_namespace",
+    "deploy",
+    "free_port",
+    "managed_containers",
+    "new_namespace",
+    "tar_gz",
+    "zip_bytes",
+]
 
 
 def tar_gz(files: dict[str, str | bytes]) -> bytes:
@@ -46,96 +45,6 @@ def zip_bytes(files: dict[str, str | bytes]) -> bytes:
         for name, content in files.items():
             zf.writestr(name, content)
     return buf.getvalue()
-
-
-def new_namespace() -> str:
-    return "kt-" + secrets.token_hex(3)
-
-
-class GatewayProcess:
-    """`python -m gateway` as a real process, on its own port and namespace."""
-
-    def __init__(self, database_url: str, namespace: str, log_dir: Path, **env: str) -> None:
-        self.database_url = database_url
-        self.namespace = namespace
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"gateway-{namespace}-{self.port}.log"
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        env = {
-            **os.environ,
-            "KAPAL_DATABASE_URL": self.database_url,
-            "KAPAL_NAMESPACE": self.namespace,
-            "KAPAL_LISTEN": f"127.0.0.1:{self.port}",
-            "KAPAL_LOG_LEVEL": "DEBUG",
-            **self.env,
-        }
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway"], cwd=REPO, env=env, stdout=log, stderr=log
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited at start-up:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"gateway did not answer /healthz in time:\n{self.logs()}")
-
-    def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc is None:
-            return 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self.proc = None
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text()[-20000:]
-        except OSError:
-            return ""
-
-
-def managed_containers(client: docker.DockerClient, namespace: str) -> list[Any]:
-    return client.containers.list(
-        all=True, filters={"label": ["kapal.managed=true", f"kapal.namespace={namespace}"]}
-    )
-
-
-def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:
-    """Remove whatever a test namespace left; returns the leaks (for the assertion).
-
-    Images of functions still deployed when the gateway stopped are expected, not leaks.
-    """
-    left = []
-    for c in managed_containers(client, namespace):
-        left.append(f"container {c.name}")
-        c.remove(force=True)
-    for img in client.images.list(filters={"label": f"kapal.namespace={namespace}"}):
-        client.images.remove(img.id, force=True)
-    for net in client.networks.list(names=[f"{namespace}-functions"]):
-        left.append(f"network {net.name}")
-        net.remove()
-    return left
 
 
 async def deploy(

@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: `python -m bench SCENARIO --json` prints one JSON object last."""

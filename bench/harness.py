@@ -1,0 +1,71 @@
+"""A Kapal of its own for each benchmark: engine, base image, Postgres, gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from infra.engine import ensure_engine, stop_engine
+from infra.images import ensure_base_images
+from infra.local import REPO, GatewayProcess, cleanup_namespace, new_namespace
+from infra.postgres import ensure_postgres
+
+
+def say(line: str) -> None:
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def kapal(**env: str) -> Iterator[GatewayProcess]:
+    """A gateway on a fresh embedded Postgres and namespace; everything removed after."""
+    tmp = Path(tempfile.mkdtemp(prefix="kapal-bench-"))
+    engine = ensure_engine(tmp, log=say)
+    ensure_base_images(engine.client, REPO, log=say)
+    pg = ensure_postgres(tmp, log=say)
+    gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level="WARNING", **env)
+    try:
+        gw.start()
+        yield gw
+    finally:
+        gw.stop()
+        cleanup_namespace(engine.client, gw.namespace)
+        pg.stop()
+        if engine.started_by_us:
+            stop_engine(engine, log=say)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def deploy(gw: GatewayProcess, name: str, handler: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from tests.support import tar_gz  # small helper, shared with the tests
+
+    async def go() -> dict[str, Any]:
+        form = aiohttp.FormData()
+        form.add_field("spec", json.dumps({"name": name, **spec}), content_type="application/json")
+        form.add_field("code", tar_gz({"handler.py": handler}), filename="code.tar.gz")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gw.url}/v1/functions", data=form) as r:
+                body: dict[str, Any] = await r.json()
+                if r.status != 201:
+                    raise RuntimeError(f"deploy failed: {r.status} {body}")
+                return body
+
+    return asyncio.run(go())
+
+
+def get_function(gw: GatewayProcess, name: str) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{gw.url}/v1/functions/{name}") as r:
+                body: dict[str, Any] = await r.json()
+                return body
+
+    return asyncio.run(go())

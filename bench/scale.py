@@ -1,0 +1,5 @@
+from typing import Any
+
+
+def run(quick: bool) -> dict[str, Any]:
+    raise NotImplementedError

@@ -1,0 +1,53 @@
+"""`warm`: a no-op function hit directly (its container address) and through the gateway.
+
+Both are measured in the same run, alternating, so the ratio holds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from bench.harness import deploy, get_function, kapal, say
+from bench.wrk import WrkResult, wrk
+
+NOOP = "async def handle(event, context):\n    return 'ok'\n"
+
+
+def run(quick: bool) -> dict[str, Any]:
+    seconds = 4 if quick else 10
+    rounds = 1 if quick else 3
+    with kapal() as gw:
+        deploy(gw, "noop", NOOP, {"scaling": {"min": 1, "max": 1, "concurrency": 1000}})
+        url = f"{gw.url}/fn/noop"
+        wrk(url, 4, 1)  # warm up: instance started, connections open
+        address = get_function(gw, "noop")["instances"][0]["address"]
+        direct_url = f"http://{address}/"
+        runs: dict[str, list[WrkResult]] = {k: [] for k in ("d1", "g1", "d64", "g64")}
+        for i in range(rounds):
+            say(f"round {i + 1}/{rounds}")
+            runs["d1"].append(wrk(direct_url, 1, seconds, threads=1))
+            runs["g1"].append(wrk(url, 1, seconds, threads=1))
+            runs["d64"].append(wrk(direct_url, 64, seconds))
+            runs["g64"].append(wrk(url, 64, seconds))
+
+    def med(key: str, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs[key])
+
+    direct_rps, gateway_rps = med("d64", "rps"), med("g64", "rps")
+    d_p50, g_p50 = med("d1", "p50_us"), med("g1", "p50_us")
+    return {
+        "scenario": "warm",
+        "seconds_per_run": seconds,
+        "rounds": rounds,
+        "direct_rps_c64": round(direct_rps),
+        "gateway_rps_c64": round(gateway_rps),
+        "rps_ratio_c64": round(gateway_rps / direct_rps, 3),
+        "direct_p50_us_c1": d_p50,
+        "gateway_p50_us_c1": g_p50,
+        "added_p50_us_c1": g_p50 - d_p50,
+        "direct_rps_c1": round(med("d1", "rps")),
+        "gateway_rps_c1": round(med("g1", "rps")),
+        "gateway_p99_us_c64": med("g64", "p99_us"),
+        "errors": sum(r.errors + r.non2xx for rs in runs.values() for r in rs),
+    }

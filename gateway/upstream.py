@@ -1,0 +1,221 @@
+"""Raw HTTP/1.1 client connections to instances (and to the management app), pooled.
+
+The invocation hot path: asyncio protocols parsed by httptools, with the response
+written straight through to a sink (the caller's connection) from parser callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Protocol, cast
+
+import httptools
+
+# Idle connections older than this are not reused (the runtime closes its side at 75 s).
+IDLE_TTL_S = 30.0
+MAX_IDLE_PER_ADDRESS = 256
+
+
+class UpstreamLost(Exception):
+    """The connection closed or broke before the response was complete."""
+
+    def __init__(self, message: str, *, response_started: bool) -> None:
+        super().__init__(message)
+        self.response_started = response_started
+
+
+class Sink(Protocol):
+    def start(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
+    ) -> None: ...
+
+    def body(self, data: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reusable = True
+        self.idle_since = 0.0
+        self.used = 0
+        self._sink: Sink | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._head_only = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._started = False
+        self._write_paused: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(f"bad response from instance: {e}")
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail("instance closed the connection")
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._write_paused is not None and not self._write_paused.done():
+            self._write_paused.set_result(None)
+        self._write_paused = None
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # an interim response (100 Continue): not the answer
+            self._headers, self._reason = [], b""
+            return
+        has_length = any(n.lower() == b"content-length" for n, _ in self._headers)
+        self._started = True
+        if self._sink is not None:
+            self._sink.start(status, self._reason, self._headers, has_length)
+        if self._head_only:
+            # A HEAD response has no body but may announce one: httptools would wait for
+            # it, so finish here and do not reuse this connection.
+            self.reusable = False
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink.body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        self._finish()
+
+    # -- exchanges ---------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        sink, done = self._sink, self._done
+        self._reset()
+        if sink is not None:
+            sink.end()
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _reset(self) -> None:
+        self._sink = None
+        self._done = None
+        self._headers = []
+        self._reason = b""
+
+    def _fail(self, message: str) -> None:
+        done, started = self._done, self._started
+        self._reset()
+        self.reusable = False
+        if done is not None and not done.done():
+            done.set_exception(UpstreamLost(message, response_started=started))
+
+    def begin(self, sink: Sink, head_only: bool) -> asyncio.Future[None]:
+        """Start an exchange; the caller then writes the request and awaits the future."""
+        self._sink = sink
+        self._head_only = head_only
+        self._started = False
+        self.used += 1
+        self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused is not None:
+            await self._write_paused
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.reusable = False
+        self._reset()
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Upstreams:
+    """Kept-alive connections per address ("host:port" or "unix:/path")."""
+
+    def __init__(self) -> None:
+        self.idle: defaultdict[str, list[UpstreamConnection]] = defaultdict(list)
+
+    async def get(self, address: str) -> tuple[UpstreamConnection, bool]:
+        """A connection to `address`; the flag says it was reused (it may be stale)."""
+        idle = self.idle.get(address)
+        if idle:
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < IDLE_TTL_S:
+                    return conn, True
+                conn.close()
+        return await self.connect(address), False
+
+    async def connect(self, address: str) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        if address.startswith("unix:"):
+            _, conn = await loop.create_unix_connection(
+                lambda: UpstreamConnection(address), address[5:]
+            )
+        else:
+            host, _, port = address.rpartition(":")
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(address), host, int(port)
+            )
+        return conn
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if conn.closed or not conn.reusable:
+            conn.close()
+            return
+        idle = self.idle[conn.address]
+        if len(idle) >= MAX_IDLE_PER_ADDRESS:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    def forget(self, address: str) -> None:
+        for conn in self.idle.pop(address, []):
+            conn.close()
+
+    def close(self) -> None:
+        for address in list(self.idle):
+            self.forget(address)
