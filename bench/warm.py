@@ -32,7 +32,7 @@ def run(quick: bool) -> dict[str, Any]:
             runs["g64"].append(wrk(url, 64, seconds))
 
     def med(key: str, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in runs[key])
+        return float(statistics.median(getattr(r, attr) for r in runs[key]))
 
     direct_rps, gateway_rps = med("d64", "rps"), med("g64", "rps")
     d_p50, g_p50 = med("d1", "p50_us"), med("g1", "p50_us")
