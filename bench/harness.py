@@ -16,7 +16,7 @@ import aiohttp
 
 from infra.engine import ensure_engine, stop_engine
 from infra.images import ensure_base_images
-from infra.local import REPO, GatewayProcess, cleanup_namespace, new_namespace
+from infra.local import REPO, GatewayProcess, cleanup_namespace, new_namespace, tar_gz
 from infra.postgres import ensure_postgres
 
 
@@ -45,8 +45,6 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
 
 
 def deploy(gw: GatewayProcess, name: str, handler: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from tests.support import tar_gz  # small helper, shared with the tests
-
     async def go() -> dict[str, Any]:
         form = aiohttp.FormData()
         form.add_field("spec", json.dumps({"name": name, **spec}), content_type="application/json")

@@ -161,6 +161,7 @@ class ClientConnection(asyncio.Protocol):
         self.response_started = False
         self._chunked_out = False
         self._extra_head = b""
+        self._out: list[bytes] = []
         self._keep_alive = True
         self._head_only = False
         self.status = 0
@@ -363,18 +364,28 @@ class ClientConnection(asyncio.Protocol):
         out.append(b"\r\n")
         self.status = status
         self.response_started = True
-        self.write(b"".join(out))
+        self._out.append(b"".join(out))
 
     def body(self, data: bytes) -> None:
         if self._chunked_out:
-            self.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._out.append(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            self.write(data)
+            self._out.append(data)
 
     def end(self) -> None:
         if self._chunked_out:
-            self.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
         self.upstream = None
+
+    def flush(self) -> None:
+        if self._out:
+            self.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            self._out.clear()
+
+
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 def _split_fn_url(url: bytes) -> tuple[str, bytes]:
@@ -568,28 +579,41 @@ class Front:
         extra: bytes,
         timeout_s: float,
     ) -> None:
-        """Send `req` to `address` and write the answer through to `conn`."""
+        """Send `req` to `address` and write the answer through to `conn`.
+
+        Raises TimeoutError past `timeout_s`, UpstreamLost or OSError when the instance fails.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         head_only = req.method == b"HEAD"
         # A small body that has fully arrived goes out with the head in one write, and the
         # exchange may be retried on a fresh connection when a kept-alive one was stale.
         whole = req.body.complete and not req.chunked and req.body.size <= BODY_HIGH_WATER
         payload = head + b"".join(req.body.chunks) if whole else head
+        up = self.upstreams.take(address)
+        reused = up is not None
         try:
-            async with asyncio.timeout(timeout_s):
-                up, reused = await self.upstreams.get(address)
-                while True:
-                    conn.prepare(up, extra, head_only)
-                    done = up.begin(conn, head_only)
+            while True:
+                if up is None:
+                    async with asyncio.timeout_at(deadline):
+                        up = await self.upstreams.connect(address)
+                conn.prepare(up, extra, head_only)
+                done = up.begin(conn, head_only)
+                # One timer per exchange; cheaper than a timeout context on the hot path.
+                timer = loop.call_at(deadline, _expire, done)
+                try:
                     up.write(payload)
                     if not whole:
-                        await self._send_body(req, up)
-                    try:
-                        await done
-                        break
-                    except UpstreamLost as e:
-                        if not (reused and whole and not e.response_started):
-                            raise
-                        up, reused = await self.upstreams.connect(address), False
+                        async with asyncio.timeout_at(deadline):
+                            await self._send_body(req, up)
+                    await done
+                    break
+                except UpstreamLost as e:
+                    if not (reused and whole and not e.response_started):
+                        raise
+                    up, reused = None, False
+                finally:
+                    timer.cancel()
         except BaseException:
             if conn.upstream is not None:
                 conn.upstream.abort()

@@ -35,6 +35,8 @@ class Sink(Protocol):
 
     def end(self) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, address: str) -> None:
@@ -59,11 +61,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        sink = self._sink
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             self._fail(f"bad response from instance: {e}")
             self.close()
+        if sink is not None:
+            sink.flush()  # one write per chunk received, head and body together
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -176,17 +181,17 @@ class Upstreams:
     def __init__(self) -> None:
         self.idle: defaultdict[str, list[UpstreamConnection]] = defaultdict(list)
 
-    async def get(self, address: str) -> tuple[UpstreamConnection, bool]:
-        """A connection to `address`; the flag says it was reused (it may be stale)."""
+    def take(self, address: str) -> UpstreamConnection | None:
+        """A kept-alive idle connection to `address` (it may turn out stale), if any."""
         idle = self.idle.get(address)
         if idle:
             now = time.monotonic()
             while idle:
                 conn = idle.pop()
                 if not conn.closed and now - conn.idle_since < IDLE_TTL_S:
-                    return conn, True
+                    return conn
                 conn.close()
-        return await self.connect(address), False
+        return None
 
     async def connect(self, address: str) -> UpstreamConnection:
         loop = asyncio.get_running_loop()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -114,3 +116,15 @@ def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:
         left.append(f"network {net.name}")
         net.remove()
     return left
+
+
+def tar_gz(files: dict[str, str | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

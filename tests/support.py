@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import tarfile
 import zipfile
 from typing import Any
 
@@ -13,6 +12,7 @@ from infra.local import (
     free_port,
     managed_containers,
     new_namespace,
+    tar_gz,
 )
 
 __all__ = [
@@ -25,18 +25,6 @@ __all__ = [
     "tar_gz",
     "zip_bytes",
 ]
-
-
-def tar_gz(files: dict[str, str | bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, content in files.items():
-            data = content.encode() if isinstance(content, str) else content
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def zip_bytes(files: dict[str, str | bytes]) -> bytes:
