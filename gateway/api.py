@@ -14,7 +14,7 @@ from gateway.invoke import Invoker
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionRow, FunctionStore
-from gateway.wire import DeploySpec, FunctionOut, InstanceOut, VersionOut
+from gateway.wire import DeploySpec, FunctionOut, InstanceOut, PoolStatus, VersionOut
 from scheduler.models import NAME_RE
 from scheduler.scheduler import Scheduler
 
@@ -102,6 +102,7 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
             for v in row.versions
         ],
         instances=[InstanceOut(**vars(i)) for i in scheduler.describe(spec.name)],
+        pool=PoolStatus(**vars(status)) if (status := scheduler.status(spec.name)) else None,
     )
     return out.model_dump(mode="json")
 

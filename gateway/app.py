@@ -13,9 +13,11 @@ from gateway.errors import error_middleware
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
+from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
 from scheduler.pool import PoolConfig
+from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway")
@@ -36,15 +38,31 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     pg = await db.connect(settings.database_url)
     backend = DockerBackend(settings.namespace, settings.network)
     await backend.ensure_network()
+    store = FunctionStore(pg)
+    prewarm = None
+    if settings.prewarm_python:
+        prewarm = PrewarmPool(
+            backend,
+            {"python": settings.runtime_image_python},
+            settings.prewarm_python,
+            store,
+            settings.start_timeout_s,
+        )
     scheduler = Scheduler(
         backend,
         PoolConfig(
             start_timeout_s=settings.start_timeout_s,
             buffer_size=settings.buffer_size,
             stop_grace_s=settings.stop_grace_s,
+            pause=settings.pause_standbys,
         ),
+        AutoscalerConfig(
+            target_utilization=settings.autoscale_target_utilization,
+            stable_window_s=settings.autoscale_stable_window_s,
+            panic_window_s=settings.autoscale_panic_window_s,
+        ),
+        prewarm,
     )
-    store = FunctionStore(pg)
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
     invoker = invoke.Invoker(settings, scheduler, recorder)

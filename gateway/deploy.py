@@ -44,6 +44,11 @@ class Deployer:
         with tempfile.TemporaryDirectory(prefix="kapal-code-") as tmp:
             root = await asyncio.to_thread(archive.unpack, code, Path(tmp), limits)
             archive.check_handler(root, spec_in.handler)
+            # Kept in Postgres: what the image was built from, and what a prewarmed
+            # container is specialized with.
+            code = await asyncio.to_thread(archive.pack, root)
+            requirements = root / "requirements.txt"
+            has_dependencies = requirements.is_file() and bool(requirements.read_text().strip())
             async with self._locks[name]:
                 exists = await self.store.exists(name)
                 if create and exists:
@@ -66,6 +71,7 @@ class Deployer:
                     env=spec_in.env,
                     limits=spec_in.limits,
                     scaling=spec_in.scaling,
+                    has_dependencies=has_dependencies,
                 )
                 try:
                     sha = hashlib.sha256(code).hexdigest()

@@ -481,7 +481,7 @@ class Front:
         timeout = inst.spec.limits.timeout_s
         extra = b"x-kapal-request-id: " + request_id + b"\r\n"
         if acquired.cold:
-            extra += b"x-kapal-cold-start: new\r\n"
+            extra += b"x-kapal-cold-start: " + acquired.tier.encode() + b"\r\n"
         ours = (
             b"x-kapal-request-id: "
             + request_id

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     start_timeout_s: float = 30.0
     # Seconds in-flight work gets when an instance is stopped.
     stop_grace_s: float = 5.0
+    # Seconds of history behind a normal scaling decision (and before scale to zero).
+    autoscale_stable_window_s: float = Field(default=60.0, gt=0)
+    # Seconds of history behind a burst (panic) decision.
+    autoscale_panic_window_s: float = Field(default=6.0, gt=0)
+    # Fraction of each instance's concurrency the autoscaler aims to use.
+    autoscale_target_utilization: float = Field(default=0.7, gt=0, le=1)
+    # Prewarmed generic containers kept ready per runtime (0: none).
+    prewarm_python: int = Field(default=2, ge=0, le=50)
+    # Pause scaled-down instances as standbys before removing them.
+    pause_standbys: bool = True
     # How often buffered invocation records are written, in seconds.
     records_flush_s: float = 0.25
     # Days invocation records are kept.

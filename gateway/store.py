@@ -95,6 +95,15 @@ class FunctionStore:
                 code_sha256,
             )
 
+    async def code(self, name: str, version: int) -> bytes:
+        """The version's code folder as a .tar.gz (for specializing prewarmed containers)."""
+        code = await self.pool.fetchval(
+            "SELECT code FROM function_versions WHERE name = $1 AND version = $2", name, version
+        )
+        if code is None:
+            raise FunctionNotFound(f"function {name} version {version} not found")
+        return bytes(code)
+
     async def get(self, name: str) -> FunctionRow:
         async with self.pool.acquire() as conn:
             f = await conn.fetchrow("SELECT * FROM functions WHERE name = $1", name)

@@ -78,6 +78,24 @@ class InstanceOut(BaseModel):
     state: str
     in_flight: int
     address: str
+    # Short id of its container.
+    container: str
+    # How it was brought up: new (container from the image), prewarm, or paused.
+    tier: str
+
+
+class PoolStatus(BaseModel):
+    # Instances the autoscaler wants for the current version.
+    desired: int
+    ready: int
+    starting: int
+    paused: int
+    draining: int
+    # Requests being served, and waiting for a slot.
+    in_flight: int
+    waiting: int
+    # The autoscaler is in panic mode (a burst).
+    panic: bool
 
 
 class FunctionOut(BaseModel):
@@ -94,3 +112,4 @@ class FunctionOut(BaseModel):
     invocations: int
     versions: list[VersionOut]
     instances: list[InstanceOut]
+    pool: PoolStatus | None

@@ -95,10 +95,13 @@ class GatewayProcess:
             return ""
 
 
-def managed_containers(client: docker.DockerClient, namespace: str) -> list[Any]:
-    return client.containers.list(
-        all=True, filters={"label": ["kapal.managed=true", f"kapal.namespace={namespace}"]}
-    )
+def managed_containers(
+    client: docker.DockerClient, namespace: str, function: str | None = None
+) -> list[Any]:
+    labels = ["kapal.managed=true", f"kapal.namespace={namespace}"]
+    if function is not None:
+        labels.append(f"kapal.function={function}")
+    return client.containers.list(all=True, filters={"label": labels})
 
 
 def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:

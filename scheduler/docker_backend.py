@@ -18,12 +18,14 @@ from docker import APIClient
 
 from scheduler.backend import Running
 from scheduler.errors import BackendError, StartFailed
-from scheduler.models import FunctionSpec
+from scheduler.models import PREWARM_NAME, FunctionSpec
 
 log = logging.getLogger("kapal.scheduler.docker")
 
 T = TypeVar("T")
 RUNTIME_PORT = 8080
+# The user function code runs as (the runtime image's USER).
+RUNTIME_UID = 10001
 LABEL_MANAGED = "kapal.managed"
 LABEL_NAMESPACE = "kapal.namespace"
 LABEL_FUNCTION = "kapal.function"
@@ -53,6 +55,12 @@ def container_config(
         "KAPAL_TIMEOUT_S": str(spec.limits.timeout_s),
     }
     memory = spec.limits.memory_mb * 1024 * 1024
+    tmpfs = {"/tmp": "rw,nosuid,nodev,size=64m"}
+    if spec.name == PREWARM_NAME:
+        # The code arrives later, in /_/init: its folders must be writable by the runtime.
+        owned = f"rw,nosuid,nodev,uid={RUNTIME_UID},gid={RUNTIME_UID},mode=0755"
+        tmpfs["/opt/kapal/function"] = f"{owned},size=256m"
+        tmpfs["/opt/kapal/deps"] = f"{owned},size=256m"
     return {
         "image": spec.image,
         "name": f"{namespace}-{spec.name}-{spec.version}-{instance_id}",
@@ -67,7 +75,7 @@ def container_config(
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "read_only": True,
-            "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},
+            "tmpfs": tmpfs,
             "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
             "restart_policy": {"Name": "no"},
         },
@@ -158,6 +166,12 @@ class DockerBackend:
             self._remove_quietly(container_id)
 
         await self._run(remove)
+
+    async def pause(self, container_id: str) -> None:
+        await self._run(self.api.pause, container_id)
+
+    async def unpause(self, container_id: str) -> None:
+        await self._run(self.api.unpause, container_id)
 
     async def list_managed(self) -> list[Running]:
         def list_() -> list[Running]:

@@ -11,6 +11,8 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 RUNTIMES = ("python",)
+# The function name generic prewarmed containers run under (not a valid function name).
+PREWARM_NAME = "_prewarm"
 
 
 class Limits(BaseModel):
@@ -66,3 +68,5 @@ class FunctionSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Pool sizing.
     scaling: Scaling = Field(default_factory=Scaling)
+    # Its image carries resolved requirements (a generic prewarmed container cannot serve it).
+    has_dependencies: bool = False

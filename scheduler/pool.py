@@ -1,4 +1,10 @@
-"""One pool of instances per function: slots, on-demand starts, draining, idle removal."""
+"""One pool of instances per function: slots, cold starts by tier, scaling, draining.
+
+Cold starts, fastest first: unpause a paused standby of this function, specialize a
+prewarmed generic runtime container, or start a new container from the function's image.
+Instances scaled down are paused (a standby costing no CPU) and removed once idle for
+`idle_timeout_s`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
-from scheduler.backend import ContainerBackend
+from scheduler.backend import ContainerBackend, Running
 from scheduler.errors import NoCapacity, SchedulerError, StartFailed, UnknownFunction
 from scheduler.models import FunctionSpec
 
@@ -25,8 +32,27 @@ ReadyWaiter = Callable[[str, float], Awaitable[None]]
 class InstanceState(StrEnum):
     STARTING = "starting"
     READY = "ready"
+    PAUSED = "paused"
     DRAINING = "draining"
     STOPPING = "stopping"
+
+
+class Tier(StrEnum):
+    """How an instance was brought up for a cold request."""
+
+    PAUSED = "paused"
+    PREWARM = "prewarm"
+    NEW = "new"
+
+
+class PrewarmSource(Protocol):
+    def claim(self, spec: FunctionSpec) -> Running | None:
+        """A ready generic container that can become `spec`, if any."""
+        ...
+
+    async def specialize(self, running: Running, spec: FunctionSpec) -> None:
+        """Load `spec`'s code into the claimed container (raises StartFailed)."""
+        ...
 
 
 @dataclass(eq=False)
@@ -40,6 +66,7 @@ class Instance:
     address: str = ""
     in_flight: int = 0
     served: int = 0
+    tier: Tier = Tier.NEW
 
     @property
     def version(self) -> int:
@@ -58,6 +85,8 @@ class PoolConfig:
     buffer_size: int = 1000
     # Seconds an instance gets to finish in-flight work when it is stopped.
     stop_grace_s: float = 5.0
+    # Scaled-down instances are paused as standbys (else removed at once).
+    pause: bool = True
 
 
 @dataclass
@@ -66,6 +95,10 @@ class Acquired:
     # The request waited for an instance to start.
     cold: bool
     waited_s: float = 0.0
+
+    @property
+    def tier(self) -> str:
+        return self.instance.tier.value if self.cold else ""
 
 
 @dataclass
@@ -91,10 +124,12 @@ class Pool:
         wait_ready: ReadyWaiter,
         config: PoolConfig | None = None,
         clock: Clock = time.monotonic,
+        prewarm: PrewarmSource | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
         self.wait_ready = wait_ready
+        self.prewarm = prewarm
         self.config = config or PoolConfig()
         self.clock = clock
         self.instances: dict[str, Instance] = {}
@@ -103,6 +138,9 @@ class Pool:
         # Work queued for this function outside the pool (async invocations, job items);
         # set by the queue, read by the autoscaler like in-flight requests.
         self.backlog = 0
+        # The autoscaler's last word, for status.
+        self.desired = 0
+        self.panic = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks = _Tasks()
 
@@ -202,7 +240,20 @@ class Pool:
             and i.state in (InstanceState.STARTING, InstanceState.READY)
         ]
 
+    def observed(self) -> int:
+        """Concurrency as the autoscaler sees it: in flight, waiting and queued."""
+        return sum(i.in_flight for i in self.instances.values()) + len(self._waiters) + self.backlog
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def count(self, state: InstanceState) -> int:
+        version = self.spec.version
+        return sum(1 for i in self.instances.values() if i.state is state and i.version == version)
+
     def _scale_for_waiters(self) -> None:
+        """The first requests that find no slot start capacity now, not at the next tick."""
         if self.closed:
             return
         scaling = self.spec.scaling
@@ -216,32 +267,84 @@ class Pool:
             return
         room = scaling.max - len(active)
         for _ in range(min(room, math.ceil(deficit / scaling.concurrency))):
-            self.start_instance()
+            self.add_instance()
+
+    def scale_to(self, desired: int) -> None:
+        """Bring the instances serving the current version to `desired`."""
+        if self.closed:
+            return
+        self.desired = desired
+        active = self.active()
+        if desired > len(active):
+            for _ in range(desired - len(active)):
+                self.add_instance()
+            return
+        idle = sorted(
+            (i for i in active if i.state is InstanceState.READY and i.in_flight == 0),
+            key=lambda i: i.last_used,
+        )
+        for inst in idle[: len(active) - desired]:
+            self._park(inst)
 
     def ensure_min(self) -> None:
         missing = self.spec.scaling.min - len(self.active())
         for _ in range(max(0, missing)):
-            self.start_instance()
+            self.add_instance()
 
-    def start_instance(self) -> Instance:
+    def add_instance(self) -> Instance:
+        """One more instance of the current version, from the fastest tier that has one."""
+        version = self.spec.version
+        paused = [
+            i
+            for i in self.instances.values()
+            if i.state is InstanceState.PAUSED and i.version == version
+        ]
+        if paused:
+            inst = max(paused, key=lambda i: i.last_used)
+            inst.state, inst.tier = InstanceState.STARTING, Tier.PAUSED
+            self._tasks.spawn(self._unpause(inst), f"unpause-{self.spec.name}-{inst.id}")
+            return inst
+        claimed = self.prewarm.claim(self.spec) if self.prewarm is not None else None
         now = self.clock()
         inst = Instance(new_instance_id(), self.spec, InstanceState.STARTING, now, now)
         self.instances[inst.id] = inst
-        self._tasks.spawn(self._start(inst), f"start-{self.spec.name}-{inst.id}")
+        if claimed is not None:
+            inst.tier = Tier.PREWARM
+            inst.container_id, inst.address = claimed.id, claimed.address
+        self._tasks.spawn(self._start(inst, claimed), f"start-{self.spec.name}-{inst.id}")
         return inst
 
-    async def _start(self, inst: Instance) -> None:
+    async def _start(self, inst: Instance, claimed: Running | None = None) -> None:
         began = self.clock()
         try:
-            running = await self.backend.start(inst.spec, inst.id)
-            inst.container_id = running.id
-            inst.address = running.address
-            await self.wait_ready(running.address, began + self.config.start_timeout_s)
+            if claimed is not None:
+                assert self.prewarm is not None
+                await self.prewarm.specialize(claimed, inst.spec)
+            else:
+                running = await self.backend.start(inst.spec, inst.id)
+                inst.container_id = running.id
+                inst.address = running.address
+                await self.wait_ready(running.address, began + self.config.start_timeout_s)
         except Exception as e:
             self._start_failed(inst, e)
             return
-        if inst.state is not InstanceState.STARTING:  # stopped while starting
-            self._remove_container(inst, 0.0)
+        self._became_ready(inst, began)
+
+    async def _unpause(self, inst: Instance) -> None:
+        began = self.clock()
+        try:
+            await self.backend.unpause(inst.container_id)
+        except Exception as e:
+            self._start_failed(inst, e)
+            return
+        self._became_ready(inst, began)
+
+    def _became_ready(self, inst: Instance, began: float) -> None:
+        if inst.state is not InstanceState.STARTING:  # stopped or drained meanwhile
+            if inst.state is not InstanceState.STOPPING:
+                self._stop(inst)
+            elif inst.container_id:
+                self._remove_container(inst, 0.0)
             return
         inst.last_used = self.clock()
         if inst.spec.version != self.spec.version:
@@ -255,10 +358,27 @@ class Pool:
                 "function": self.spec.name,
                 "version": inst.version,
                 "instance": inst.id,
+                "tier": inst.tier.value,
                 "start_ms": round((self.clock() - began) * 1000, 1),
             },
         )
         self._wake(inst.free_slots)
+
+    def _park(self, inst: Instance) -> None:
+        """Scaled down: pause as a standby (or remove when pausing is off)."""
+        if not self.config.pause:
+            self._stop(inst)
+            return
+        inst.state = InstanceState.PAUSED
+        self._tasks.spawn(self._pause(inst), f"pause-{self.spec.name}-{inst.id}")
+
+    async def _pause(self, inst: Instance) -> None:
+        try:
+            await self.backend.pause(inst.container_id)
+        except Exception as e:
+            log.warning("pause failed; removing", extra={"instance": inst.id, "error": str(e)})
+            if inst.state is InstanceState.PAUSED:
+                self._stop(inst)
 
     def _start_failed(self, inst: Instance, e: Exception) -> None:
         message = str(e) if isinstance(e, SchedulerError) else f"{type(e).__name__}: {e}"
@@ -305,6 +425,8 @@ class Pool:
                 continue
             if inst.state is InstanceState.STARTING:
                 inst.state = InstanceState.DRAINING
+            elif inst.state is InstanceState.PAUSED:
+                self._stop(inst)
             elif inst.state is InstanceState.READY:
                 inst.state = InstanceState.DRAINING
                 if inst.in_flight == 0:
@@ -312,27 +434,22 @@ class Pool:
         # Replace what was serving, so traffic does not fall back to cold starts.
         wanted = min(spec.scaling.max, max(spec.scaling.min, old_ready))
         for _ in range(wanted - len(self.active())):
-            self.start_instance()
+            self.add_instance()
         self._scale_for_waiters()
 
-    def reap_idle(self) -> None:
-        """Remove instances idle past idle_timeout_s, keeping `scaling.min`."""
+    def reap(self) -> None:
+        """Remove standbys idle past `idle_timeout_s`."""
         now = self.clock()
-        scaling = self.spec.scaling
-        ready = [i for i in self.active() if i.state is InstanceState.READY]
-        keep = scaling.min
-        idle = sorted(
-            (i for i in ready if i.in_flight == 0 and now - i.last_used >= scaling.idle_timeout_s),
-            key=lambda i: i.last_used,
-        )
-        removable = len(ready) - keep
-        for inst in idle[: max(0, removable)]:
-            log.info(
-                "instance idle, removing",
-                extra={"function": self.spec.name, "instance": inst.id},
-            )
-            self._stop(inst)
-        self.ensure_min()
+        for inst in list(self.instances.values()):
+            if (
+                inst.state is InstanceState.PAUSED
+                and now - inst.last_used >= self.spec.scaling.idle_timeout_s
+            ):
+                log.info(
+                    "standby idle, removing",
+                    extra={"function": self.spec.name, "instance": inst.id},
+                )
+                self._stop(inst)
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop every instance and fail whoever waits (function deleted, or shutdown)."""

@@ -26,7 +26,7 @@ async def health(address: str) -> tuple[int, bytes]:
     return status, body
 
 
-def _load_error(body: bytes) -> str:
+def error_message(body: bytes) -> str:
     try:
         return str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
@@ -41,9 +41,26 @@ async def wait_ready(address: str, deadline: float) -> None:
             if status == 200:
                 return
             if status >= 500:
-                raise StartFailed(f"handler failed to load: {_load_error(body)}")
+                raise StartFailed(f"handler failed to load: {error_message(body)}")
         except (OSError, TimeoutError, IndexError, ValueError):
             pass
         if time.monotonic() >= deadline:
             raise StartFailed(f"instance at {address} did not become healthy in time")
         await asyncio.sleep(PROBE_INTERVAL_S)
+
+
+async def post_json(address: str, path: str, body: bytes) -> tuple[int, bytes]:
+    """One POST over a fresh connection; (status, body)."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        data = await reader.read(-1)
+    finally:
+        writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), rest

@@ -17,6 +17,8 @@ from scheduler.pool import InstanceState, Pool, PoolConfig
 class FakeBackend:
     started: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+    unpaused: list[str] = field(default_factory=list)
     fail_start: Exception | None = None
     start_delay: float = 0.0
 
@@ -30,6 +32,12 @@ class FakeBackend:
 
     async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
         self.removed.append(container_id)
+
+    async def pause(self, container_id: str) -> None:
+        self.paused.append(container_id)
+
+    async def unpause(self, container_id: str) -> None:
+        self.unpaused.append(container_id)
 
     async def list_managed(self) -> list[Running]:
         return []
@@ -83,7 +91,7 @@ async def test_concurrency_slots_then_a_second_instance() -> None:
 async def test_least_loaded_instance_is_picked() -> None:
     pool = make_pool(FakeBackend(), spec(concurrency=4))
     first = (await pool.acquire(10**9)).instance
-    second = pool.start_instance()
+    second = pool.add_instance()
     await pool.drain_tasks()
     first.in_flight = 3
     assert (await pool.acquire(10**9)).instance is second
@@ -145,22 +153,71 @@ async def test_update_drains_old_instances_after_in_flight_work() -> None:
     assert set(pool.instances) == {new.instance.id}
 
 
-async def test_idle_instances_are_reaped_down_to_min() -> None:
+async def test_scale_down_pauses_idle_instances_then_removes_them() -> None:
     clock = FakeClock()
     backend = FakeBackend()
-    pool = Pool(spec(min=1, concurrency=1, idle_timeout_s=60), backend, ready_at_once, clock=clock)  # type: ignore[arg-type]
+    pool = Pool(spec(concurrency=1, idle_timeout_s=60), backend, ready_at_once, clock=clock)  # type: ignore[arg-type]
     a = await pool.acquire(10**9)
     b = await pool.acquire(10**9)
     pool.release(a.instance)
-    pool.release(b.instance)
-    clock.now += 30
-    pool.reap_idle()
-    assert len(pool.instances) == 2
-    clock.now += 31
-    pool.reap_idle()
+    clock.now += 1
+    pool.scale_to(0)  # b is busy: only a can go
     await pool.drain_tasks()
-    assert len(pool.instances) == 1
-    assert len(backend.removed) == 1
+    assert a.instance.state is InstanceState.PAUSED
+    assert b.instance.state is InstanceState.READY
+    assert backend.paused == [a.instance.container_id]
+    clock.now += 30
+    pool.reap()
+    assert a.instance.state is InstanceState.PAUSED
+    clock.now += 31
+    pool.reap()
+    await pool.drain_tasks()
+    assert a.instance.id not in pool.instances
+    assert backend.removed == [a.instance.container_id]
+
+
+async def test_cold_start_prefers_a_paused_standby() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(concurrency=1))
+    first = await pool.acquire(10**9)
+    pool.release(first.instance)
+    pool.scale_to(0)
+    await pool.drain_tasks()
+    got = await pool.acquire(10**9)
+    assert got.instance is first.instance
+    assert got.cold and got.tier == "paused"
+    assert backend.unpaused == [first.instance.container_id]
+    assert len(backend.started) == 1
+
+
+async def test_cold_start_takes_a_prewarmed_container_before_a_new_one() -> None:
+    backend = FakeBackend()
+
+    class Prewarm:
+        specialized: list[str] = []
+
+        def claim(self, s: FunctionSpec) -> Running | None:
+            return Running("warm-1", "10.0.9.9:8080", "_prewarm", 0)
+
+        async def specialize(self, running: Running, s: FunctionSpec) -> None:
+            self.specialized.append(running.id)
+
+    prewarm = Prewarm()
+    pool = Pool(spec(), backend, ready_at_once, prewarm=prewarm)  # type: ignore[arg-type]
+    got = await pool.acquire(10**9)
+    assert got.tier == "prewarm"
+    assert got.instance.container_id == "warm-1"
+    assert prewarm.specialized == ["warm-1"]
+    assert backend.started == []
+
+
+async def test_scale_to_starts_instances_up_to_desired() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(max=5))
+    pool.scale_to(3)
+    await pool.drain_tasks()
+    assert pool.count(InstanceState.READY) == 3
+    assert pool.desired == 3
 
 
 async def test_min_instances_are_started() -> None:

@@ -1,0 +1,131 @@
+"""Prewarmed generic runtime containers ("stem cells"), specialized on a cold start.
+
+A few containers of each runtime's base image run in prewarm mode, healthy and waiting.
+A function's cold start claims one and sends its code in the `/_/init` request itself
+(as OpenWhisk does), skipping container create and start. Refilled in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import deque
+from typing import Protocol
+
+from scheduler import probe
+from scheduler.backend import ContainerBackend, Running
+from scheduler.errors import StartFailed
+from scheduler.models import PREWARM_NAME, FunctionSpec, Limits
+from scheduler.pool import new_instance_id
+
+log = logging.getLogger("kapal.scheduler.prewarm")
+
+# After a failed start, wait this long before trying to refill again.
+BACKOFF_S = 30.0
+
+
+class CodeSource(Protocol):
+    async def code(self, name: str, version: int) -> bytes:
+        """The function version's code folder as a .tar.gz."""
+        ...
+
+
+def can_specialize(spec: FunctionSpec) -> bool:
+    """Prewarmed containers run with default limits and no function dependencies."""
+    return not spec.has_dependencies and spec.limits == Limits()
+
+
+class PrewarmPool:
+    def __init__(
+        self,
+        backend: ContainerBackend,
+        images: dict[str, str],
+        size: int,
+        code: CodeSource,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.backend = backend
+        self.images = images
+        self.size = size
+        self.code = code
+        self.start_timeout_s = start_timeout_s
+        self.ready: dict[str, deque[Running]] = {r: deque() for r in images}
+        self.starting: dict[str, int] = dict.fromkeys(images, 0)
+        self._backoff_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def claim(self, spec: FunctionSpec) -> Running | None:
+        ready = self.ready.get(spec.runtime)
+        if not ready or not can_specialize(spec):
+            return None
+        running = ready.popleft()
+        self.refill()
+        return running
+
+    async def specialize(self, running: Running, spec: FunctionSpec) -> None:
+        code = await self.code.code(spec.name, spec.version)
+        body = json.dumps(
+            {
+                "function": spec.name,
+                "version": spec.version,
+                "handler": spec.handler,
+                "env": spec.env,
+                "code": base64.b64encode(code).decode(),
+            }
+        ).encode()
+        try:
+            status, answer = await asyncio.wait_for(
+                probe.post_json(running.address, "/_/init", body), self.start_timeout_s
+            )
+        except (OSError, TimeoutError, IndexError, ValueError) as e:
+            raise StartFailed(f"specializing a prewarmed container failed: {e}") from e
+        if status != 200:
+            raise StartFailed(f"handler failed to load: {probe.error_message(answer)}")
+
+    def refill(self) -> None:
+        if self.closed or time.monotonic() < self._backoff_until:
+            return
+        for runtime in self.images:
+            while len(self.ready[runtime]) + self.starting[runtime] < self.size:
+                self.starting[runtime] += 1
+                task = asyncio.ensure_future(self._start_one(runtime))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self, runtime: str) -> None:
+        spec = FunctionSpec(
+            name=PREWARM_NAME,
+            version=0,
+            runtime=runtime,
+            image=self.images[runtime],
+            env={"KAPAL_PREWARM": "1"},
+        )
+        running: Running | None = None
+        try:
+            running = await self.backend.start(spec, new_instance_id())
+            await probe.wait_ready(running.address, time.monotonic() + self.start_timeout_s)
+        except Exception as e:
+            log.warning("prewarm start failed", extra={"runtime": runtime, "error": str(e)})
+            self._backoff_until = time.monotonic() + BACKOFF_S
+            if running is not None:
+                await self.backend.remove(running.id)
+            return
+        finally:
+            self.starting[runtime] -= 1
+        if self.closed:
+            await self.backend.remove(running.id)
+            return
+        self.ready[runtime].append(running)
+
+    async def close(self) -> None:
+        self.closed = True
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        leftovers = [r for q in self.ready.values() for r in q]
+        for q in self.ready.values():
+            q.clear()
+        await asyncio.gather(*(self.backend.remove(r.id) for r in leftovers))
