@@ -1,5 +1,96 @@
+"""`scale`: a 50 ms function (concurrency 4) hit by a step from 1 to 64 connections, then idle.
+
+Figures: errors, seconds_to_target_instances, p99 during the step and steady at 1
+connection, instances_peak, seconds_to_zero (short idle timeout) and requests dropped
+while the pool scales down under a light load.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
 from typing import Any
+
+from bench.harness import deploy, get_function, kapal, say
+from bench.wrk import WrkResult, wrk
+
+SLEEP_50MS = (
+    "import asyncio\n"
+    "async def handle(event, context):\n"
+    "    await asyncio.sleep(0.05)\n"
+    "    return 'ok'\n"
+)
+CONCURRENCY = 4
+CONNECTIONS = 64
+MAX_INSTANCES = 32
+
+
+def active(fn: dict[str, Any]) -> int:
+    return int(fn["pool"]["ready"])
 
 
 def run(quick: bool) -> dict[str, Any]:
-    raise NotImplementedError
+    step_s = 10 if quick else 20
+    stable_s = 6 if quick else 20
+    idle_s = 2 if quick else 5
+    target = min(MAX_INSTANCES, math.ceil(CONNECTIONS / (CONCURRENCY * 0.7)))
+    env = {"KAPAL_AUTOSCALE_STABLE_WINDOW_S": str(stable_s)}
+    with kapal(**env) as gw:
+        spec = {
+            "scaling": {"concurrency": CONCURRENCY, "max": MAX_INSTANCES, "idle_timeout_s": idle_s}
+        }
+        deploy(gw, "sleepy", SLEEP_50MS, spec)
+        url = f"{gw.url}/fn/sleepy"
+        wrk(url, 1, 1, threads=1)  # the first (cold) request is not part of steady state
+        say("steady: 1 connection")
+        steady = wrk(url, 1, 5 if quick else 10, threads=1)
+
+        say(f"step: {CONNECTIONS} connections for {step_s}s")
+        result: list[WrkResult] = []
+        loader = threading.Thread(
+            target=lambda: result.append(wrk(url, CONNECTIONS, step_s, threads=2))
+        )
+        began = time.monotonic()
+        loader.start()
+        reached: float | None = None
+        peak = 0
+        while loader.is_alive():
+            n = active(get_function(gw, "sleepy"))
+            peak = max(peak, n)
+            if reached is None and n >= target:
+                reached = time.monotonic() - began
+            time.sleep(0.1)
+        loader.join()
+        step = result[0]
+
+        say("scale-down under 2 connections, then idle to zero")
+        light: list[WrkResult] = []
+        light_s = stable_s + 4
+        loader = threading.Thread(target=lambda: light.append(wrk(url, 2, light_s, threads=1)))
+        loader.start()
+        loader.join()
+        idle_began = time.monotonic()
+        zero: float | None = None
+        while time.monotonic() - idle_began < stable_s * 3 + idle_s + 30:
+            fn = get_function(gw, "sleepy")
+            if not fn["instances"]:
+                zero = time.monotonic() - idle_began
+                break
+            time.sleep(0.2)
+    return {
+        "scenario": "scale",
+        "step_seconds": step_s,
+        "stable_window_s": stable_s,
+        "idle_timeout_s": idle_s,
+        "target_instances": target,
+        "errors": steady.errors + steady.non2xx + step.errors + step.non2xx,
+        "seconds_to_target_instances": round(reached, 2) if reached is not None else None,
+        "p99_ms_during_step": round(step.p99_us / 1000, 1),
+        "p99_ms_steady": round(steady.p99_us / 1000, 1),
+        "rps_during_step": round(step.rps),
+        "instances_peak": peak,
+        "seconds_to_zero": round(zero, 1) if zero is not None else None,
+        "dropped_on_scale_down": light[0].errors + light[0].non2xx,
+        "requests_during_scale_down": light[0].requests,
+    }

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # Fraction of each instance's concurrency the autoscaler aims to use.
     autoscale_target_utilization: float = Field(default=0.7, gt=0, le=1)
     # Prewarmed generic containers kept ready per runtime (0: none).
-    prewarm_python: int = Field(default=2, ge=0, le=50)
+    prewarm_python: int = Field(default=4, ge=0, le=50)
     # Pause scaled-down instances as standbys before removing them.
     pause_standbys: bool = True
     # How often buffered invocation records are written, in seconds.
