@@ -94,6 +94,8 @@ class PoolStatus(BaseModel):
     # Requests being served, and waiting for a slot.
     in_flight: int
     waiting: int
+    # Requests answered 503 since start-up (wait buffer full, or no slot in time).
+    rejected: int
     # The autoscaler is in panic mode (a burst).
     panic: bool
 

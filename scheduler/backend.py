@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +35,10 @@ class ContainerBackend(Protocol):
         ...
 
     async def unpause(self, container_id: str) -> None: ...
+
+    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
+        """Report containers that die (`on_exit(id, "die" | "oom")`); returns a stop function."""
+        ...
 
     async def list_managed(self) -> list[Running]:
         """Every running or stopped container this Kapal namespace owns."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -197,6 +198,34 @@ class DockerBackend:
             return out
 
         return await self._run(list_)
+
+    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call `on_exit(container_id, action)` on the loop when a container of ours dies.
+
+        Returns a function that stops watching. The engine's event stream is read on a
+        thread of its own.
+        """
+        loop = asyncio.get_running_loop()
+        stream = self.api.events(
+            decode=True,
+            filters={
+                "type": "container",
+                "event": ["die", "oom"],
+                "label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"],
+            },
+        )
+
+        def read() -> None:
+            try:
+                for event in stream:
+                    cid, action = event.get("id", ""), event.get("Action", "")
+                    loop.call_soon_threadsafe(on_exit, cid, action)
+            except Exception as e:  # the stream closes when we stop, or the engine goes
+                log.debug("event stream ended", extra={"error": str(e)})
+
+        thread = threading.Thread(target=read, name="kapal-docker-events", daemon=True)
+        thread.start()
+        return stream.close
 
     async def remove_images(self, repository: str) -> None:
         """Remove every tag of a function's image repository."""

@@ -67,6 +67,8 @@ class Instance:
     in_flight: int = 0
     served: int = 0
     tier: Tier = Tier.NEW
+    # Why the engine says its container ended ("out of memory", ...), once it has.
+    exit_reason: str = ""
 
     @property
     def version(self) -> int:
@@ -138,6 +140,8 @@ class Pool:
         # Work queued for this function outside the pool (async invocations, job items);
         # set by the queue, read by the autoscaler like in-flight requests.
         self.backlog = 0
+        # Requests answered 503 (buffer full or no slot before the deadline).
+        self.rejected = 0
         # The autoscaler's last word, for status.
         self.desired = 0
         self.panic = False
@@ -168,6 +172,7 @@ class Pool:
         if self.closed:
             raise UnknownFunction(self.spec.name)
         if len(self._waiters) >= self.config.buffer_size:
+            self.rejected += 1
             raise NoCapacity(f"function {self.spec.name} is at capacity: wait buffer is full")
         began = self.clock()
         loop = asyncio.get_running_loop()
@@ -178,6 +183,7 @@ class Pool:
             try:
                 await asyncio.wait_for(fut, max(0.0, deadline - self.clock()))
             except TimeoutError:
+                self.rejected += 1
                 raise NoCapacity(
                     f"no instance of {self.spec.name} became free in time", retry_after_s=1.0
                 ) from None
@@ -204,6 +210,18 @@ class Pool:
                 self._stop(inst)
         elif inst.state is InstanceState.READY:
             self._wake(1)
+
+    def container_exited(self, container_id: str, action: str) -> None:
+        """The engine says a container died: replace its instance (if it was still ours)."""
+        for inst in list(self.instances.values()):
+            if inst.container_id == container_id and inst.state in (
+                InstanceState.READY,
+                InstanceState.PAUSED,
+                InstanceState.DRAINING,
+            ):
+                reason = "out of memory" if action == "oom" else "container exited"
+                inst.exit_reason = reason
+                self.discard(inst, reason)
 
     def discard(self, inst: Instance, reason: str) -> None:
         """Take a broken instance (timed out, died) out of routing and remove it."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scheduler import probe
@@ -50,6 +51,7 @@ class PoolView:
     draining: int
     in_flight: int
     waiting: int
+    rejected: int
     panic: bool
 
 
@@ -81,6 +83,7 @@ class Scheduler:
         self._scaled: dict[str, _Scaled] = {}
         self._stop = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._unwatch: Callable[[], None] | None = None
 
     def pool(self, name: str) -> Pool | None:
         return self.pools.get(name)
@@ -98,7 +101,12 @@ class Scheduler:
             pool.ensure_min()
         if self.prewarm is not None:
             self.prewarm.refill()
+        self._unwatch = self.backend.watch(self._container_exited)
         self._loop = asyncio.create_task(self._scale_loop(), name="kapal-scaler")
+
+    def _container_exited(self, container_id: str, action: str) -> None:
+        for pool in self.pools.values():
+            pool.container_exited(container_id, action)
 
     async def _adopt_or_remove(self, found: list[Running]) -> None:
         async def one(c: Running) -> None:
@@ -219,12 +227,15 @@ class Scheduler:
             draining=sum(1 for i in pool.instances.values() if i.state is InstanceState.DRAINING),
             in_flight=sum(i.in_flight for i in pool.instances.values()),
             waiting=pool.waiting,
+            rejected=pool.rejected,
             panic=pool.panic,
         )
 
     async def close(self) -> None:
         """Stop the scaling loop and every instance: nothing is left running."""
         self._stop.set()
+        if self._unwatch is not None:
+            self._unwatch()
         if self._loop is not None:
             await self._loop
         pools, self.pools = list(self.pools.values()), {}

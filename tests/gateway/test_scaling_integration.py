@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import docker
 import pytest
 
 from infra.local import GatewayProcess
@@ -99,3 +100,43 @@ async def test_burst_scales_out_without_errors(
     assert statuses == [200] * 120
     fn = await function(http, gw, "burst")
     assert 2 <= len([i for i in fn["instances"] if i["state"] != "paused"]) <= 6
+
+
+async def test_killed_container_is_detected_and_replaced(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    gw = make_gateway()
+    status, body = await deploy(http, gw, SLEEPY, {"name": "victim"})
+    assert status == 201, body
+    async with http.get(f"{gw.url}/fn/victim") as r:
+        assert r.status == 200
+    [instance] = (await function(http, gw, "victim"))["instances"]
+    docker_client.containers.get(instance["container"]).kill()
+    # The engine's event, not a failed request, takes it out of routing.
+    await wait_for(
+        http, gw, "victim", lambda f: instance["id"] not in [i["id"] for i in f["instances"]]
+    )
+    async with http.get(f"{gw.url}/fn/victim") as r:
+        assert r.status == 200
+        assert r.headers["X-Kapal-Cold-Start"] in ("prewarm", "new")
+
+
+async def test_full_buffer_answers_503_with_retry_after_and_counts_it(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = make_gateway(KAPAL_BUFFER_SIZE="1")
+    spec = {"name": "narrow", "scaling": {"concurrency": 1, "max": 1, "min": 1}}
+    status, body = await deploy(http, gw, SLEEPY, spec)
+    assert status == 201, body
+    await wait_for(http, gw, "narrow", lambda f: f["pool"]["ready"] == 1)
+
+    async def call() -> tuple[int, str, Any]:
+        async with http.get(f"{gw.url}/fn/narrow?s=1") as r:
+            body = await r.json() if r.status == 503 else await r.text()
+            return r.status, r.headers.get("Retry-After", ""), body
+
+    results = await asyncio.gather(*(call() for _ in range(4)))
+    refused = [r for r in results if r[0] == 503]
+    assert sorted(r[0] for r in results) == [200, 200, 503, 503]
+    assert all(r[1] == "1" and r[2]["error"]["code"] == "unavailable" for r in refused)
+    assert (await function(http, gw, "narrow"))["pool"]["rejected"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -38,6 +39,9 @@ class FakeBackend:
 
     async def unpause(self, container_id: str) -> None:
         self.unpaused.append(container_id)
+
+    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
+        return lambda: None
 
     async def list_managed(self) -> list[Running]:
         return []
@@ -249,3 +253,16 @@ async def test_close_fails_waiters_and_removes_everything() -> None:
     with pytest.raises(UnknownFunction):
         await waiter
     assert sorted(backend.removed) == sorted(backend.started)
+
+
+async def test_container_death_replaces_the_instance() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend)
+    got = await pool.acquire(10**9)
+    pool.release(got.instance)
+    pool.container_exited(got.instance.container_id, "oom")
+    await pool.drain_tasks()
+    assert got.instance.exit_reason == "out of memory"
+    assert got.instance.id not in pool.instances
+    again = await pool.acquire(10**9)
+    assert again.cold and again.instance is not got.instance
