@@ -13,6 +13,7 @@ from gateway.errors import error_middleware
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
+from gateway.upstream import Upstreams
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
@@ -65,12 +66,12 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     )
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
-    invoker = invoke.Invoker(settings, scheduler, recorder)
+    upstreams = Upstreams()
+    invoker = invoke.Invoker(settings, scheduler, recorder, upstreams)
     try:
         specs = await store.current_specs()
         await scheduler.start(specs)
         recorder.start()
-        await invoker.start()
         app[api.store_key] = store
         app[api.scheduler_key] = scheduler
         app[api.recorder_key] = recorder
@@ -86,7 +87,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
-        await invoker.close()
+        upstreams.close()
         await scheduler.close()
         await recorder.close()
         await pg.close()

@@ -1,83 +1,26 @@
-"""The invocation path: ANY /fn/{name}[/{path}] proxied to a warm instance.
+"""Invoking a function: a slot on a warm instance, one exchange with it, a record.
 
-Never touches the database: the function comes from the scheduler's in-memory pools and
-the record goes to an in-memory batch.
+Used by the front server for `/fn/...` (the response written through to the client) and
+from inside Kapal (`Invoker.call`: queue workers, jobs, schedules; the response buffered).
+Never touches the database: pools are in memory and records are batched.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, istr
-from yarl import URL
-
-from gateway.errors import FunctionNotFound, UpstreamFailed, UpstreamTimeout
+from gateway.errors import FunctionNotFound, PayloadTooLarge, UpstreamFailed, UpstreamTimeout
+from gateway.http1 import Request
+from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
 from gateway.settings import Settings
+from gateway.upstream import UpstreamLost, Upstreams
 from scheduler.scheduler import Scheduler
-
-REQUEST_ID = istr("X-Kapal-Request-Id")
-DEADLINE = istr("X-Kapal-Deadline")
-COLD_START = istr("X-Kapal-Cold-Start")
-RUNTIME_ERROR = istr("X-Kapal-Error")
-HOP_BY_HOP = frozenset(
-    istr(h)
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Content-Length",
-    )
-)
-# Bodies up to this size are read whole (one write, a Content-Length); larger ones stream.
-BUFFER_LIMIT = 1 << 20
-CHUNK = 1 << 16
-
-
-def _forward_headers(request: web.Request, request_id: str, deadline: float) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in request.headers.items():
-        if key not in HOP_BY_HOP and key != REQUEST_ID and key != DEADLINE:
-            headers.add(key, value)
-    headers[REQUEST_ID] = request_id
-    headers[DEADLINE] = f"{deadline:.3f}"
-    peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-    headers.setdefault("X-Forwarded-Host", request.host)
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
-    return headers
-
-
-def _response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in upstream.headers.items():
-        if key not in HOP_BY_HOP:
-            headers.add(key, value)
-    headers[REQUEST_ID] = request_id
-    return headers
-
-
-def _subpath(request: web.Request, name: str) -> str:
-    """What follows /fn/{name} in the raw (still percent-encoded) path, with the query."""
-    raw = request.raw_path
-    rest = raw[len("/fn/") + len(name) :]
-    if not rest or rest[0] == "?":
-        rest = "/" + rest
-    return rest
 
 
 @dataclass(frozen=True)
@@ -86,28 +29,89 @@ class CallResult:
     headers: dict[str, str]
     body: bytes
     request_id: str
-    cold: bool
+    # The cold-start tier that served it ("" when warm).
+    cold: str
 
 
 class Invoker:
-    def __init__(self, settings: Settings, scheduler: Scheduler, recorder: Recorder) -> None:
+    def __init__(
+        self, settings: Settings, scheduler: Scheduler, recorder: Recorder, upstreams: Upstreams
+    ) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.recorder = recorder
-        self.session: aiohttp.ClientSession | None = None
+        self.upstreams = upstreams
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=None)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
+    async def invoke(
+        self,
+        sink: ExchangeSink,
+        req: Request,
+        name: str,
+        target: bytes,
+        peer: bytes,
+        request_id: bytes,
+    ) -> str:
+        """Run `req` on an instance of `name`; returns the cold-start tier ("" when warm).
+
+        Raises FunctionNotFound, PayloadTooLarge, scheduler errors (no capacity, start
+        failed), UpstreamTimeout (instance replaced) and UpstreamFailed (instance replaced).
+        """
+        pool = self.scheduler.pool(name)
+        if pool is None:
+            raise FunctionNotFound(f"function {name} not found")
+        limit = self.settings.max_body_bytes
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        wall_start, t0 = time.time(), time.monotonic()
+        acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
+        inst = acquired.instance
+        timeout = inst.spec.limits.timeout_s
+        extra = b"x-kapal-request-id: " + request_id + b"\r\n"
+        if acquired.cold:
+            extra += b"x-kapal-cold-start: " + acquired.tier.encode() + b"\r\n"
+        ours = (
+            b"x-kapal-request-id: "
+            + request_id
+            + b"\r\nx-kapal-deadline: "
+            + b"%.3f" % (wall_start + timeout)
+            + b"\r\n"
         )
-
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        head = request_head(req, target, peer, ours)
+        status = 502
+        try:
+            await exchange(self.upstreams, sink, req, inst.address, head, extra, timeout, limit)
+            status = sink.status
+            if sink.runtime_timeout:
+                # The handler is still running inside (a thread cannot be killed).
+                pool.discard(inst, "timeout reported by the runtime")
+        except TimeoutError:
+            status = 504
+            pool.discard(inst, "timeout")
+            raise UpstreamTimeout(f"function {name} did not answer within {timeout:g}s") from None
+        except (UpstreamLost, OSError) as e:
+            status = 502
+            reason = inst.exit_reason or str(e)
+            pool.discard(inst, f"request failed: {reason}")
+            raise UpstreamFailed(
+                f"instance of {name} failed during the request ({reason}); it has been replaced"
+            ) from None
+        finally:
+            pool.release(inst)
+            self.recorder.add(
+                InvocationRecord(
+                    uuid.UUID(request_id.decode()),
+                    name,
+                    inst.version,
+                    req.method.decode(),
+                    target.split(b"?", 1)[0][:512].decode("latin-1"),
+                    status,
+                    acquired.cold,
+                    inst.id,
+                    datetime.fromtimestamp(wall_start, UTC),
+                    (time.monotonic() - t0) * 1000,
+                )
+            )
+        return acquired.tier
 
     async def call(
         self,
@@ -119,71 +123,22 @@ class Invoker:
         *,
         request_id: str | None = None,
     ) -> CallResult:
-        """Invoke a function from inside Kapal (queue workers, jobs, schedules), buffered.
+        """Invoke a function from inside Kapal, the response buffered in memory.
 
-        Raises the same errors as the HTTP path: FunctionNotFound, UpstreamTimeout,
-        UpstreamFailed, and scheduler errors (NoCapacity, StartFailed).
+        Raises what `invoke` raises.
         """
-        pool = self.scheduler.pool(name)
-        if pool is None:
-            raise FunctionNotFound(f"function {name} not found")
-        assert self.session is not None
-        request_id = request_id or uuid.uuid4().hex
-        wall_start, t0 = time.time(), time.monotonic()
-        acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
-        inst = acquired.instance
-        timeout = inst.spec.limits.timeout_s
-        status = 502
-        out = CIMultiDict({k: v for k, v in headers.items() if istr(k) not in HOP_BY_HOP})
-        out[REQUEST_ID] = request_id
-        out[DEADLINE] = f"{time.time() + timeout:.3f}"
         if not path_qs.startswith("/"):
             path_qs = "/" + path_qs
-        try:
-            try:
-                async with asyncio.timeout(timeout):
-                    async with self.session.request(
-                        method,
-                        URL(f"http://{inst.address}{path_qs}", encoded=True),
-                        headers=out,
-                        data=body or None,
-                        allow_redirects=False,
-                    ) as up:
-                        status = up.status
-                        if status == 504 and up.headers.get(RUNTIME_ERROR) == "timeout":
-                            raise TimeoutError
-                        data = await up.read()
-                        return CallResult(
-                            status,
-                            dict(_response_headers(up, request_id)),
-                            data,
-                            request_id,
-                            acquired.cold,
-                        )
-            except TimeoutError:
-                status = 504
-                pool.discard(inst, "timeout")
-                raise UpstreamTimeout(
-                    f"function {name} did not answer within {timeout:g}s"
-                ) from None
-            except aiohttp.ClientError as e:
-                pool.discard(inst, f"request failed: {type(e).__name__}")
-                raise UpstreamFailed(
-                    f"instance of {name} failed during the request ({type(e).__name__})"
-                ) from None
-        finally:
-            pool.release(inst)
-            self.recorder.add(
-                InvocationRecord(
-                    uuid.UUID(request_id),
-                    name,
-                    inst.version,
-                    method,
-                    path_qs[:512],
-                    status,
-                    acquired.cold,
-                    inst.id,
-                    datetime.fromtimestamp(wall_start, UTC),
-                    (time.monotonic() - t0) * 1000,
-                )
-            )
+        rid = (request_id or os.urandom(16).hex()).encode()
+        target = path_qs.encode()
+        req = Request.buffered(
+            method.upper().encode(),
+            target,
+            [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+            body,
+        )
+        sink = BufferedResponse()
+        tier = await self.invoke(sink, req, name, target, b"kapal", rid)
+        out = {k.decode("latin-1"): v.decode("latin-1") for k, v in sink.headers}
+        out["X-Kapal-Request-Id"] = rid.decode()
+        return CallResult(sink.status, out, sink.data, rid.decode(), tier)

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from gateway import api, logs
 from gateway.app import create_app
-from gateway.front import ClientConnection, Front
+from gateway.front import Front
+from gateway.http1 import ClientConnection
 from gateway.settings import Settings
 
 log = logging.getLogger("kapal.gateway")
@@ -48,9 +49,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await runner.setup()
         try:
             await web.UnixSite(runner, socket_path).start()
-            front = Front(
-                settings, app[api.scheduler_key], app[api.recorder_key], f"unix:{socket_path}"
-            )
+            invoker = app[api.invoker_key]
+            front = Front(settings, invoker, invoker.upstreams, f"unix:{socket_path}")
             server = await loop.create_server(
                 lambda: ClientConnection(front),
                 settings.host,

@@ -13,6 +13,20 @@ from typing import Protocol, cast
 
 import httptools
 
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"content-length",
+    )
+)
 # Idle connections older than this are not reused (the runtime closes its side at 75 s).
 IDLE_TTL_S = 30.0
 MAX_IDLE_PER_ADDRESS = 256

@@ -1,0 +1,159 @@
+"""One request/response exchange with an upstream (an instance, or the management app).
+
+The request goes out on a pooled kept-alive connection; the response is written through
+to a sink: the client's connection (`http1.ClientConnection`) or a `BufferedResponse`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from gateway.http1 import BODY_HIGH_WATER, Request
+from gateway.upstream import HOP_BY_HOP, Sink, UpstreamConnection, UpstreamLost, Upstreams
+
+OURS = frozenset((b"x-kapal-request-id", b"x-kapal-deadline", b"x-forwarded-for"))
+
+
+class ExchangeSink(Sink, Protocol):
+    upstream: UpstreamConnection | None
+    response_started: bool
+    status: int
+    runtime_timeout: bool
+
+    def prepare(self, upstream: UpstreamConnection, extra_head: bytes, head_only: bool) -> None: ...
+
+
+class BufferedResponse:
+    """A whole response in memory (invocations made inside Kapal)."""
+
+    def __init__(self) -> None:
+        self.upstream: UpstreamConnection | None = None
+        self.response_started = False
+        self.status = 0
+        self.runtime_timeout = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+
+    def prepare(self, upstream: UpstreamConnection, extra_head: bytes, head_only: bool) -> None:
+        self.upstream = upstream
+        self.chunks.clear()
+
+    def start(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
+    ) -> None:
+        self.status, self.response_started = status, True
+        self.headers = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
+        self.runtime_timeout = status == 504 and any(
+            n.lower() == b"x-kapal-error" and v == b"timeout" for n, v in headers
+        )
+
+    def body(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def end(self) -> None:
+        self.upstream = None
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def request_head(req: Request, target: bytes, peer: bytes, ours: bytes) -> bytes:
+    """The request line and headers to send upstream: hop-by-hop dropped, ours added."""
+    out = [req.method, b" ", target, b" HTTP/1.1\r\n"]
+    forwarded = b""
+    host = False
+    for name, value in req.headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in OURS:
+            if lname == b"x-forwarded-for":
+                forwarded = value + b", "
+            continue
+        host = host or lname == b"host"
+        out.append(name + b": " + value + b"\r\n")
+    if not host:  # HTTP/1.0 clients and calls made inside Kapal; 1.1 requires one
+        out.append(b"host: kapal\r\n")
+    out.append(b"x-forwarded-for: " + forwarded + peer + b"\r\n")
+    out.append(ours)
+    if req.chunked:
+        out.append(b"transfer-encoding: chunked\r\n")
+    elif req.content_length is not None:
+        out.append(b"content-length: %d\r\n" % req.content_length)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
+
+
+async def exchange(
+    upstreams: Upstreams,
+    sink: ExchangeSink,
+    req: Request,
+    address: str,
+    head: bytes,
+    extra: bytes,
+    timeout_s: float,
+    max_body: int,
+) -> None:
+    """Send `req` to `address` and write the answer through to `sink`.
+
+    Raises TimeoutError past `timeout_s`, UpstreamLost or OSError when the upstream fails.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    head_only = req.method == b"HEAD"
+    # A small body that has fully arrived goes out with the head in one write, and the
+    # exchange may be retried on a fresh connection when a kept-alive one was stale.
+    whole = req.body.complete and not req.chunked and req.body.size <= BODY_HIGH_WATER
+    payload = head + b"".join(req.body.chunks) if whole else head
+    up = upstreams.take(address)
+    reused = up is not None
+    try:
+        while True:
+            if up is None:
+                async with asyncio.timeout_at(deadline):
+                    up = await upstreams.connect(address)
+            sink.prepare(up, extra, head_only)
+            done = up.begin(sink, head_only)
+            # One timer per exchange; cheaper than a timeout context on the hot path.
+            timer = loop.call_at(deadline, _expire, done)
+            try:
+                up.write(payload)
+                if not whole:
+                    async with asyncio.timeout_at(deadline):
+                        await _send_body(req, up, max_body)
+                await done
+                break
+            except UpstreamLost as e:
+                if not (reused and whole and not e.response_started):
+                    raise
+                up, reused = None, False
+            finally:
+                timer.cancel()
+    except BaseException:
+        if sink.upstream is not None:
+            sink.upstream.abort()
+        sink.upstream = None
+        raise
+    upstreams.put(up)
+
+
+async def _send_body(req: Request, up: UpstreamConnection, limit: int) -> None:
+    if not req.has_body:
+        return
+    sent = 0
+    while (chunk := await req.body.next()) is not None:
+        sent += len(chunk)
+        if sent > limit:
+            raise UpstreamLost(f"request body is larger than {limit} bytes", response_started=False)
+        up.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if req.chunked else chunk)
+        await up.drain()
+    if req.chunked:
+        up.write(b"0\r\n\r\n")
