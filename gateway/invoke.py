@@ -69,13 +69,9 @@ class Invoker:
         extra = b"x-kapal-request-id: " + request_id + b"\r\n"
         if acquired.cold:
             extra += b"x-kapal-cold-start: " + acquired.tier.encode() + b"\r\n"
-        ours = (
-            b"x-kapal-request-id: "
-            + request_id
-            + b"\r\nx-kapal-deadline: "
-            + b"%.3f" % (wall_start + timeout)
-            + b"\r\n"
-        )
+        # The time limit counts from dispatch, not arrival (a cold start may have waited).
+        deadline = b"%.3f" % (time.time() + timeout)
+        ours = b"x-kapal-request-id: " + request_id + b"\r\nx-kapal-deadline: " + deadline + b"\r\n"
         head = request_head(req, target, peer, ours)
         status = 502
         try:
