@@ -26,6 +26,7 @@ MAX_HEADERS = 200
 # A body buffered past this pauses reading from the client until it is forwarded.
 BODY_HIGH_WATER = 1 << 20
 NO_BODY_STATUS = frozenset((204, 304))
+REQUEST_ID = b"x-kapal-request-id"
 
 
 class RequestHandler(Protocol):
@@ -349,8 +350,8 @@ class ClientConnection(asyncio.Protocol):
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
         for name, value in headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP and lname != b"content-length":
-                continue
+            if (lname in HOP_BY_HOP and lname != b"content-length") or lname == REQUEST_ID:
+                continue  # framing is ours; so is the request id (in extra_head)
             if lname == b"x-kapal-error" and status == 504 and value == b"timeout":
                 self.runtime_timeout = True
             out.append(name + b": " + value + b"\r\n")

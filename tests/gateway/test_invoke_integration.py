@@ -93,6 +93,7 @@ async def test_hello_readme_example(deployed: GatewayProcess, http: aiohttp.Clie
     async with http.get(f"{deployed.url}/fn/hello?name=kapal") as r:
         assert r.status == 200
         assert await r.json() == {"hello": "kapal"}
+        assert len(r.headers.getall("X-Kapal-Request-Id")) == 1
         assert len(r.headers["X-Kapal-Request-Id"]) == 32
     async with http.get(f"{deployed.url}/fn/hello") as r:
         assert await r.json() == {"hello": "world"}
