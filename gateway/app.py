@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway import api, db, invoke
+from gateway.auth import auth_middleware, default_key_rps_key, keys_key, limiter_key
 from gateway.deploy import Deployer
 from gateway.errors import error_middleware
+from gateway.keys import KeyCache, KeyStore
+from gateway.ratelimit import RateLimiter
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
@@ -23,9 +27,12 @@ log = logging.getLogger("kapal.gateway")
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_code_bytes + (1 << 20)
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=settings.max_code_bytes + (1 << 20),
     )
     app[api.settings_key] = settings
+    app[limiter_key] = RateLimiter()
+    app[default_key_rps_key] = settings.key_rps
     app.cleanup_ctx.append(lifespan)
     api.add_routes(app)
     return app
@@ -47,8 +54,15 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     store = FunctionStore(pg)
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
-    invoker = invoke.Invoker(settings, scheduler, recorder)
+    invoker = invoke.Invoker(settings, scheduler, recorder, app[limiter_key])
+    key_store = KeyStore(pg)
+    keys = KeyCache(key_store, settings.keys_refresh_s)
     try:
+        if settings.bootstrap_key_file is not None:
+            await bootstrap_admin_key(key_store, settings.bootstrap_key_file)
+        await keys.start()
+        app[api.key_store_key] = key_store
+        app[keys_key] = keys
         specs = await store.current_specs()
         await scheduler.start(specs)
         recorder.start()
@@ -69,6 +83,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
+        await keys.close()
         await invoker.close()
         await scheduler.close()
         await recorder.close()
@@ -79,3 +94,16 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             log.warning("network not removed", extra={"error": str(e)})
         backend.close()
         log.info("gateway stopped")
+
+
+async def bootstrap_admin_key(store: KeyStore, path: Path) -> None:
+    """The first admin key, when there is none: written to `path`, shown once on stdout."""
+    token = await store.bootstrap(path)
+    if token is None:
+        return
+    # Deliberately not a log record: logs are kept and shipped, this is shown once.
+    print(
+        f"kapal: created the first admin API key (saved to {path}, mode 0600):\n  {token}",
+        flush=True,
+    )
+    log.info("bootstrap admin key created", extra={"path": str(path)})

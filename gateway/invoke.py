@@ -18,7 +18,16 @@ from aiohttp import web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from gateway.errors import FunctionNotFound, PayloadTooLarge, UpstreamFailed, UpstreamTimeout
+from gateway.auth import SELF, authorize, requires
+from gateway.errors import (
+    FunctionNotFound,
+    PayloadTooLarge,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from gateway.keys import KEY_RE, Scope
+from gateway.ratelimit import RateLimiter, retry_after
 from gateway.records import InvocationRecord, Recorder
 from gateway.settings import Settings
 from scheduler.scheduler import Scheduler
@@ -45,12 +54,21 @@ HOP_BY_HOP = frozenset(
 # Bodies up to this size are read whole (one write, a Content-Length); larger ones stream.
 BUFFER_LIMIT = 1 << 20
 CHUNK = 1 << 16
+AUTHORIZATION = istr("Authorization")
+
+
+def _is_kapal_key(value: str) -> bool:
+    scheme, _, token = value.partition(" ")
+    return scheme.lower() == "bearer" and KEY_RE.match(token.strip()) is not None
 
 
 def _forward_headers(request: web.Request, request_id: str, deadline: float) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for key, value in request.headers.items():
         if key not in HOP_BY_HOP and key != REQUEST_ID and key != DEADLINE:
+            # The caller's Kapal key is for Kapal: the function's code never sees it.
+            if key == AUTHORIZATION and _is_kapal_key(value):
+                continue
             headers.add(key, value)
     headers[REQUEST_ID] = request_id
     headers[DEADLINE] = f"{deadline:.3f}"
@@ -90,10 +108,17 @@ class CallResult:
 
 
 class Invoker:
-    def __init__(self, settings: Settings, scheduler: Scheduler, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        recorder: Recorder,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.recorder = recorder
+        self.limiter = limiter or RateLimiter()
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -211,8 +236,18 @@ class Invoker:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         pool = self.scheduler.pool(name)
+        # Unknown and private functions look the same to a caller without a key.
+        if pool is None or not pool.spec.public:
+            authorize(request, Scope.INVOKE)
         if pool is None:
             raise FunctionNotFound(f"function {name} not found")
+        rate = pool.spec.limits.rps or self.settings.function_rps or None
+        wait = self.limiter.take(f"fn:{name}", rate)
+        if wait:
+            raise RateLimited(
+                f"function {name} is over its rate limit of {rate:g} requests/s",
+                headers={"Retry-After": retry_after(wait)},
+            )
         assert self.session is not None
         request_id = uuid.uuid4().hex
         wall_start = time.time()
@@ -283,5 +318,9 @@ class Invoker:
 
 
 def add_routes(app: web.Application, invoker: Invoker) -> None:
-    app.router.add_route("*", "/fn/{name}", invoker.handle)
-    app.router.add_route("*", "/fn/{name}/{path:.*}", invoker.handle)
+    @requires(SELF)  # public functions need no key; Invoker.handle decides
+    async def invoke(request: web.Request) -> web.StreamResponse:
+        return await invoker.handle(request)
+
+    app.router.add_route("*", "/fn/{name}", invoke)
+    app.router.add_route("*", "/fn/{name}/{path:.*}", invoke)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -37,6 +39,14 @@ class Settings(BaseSettings):
     records_flush_s: float = 0.25
     # Days invocation records are kept.
     records_retention_days: int = 7
+    # Where the first admin key is written (0600) when the database has none; unset: never.
+    bootstrap_key_file: Path | None = None
+    # Seconds between reloads of the in-memory API keys (keys changed by other gateways).
+    keys_refresh_s: float = Field(default=5.0, gt=0)
+    # Requests a second one API key may make, unless the key sets its own; 0: unlimited.
+    key_rps: float = Field(default=1000.0, ge=0)
+    # Invocations a second of a function without `limits.rps`; 0: unlimited.
+    function_rps: float = Field(default=0.0, ge=0)
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 

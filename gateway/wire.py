@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from gateway.keys import Scope
 from scheduler.models import ENV_NAME_RE, HANDLER_RE, NAME_RE, RUNTIMES, Limits, Scaling
 
 MAX_ENV = 200
@@ -29,6 +31,8 @@ class DeploySpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Pool sizing.
     scaling: Scaling = Field(default_factory=Scaling)
+    # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
+    public: bool = False
 
     @field_validator("name")
     @classmethod
@@ -89,8 +93,41 @@ class FunctionOut(BaseModel):
     env: dict[str, str]
     limits: Limits
     scaling: Scaling
+    public: bool
     created_at: datetime
     updated_at: datetime
     invocations: int
     versions: list[VersionOut]
     instances: list[InstanceOut]
+
+
+class KeyCreate(BaseModel):
+    """Body of POST /v1/keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # What the key is for (shown in listings).
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")
+    ]
+    # What the key may do: admin (everything), deploy (functions), invoke (private functions).
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=3)]
+    # Requests a second this key may make; null: the gateway's default.
+    rps: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
+
+
+class KeyOut(BaseModel):
+    # Public id: the part of the key after `kpl_`.
+    id: str
+    # What the key is for.
+    name: str
+    # What the key may do.
+    scopes: list[Scope]
+    # Its own rate limit, or null for the gateway's default.
+    rps: float | None
+    created_at: datetime
+
+
+class KeyCreated(KeyOut):
+    # The key itself: shown this once, stored only as a hash.
+    key: str

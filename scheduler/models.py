@@ -22,6 +22,8 @@ class Limits(BaseModel):
     memory_mb: Annotated[int, Field(ge=32, le=16384)] = 256
     # CPU share of each instance (1.0 = one core).
     cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
+    # Invocations a second across all instances (token bucket); None: the gateway default.
+    rps: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
 
 
 class Scaling(BaseModel):
@@ -66,3 +68,5 @@ class FunctionSpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Pool sizing.
     scaling: Scaling = Field(default_factory=Scaling)
+    # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
+    public: bool = False

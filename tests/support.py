@@ -55,14 +55,31 @@ def new_namespace() -> str:
 class GatewayProcess:
     """`python -m gateway` as a real process, on its own port and namespace."""
 
-    def __init__(self, database_url: str, namespace: str, log_dir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        namespace: str,
+        log_dir: Path,
+        admin_key: str | None = None,
+        **env: str,
+    ) -> None:
         self.database_url = database_url
         self.namespace = namespace
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"gateway-{namespace}-{self.port}.log"
+        # Where the gateway writes the first admin key of a new database.
+        self.key_path = log_dir / f"admin-{namespace}-{self.port}.key"
+        # The admin key: given (a database another gateway bootstrapped) or bootstrapped.
+        self.admin_key = admin_key
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers that authenticate a request with the admin key."""
+        assert self.admin_key, "this gateway has no admin key"
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     def start(self, timeout_s: float = 30.0) -> None:
         env = {
@@ -71,6 +88,7 @@ class GatewayProcess:
             "KAPAL_NAMESPACE": self.namespace,
             "KAPAL_LISTEN": f"127.0.0.1:{self.port}",
             "KAPAL_LOG_LEVEL": "DEBUG",
+            "KAPAL_BOOTSTRAP_KEY_FILE": str(self.key_path),
             **self.env,
         }
         log = open(self.log_path, "ab")
@@ -85,6 +103,8 @@ class GatewayProcess:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
                     if r.status == 200:
+                        if self.key_path.exists():
+                            self.admin_key = self.key_path.read_text().strip()
                         return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
@@ -146,8 +166,12 @@ async def deploy(
     *,
     name: str | None = None,
     update: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """POST (or PUT with update=True) a function; returns (status, JSON body)."""
+    """POST (or PUT with update=True) a function; returns (status, JSON body).
+
+    Authenticated with the gateway's admin key unless `headers` says otherwise.
+    """
     import json
 
     import aiohttp
@@ -162,5 +186,7 @@ async def deploy(
     else:
         url = f"{gw.url}/v1/functions"
         method = "POST"
-    async with http.request(method, url, data=form) as r:
+    async with http.request(
+        method, url, data=form, headers=gw.headers if headers is None else headers
+    ) as r:
         return r.status, await r.json()

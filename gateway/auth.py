@@ -1,0 +1,90 @@
+"""Who may call what: Bearer API keys with scopes, checked in one middleware.
+
+Every route needs an `admin` key unless it says otherwise with `@requires(...)`:
+locked down by default. The invocation route checks for itself (`SELF`), since a public
+function needs no key at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from gateway.errors import Forbidden, RateLimited, Unauthorized
+from gateway.keys import ApiKey, KeyCache, Scope
+from gateway.ratelimit import RateLimiter, retry_after
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Route markers besides a Scope.
+OPEN: Final = "open"
+SELF: Final = "self"
+
+keys_key = web.AppKey("keys", KeyCache)
+limiter_key = web.AppKey("limiter", RateLimiter)
+default_key_rps_key = web.AppKey("default_key_rps", float)
+_API_KEY: Final = "kapal.api_key"
+
+
+def requires(scope: Scope | str) -> Callable[[Handler], Handler]:
+    """Mark a handler with the scope it needs (or OPEN, or SELF)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.kapal_scope = scope  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
+    return token.strip()
+
+
+def authenticate(request: web.Request) -> ApiKey | None:
+    """The request's key (checked and rate limited), or None when it sent none."""
+    token = _bearer(request)
+    if token is None:
+        return None
+    key = request.app[keys_key].verify(token)
+    if key is None:
+        raise Unauthorized("unknown or revoked API key")
+    rate = key.rps if key.rps is not None else request.app[default_key_rps_key]
+    wait = request.app[limiter_key].take(f"key:{key.id}", rate if rate > 0 else None)
+    if wait:
+        raise RateLimited(
+            f"API key {key.id} is over its rate limit of {rate:g} requests/s",
+            headers={"Retry-After": retry_after(wait)},
+        )
+    request[_API_KEY] = key
+    return key
+
+
+def authorize(request: web.Request, scope: Scope) -> ApiKey:
+    """The request's key if it holds `scope`; 401 without a key, 403 with the wrong one."""
+    key = authenticate(request)
+    if key is None:
+        raise Unauthorized(f"this needs an API key with the {scope.value!r} scope")
+    if not key.allows(scope):
+        raise Forbidden(
+            f"API key {key.id} lacks the {scope.value!r} scope"
+            f" (it has: {', '.join(sorted(key.scopes))})"
+        )
+    return key
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is not None:  # no route: 404/405 as usual
+        return await handler(request)
+    scope = getattr(request.match_info.handler, "kapal_scope", Scope.ADMIN)
+    if scope not in (OPEN, SELF):
+        authorize(request, Scope(scope))
+    return await handler(request)
