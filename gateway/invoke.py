@@ -55,6 +55,7 @@ HOP_BY_HOP = frozenset(
 BUFFER_LIMIT = 1 << 20
 CHUNK = 1 << 16
 AUTHORIZATION = istr("Authorization")
+_BODY_TOO_LARGE = "kapal.body_too_large"
 
 
 def _is_kapal_key(value: str) -> bool:
@@ -228,6 +229,8 @@ class Invoker:
             async for chunk in request.content.iter_chunked(CHUNK):
                 seen += len(chunk)
                 if seen > limit:
+                    # aiohttp's client wraps this in a ClientError: flag it for handle().
+                    request[_BODY_TOO_LARGE] = True
                     raise PayloadTooLarge(f"request body is larger than {limit} bytes")
                 yield chunk
 
@@ -290,6 +293,10 @@ class Invoker:
                     f"function {name} did not answer within {timeout:g}s"
                 ) from None
             except aiohttp.ClientError as e:
+                if request.get(_BODY_TOO_LARGE):  # the caller's fault, not the instance's
+                    raise PayloadTooLarge(
+                        f"request body is larger than {self.settings.max_body_bytes} bytes"
+                    ) from None
                 status = 502
                 pool.discard(inst, f"request failed: {type(e).__name__}")
                 raise UpstreamFailed(

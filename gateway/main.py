@@ -6,11 +6,11 @@ import asyncio
 import sys
 
 import uvloop
-from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import logs
 from gateway.app import create_app
+from gateway.server import serve
 from gateway.settings import Settings
 
 
@@ -29,12 +29,4 @@ def run() -> None:
     logs.setup(settings.log_level)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(settings)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.stop_grace_s,
-        handle_signals=True,
-    )
+    asyncio.run(serve(app, settings.host, settings.port, settings.stop_grace_s))

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     max_code_files: int = 10_000
     # Largest invocation request body, in bytes.
     max_body_bytes: int = 64 * 1024 * 1024
+    # Longest request line or header field, in bytes (past it: 414 or 431).
+    max_header_bytes: int = Field(default=8190, ge=256)
+    # Most header fields in one request (past it: 431).
+    max_headers: int = Field(default=100, ge=8)
     # Seconds a request may wait for a free instance slot before a 503.
     queue_timeout_s: float = 30.0
     # Requests that may wait per function before a 503.
