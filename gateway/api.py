@@ -16,6 +16,7 @@ from gateway.keys import ApiKey, KeyStore, Scope
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionRow, FunctionStore
+from gateway.vault import Secrets
 from gateway.wire import (
     DeploySpec,
     FunctionOut,
@@ -23,6 +24,8 @@ from gateway.wire import (
     KeyCreate,
     KeyCreated,
     KeyOut,
+    SecretOut,
+    SecretPut,
     VersionOut,
 )
 from scheduler.models import NAME_RE
@@ -37,6 +40,7 @@ recorder_key = web.AppKey("recorder", Recorder)
 settings_key = web.AppKey("settings", Settings)
 invoker_key = web.AppKey("invoker", Invoker)
 key_store_key = web.AppKey("key_store", KeyStore)
+secrets_key = web.AppKey("secrets", Secrets)
 MAX_JSON_BYTES = 64 * 1024
 M = TypeVar("M", bound=BaseModel)
 
@@ -129,6 +133,8 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
         limits=spec.limits,
         scaling=spec.scaling,
         public=spec.public,
+        secrets=spec.secrets,
+        network=spec.network,
         created_at=row.created_at,
         updated_at=row.updated_at,
         invocations=row.invocations + recorder.pending_count(spec.name),
@@ -230,6 +236,28 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@requires(Scope.ADMIN)
+async def put_secret(request: web.Request) -> web.Response:
+    body = await read_json(request, SecretPut)
+    created = await request.app[secrets_key].put(body.name, body.value)
+    return web.json_response({"name": body.name}, status=201 if created else 200)
+
+
+@requires(Scope.ADMIN)
+async def list_secrets(request: web.Request) -> web.Response:
+    listed = await request.app[secrets_key].store.all()
+    out = [SecretOut(**vars(s)).model_dump(mode="json") for s in listed]
+    return web.json_response({"secrets": out})
+
+
+@requires(Scope.ADMIN)
+async def delete_secret(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not await request.app[secrets_key].delete(name):
+        raise NotFound(f"no secret {name!r}")
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/functions", create_function)
@@ -240,3 +268,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/keys", create_key)
     app.router.add_get("/v1/keys", list_keys)
     app.router.add_delete("/v1/keys/{id}", revoke_key)
+    app.router.add_post("/v1/secrets", put_secret)
+    app.router.add_get("/v1/secrets", list_secrets)
+    app.router.add_delete("/v1/secrets/{name}", delete_secret)

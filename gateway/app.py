@@ -17,6 +17,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
+from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore, load_key
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
 from scheduler.pool import PoolConfig
@@ -41,7 +42,11 @@ def create_app(settings: Settings) -> web.Application:
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
     settings = app[api.settings_key]
     pg = await db.connect(settings.database_url)
-    backend = DockerBackend(settings.namespace, settings.network)
+    key = load_key(
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.key_file(),
+    )
+    backend = DockerBackend(settings.namespace, settings.network, settings.secrets_root)
     await backend.ensure_network()
     scheduler = Scheduler(
         backend,
@@ -55,6 +60,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
     invoker = invoke.Invoker(settings, scheduler, recorder, app[limiter_key])
+    secrets = Secrets(
+        SecretStore(pg, SecretCipher(key)), SecretFiles(settings.secrets_root, settings.runtime_uid)
+    )
     key_store = KeyStore(pg)
     keys = KeyCache(key_store, settings.keys_refresh_s)
     try:
@@ -64,6 +72,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[api.key_store_key] = key_store
         app[keys_key] = keys
         specs = await store.current_specs()
+        for spec in specs:
+            await secrets.mount(spec)
         await scheduler.start(specs)
         recorder.start()
         await invoker.start()
@@ -71,7 +81,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[api.scheduler_key] = scheduler
         app[api.recorder_key] = recorder
         app[api.invoker_key] = invoker
-        app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend)
+        app[api.secrets_key] = secrets
+        app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend, secrets)
         invoke.add_routes(app, invoker)
         log.info(
             "gateway started",
@@ -87,6 +98,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await invoker.close()
         await scheduler.close()
         await recorder.close()
+        secrets.files.clear()
         await pg.close()
         try:
             await backend.remove_network()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +53,14 @@ class Settings(BaseSettings):
     key_rps: float = Field(default=1000.0, ge=0)
     # Invocations a second of a function without `limits.rps`; 0: unlimited.
     function_rps: float = Field(default=0.0, ge=0)
+    # Key that encrypts secrets at rest (32 bytes, base64); else read from secret_key_file.
+    secret_key: SecretStr | None = None
+    # File holding that key; made (0600) on first start when missing.
+    secret_key_file: Path | None = None
+    # Host folder (a tmpfs) holding each function's secret files; default under /dev/shm.
+    secrets_dir: Path | None = None
+    # uid:gid of the runtime's user in function images (owner of mounted secrets).
+    runtime_uid: int = 10001
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 
@@ -73,6 +83,17 @@ class Settings(BaseSettings):
     @property
     def network(self) -> str:
         return f"{self.namespace}-functions"
+
+    @property
+    def secrets_root(self) -> Path:
+        return self.secrets_dir or Path("/dev/shm") / f"kapal-{self.namespace}-secrets"
+
+    def key_file(self) -> Path:
+        if self.secret_key_file is not None:
+            return self.secret_key_file
+        home = os.environ.get("KAPAL_HOME")
+        base = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
+        return base / "secret.key"
 
     def base_images(self) -> dict[str, str]:
         return {"python": self.runtime_image_python}

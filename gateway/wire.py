@@ -8,7 +8,16 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from gateway.keys import Scope
-from scheduler.models import ENV_NAME_RE, HANDLER_RE, NAME_RE, RUNTIMES, Limits, Scaling
+from scheduler.models import (
+    ENV_NAME_RE,
+    HANDLER_RE,
+    NAME_RE,
+    RUNTIMES,
+    SECRET_NAME_RE,
+    Limits,
+    Network,
+    Scaling,
+)
 
 MAX_ENV = 200
 MAX_ENV_VALUE = 32 * 1024
@@ -33,6 +42,20 @@ class DeploySpec(BaseModel):
     scaling: Scaling = Field(default_factory=Scaling)
     # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
     public: bool = False
+    # Names of secrets (POST /v1/secrets) mounted read-only under /run/secrets/<name>.
+    secrets: list[str] = Field(default_factory=list, max_length=50)
+    # What the instances may reach: {"outbound": false} cuts internet access.
+    network: Network = Field(default_factory=Network)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not SECRET_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid secret name")
+        if len(set(v)) != len(v):
+            raise ValueError("names must be unique")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -94,6 +117,8 @@ class FunctionOut(BaseModel):
     limits: Limits
     scaling: Scaling
     public: bool
+    secrets: list[str]
+    network: Network
     created_at: datetime
     updated_at: datetime
     invocations: int
@@ -131,3 +156,21 @@ class KeyOut(BaseModel):
 class KeyCreated(KeyOut):
     # The key itself: shown this once, stored only as a hash.
     key: str
+
+
+class SecretPut(BaseModel):
+    """Body of POST /v1/secrets (creates or replaces)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Letters, digits, '_', '.', '-'; the file name under /run/secrets.
+    name: Annotated[str, StringConstraints(pattern=SECRET_NAME_RE.pattern)]
+    # The value; never returned by the API.
+    value: Annotated[str, StringConstraints(max_length=64 * 1024)]
+
+
+class SecretOut(BaseModel):
+    # The secret's name (its value is never shown).
+    name: str
+    created_at: datetime
+    updated_at: datetime

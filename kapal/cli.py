@@ -189,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="anyone may invoke it (default: an API key with the invoke scope is needed)",
     )
     p.add_argument("--rps", type=float, metavar="N", help="invocations a second, at most")
+    p.add_argument(
+        "--secret", action="append", metavar="NAME", help="mount a secret at /run/secrets/NAME"
+    )
+    p.add_argument(
+        "--no-outbound",
+        dest="outbound",
+        action="store_false",
+        default=None,
+        help="no internet access from the function",
+    )
 
     p = add("invoke", "call a function; its response body goes to stdout")
     p.add_argument("name", metavar="NAME")
@@ -269,6 +279,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             "rps": args.rps,
         },
         "public": args.public,
+        "secrets": args.secret,
+        "network": {"outbound": args.outbound},
         "scaling": {
             "min": args.min,
             "max": args.max,

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -41,8 +42,15 @@ def instance_labels(namespace: str, spec: FunctionSpec, instance_id: str) -> dic
     }
 
 
+SECRETS_MOUNT = "/run/secrets"
+
+
 def container_config(
-    spec: FunctionSpec, namespace: str, network: str, instance_id: str
+    spec: FunctionSpec,
+    namespace: str,
+    network: str,
+    instance_id: str,
+    secrets_root: Path | None = None,
 ) -> dict[str, Any]:
     """The create/host config of one function instance: labelled, limited, locked down."""
     env = {
@@ -53,6 +61,10 @@ def container_config(
         "KAPAL_TIMEOUT_S": str(spec.limits.timeout_s),
     }
     memory = spec.limits.memory_mb * 1024 * 1024
+    binds = {}
+    if spec.secrets and secrets_root is not None:
+        # Files the gateway wrote (0400, the runtime's uid) on a host tmpfs; read-only here.
+        binds[str(secrets_root / spec.name)] = {"bind": SECRETS_MOUNT, "mode": "ro"}
     return {
         "image": spec.image,
         "name": f"{namespace}-{spec.name}-{spec.version}-{instance_id}",
@@ -70,14 +82,22 @@ def container_config(
             "tmpfs": {"/tmp": "rw,nosuid,nodev,size=64m"},
             "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
             "restart_policy": {"Name": "no"},
+            "binds": binds or None,
         },
     }
 
 
 class DockerBackend:
-    def __init__(self, namespace: str, network: str, client: docker.DockerClient | None = None):
+    def __init__(
+        self,
+        namespace: str,
+        network: str,
+        secrets_root: Path | None = None,
+        client: docker.DockerClient | None = None,
+    ):
         self.namespace = namespace
         self.network = network
+        self.secrets_root = secrets_root
         self.client = client or docker.from_env(max_pool_size=32)
         self.api: APIClient = self.client.api
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
@@ -112,7 +132,7 @@ class DockerBackend:
         await self._run(remove)
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
-        cfg = container_config(spec, self.namespace, self.network, instance_id)
+        cfg = container_config(spec, self.namespace, self.network, instance_id, self.secrets_root)
 
         def start() -> Running:
             host_config = self.api.create_host_config(**cfg["host_config"])

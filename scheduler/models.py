@@ -47,6 +47,16 @@ class Scaling(BaseModel):
         return v
 
 
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class Network(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # May reach the internet; false: an internal network with no route out.
+    outbound: bool = True
+
+
 class FunctionSpec(BaseModel):
     """One immutable version of a function, as the scheduler runs it."""
 
@@ -70,3 +80,7 @@ class FunctionSpec(BaseModel):
     scaling: Scaling = Field(default_factory=Scaling)
     # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
     public: bool = False
+    # Names of the secrets mounted read-only under /run/secrets/<name>.
+    secrets: list[str] = Field(default_factory=list)
+    # What the instances may reach.
+    network: Network = Field(default_factory=Network)

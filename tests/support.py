@@ -89,6 +89,8 @@ class GatewayProcess:
             "KAPAL_LISTEN": f"127.0.0.1:{self.port}",
             "KAPAL_LOG_LEVEL": "DEBUG",
             "KAPAL_BOOTSTRAP_KEY_FILE": str(self.key_path),
+            # Shared by gateways of one namespace (a restart must decrypt what it stored).
+            "KAPAL_SECRET_KEY_FILE": str(self.key_path.parent / f"secret-{self.namespace}.key"),
             **self.env,
         }
         log = open(self.log_path, "ab")
