@@ -46,7 +46,12 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         settings.secret_key.get_secret_value() if settings.secret_key else None,
         settings.key_file(),
     )
-    backend = DockerBackend(settings.namespace, settings.network, settings.secrets_root)
+    backend = DockerBackend(
+        settings.namespace,
+        settings.network,
+        settings.secrets_root,
+        isolate_host=settings.isolate_host,
+    )
     await backend.ensure_network()
     scheduler = Scheduler(
         backend,
@@ -59,7 +64,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     store = FunctionStore(pg)
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
-    invoker = invoke.Invoker(settings, scheduler, recorder, app[limiter_key])
+    invoker = invoke.Invoker(
+        settings, scheduler, recorder, app[limiter_key], oom_killed=backend.oom_killed
+    )
     secrets = Secrets(
         SecretStore(pg, SecretCipher(key)), SecretFiles(settings.secrets_root, settings.runtime_uid)
     )

@@ -7,9 +7,10 @@ the record goes to an in-memory batch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,7 +31,10 @@ from gateway.keys import KEY_RE, Scope
 from gateway.ratelimit import RateLimiter, retry_after
 from gateway.records import InvocationRecord, Recorder
 from gateway.settings import Settings
+from scheduler.pool import Instance, Pool
 from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway.invoke")
 
 REQUEST_ID = istr("X-Kapal-Request-Id")
 DEADLINE = istr("X-Kapal-Deadline")
@@ -115,7 +119,10 @@ class Invoker:
         scheduler: Scheduler,
         recorder: Recorder,
         limiter: RateLimiter | None = None,
+        oom_killed: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        # Asks the backend whether a container was killed for using too much memory.
+        self.oom_killed = oom_killed
         self.settings = settings
         self.scheduler = scheduler
         self.recorder = recorder
@@ -193,10 +200,7 @@ class Invoker:
                     f"function {name} did not answer within {timeout:g}s"
                 ) from None
             except aiohttp.ClientError as e:
-                pool.discard(inst, f"request failed: {type(e).__name__}")
-                raise UpstreamFailed(
-                    f"instance of {name} failed during the request ({type(e).__name__})"
-                ) from None
+                raise await self._lost(pool, inst, e) from None
         finally:
             pool.release(inst)
             self.recorder.add(
@@ -213,6 +217,28 @@ class Invoker:
                     (time.monotonic() - t0) * 1000,
                 )
             )
+
+    async def _lost(self, pool: Pool, inst: Instance, e: Exception) -> UpstreamFailed:
+        """The error for an instance that failed mid-request; it is replaced."""
+        name = inst.spec.name
+        oom = False
+        if self.oom_killed is not None and inst.container_id:
+            try:  # before the discard removes the container and its state with it
+                oom = await self.oom_killed(inst.container_id)
+            except Exception as why:
+                log.warning("instance not inspected", extra={"function": name, "error": str(why)})
+        pool.discard(inst, "out of memory" if oom else f"request failed: {type(e).__name__}")
+        if oom:
+            err = UpstreamFailed(
+                f"function {name} ran out of memory (limit {inst.spec.limits.memory_mb} MiB)"
+                " and was killed; the instance has been replaced"
+            )
+            err.code = "out_of_memory"
+            return err
+        return UpstreamFailed(
+            f"instance of {name} failed during the request ({type(e).__name__});"
+            " it has been replaced"
+        )
 
     async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
         if not request.body_exists:
@@ -298,11 +324,7 @@ class Invoker:
                         f"request body is larger than {self.settings.max_body_bytes} bytes"
                     ) from None
                 status = 502
-                pool.discard(inst, f"request failed: {type(e).__name__}")
-                raise UpstreamFailed(
-                    f"instance of {name} failed during the request ({type(e).__name__});"
-                    " it has been replaced"
-                ) from None
+                raise await self._lost(pool, inst, e) from None
         except PayloadTooLarge:
             status = 413
             raise

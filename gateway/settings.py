@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     secrets_dir: Path | None = None
     # uid:gid of the runtime's user in function images (owner of mounted secrets).
     runtime_uid: int = 10001
+    # Reject new connections from function networks to the host (iptables INPUT rules).
+    isolate_host: bool = True
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 

@@ -61,8 +61,10 @@ class GatewayProcess:
         namespace: str,
         log_dir: Path,
         admin_key: str | None = None,
+        listen_host: str = "127.0.0.1",
         **env: str,
     ) -> None:
+        self.listen_host = listen_host
         self.database_url = database_url
         self.namespace = namespace
         self.port = free_port()
@@ -86,7 +88,7 @@ class GatewayProcess:
             **os.environ,
             "KAPAL_DATABASE_URL": self.database_url,
             "KAPAL_NAMESPACE": self.namespace,
-            "KAPAL_LISTEN": f"127.0.0.1:{self.port}",
+            "KAPAL_LISTEN": f"{self.listen_host}:{self.port}",
             "KAPAL_LOG_LEVEL": "DEBUG",
             "KAPAL_BOOTSTRAP_KEY_FILE": str(self.key_path),
             # Shared by gateways of one namespace (a restart must decrypt what it stored).
@@ -154,9 +156,11 @@ def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:
         c.remove(force=True)
     for img in client.images.list(filters={"label": f"kapal.namespace={namespace}"}):
         client.images.remove(img.id, force=True)
-    for net in client.networks.list(names=[f"{namespace}-functions"]):
-        left.append(f"network {net.name}")
-        net.remove()
+    for name in (f"{namespace}-functions", f"{namespace}-functions-internal"):
+        for net in client.networks.list(names=[name]):
+            if net.name == name:
+                left.append(f"network {net.name}")
+                net.remove()
     return left
 
 
