@@ -6,8 +6,10 @@ import json
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
+from gateway import openapi
 from gateway.auth import OPEN, keys_key, requires
 from gateway.deploy import Deployer
 from gateway.errors import BadRequest, InvalidRequest, InvalidSpec, NotFound, PayloadTooLarge
@@ -42,6 +44,7 @@ invoker_key = web.AppKey("invoker", Invoker)
 key_store_key = web.AppKey("key_store", KeyStore)
 secrets_key = web.AppKey("secrets", Secrets)
 MAX_JSON_BYTES = 64 * 1024
+OPENAPI = openapi.document()
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -103,7 +106,7 @@ async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeployS
                 code = await _read_part(part, max_code, "code archive")
             else:
                 raise BadRequest(f"unexpected form part {part.name!r}; expected spec and code")
-    except (ValueError, AssertionError) as e:
+    except (ValueError, AssertionError, HttpProcessingError) as e:
         raise BadRequest(f"malformed multipart body: {e}") from e
     if spec_raw is None:
         raise BadRequest("missing form part 'spec' (the function spec as JSON)")
@@ -200,6 +203,11 @@ async def delete_function(request: web.Request) -> web.Response:
 
 
 @requires(OPEN)
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+@requires(OPEN)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -260,6 +268,7 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_post("/v1/functions", create_function)
     app.router.add_get("/v1/functions", list_functions)
     app.router.add_get("/v1/functions/{name}", get_function)
