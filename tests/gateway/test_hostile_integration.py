@@ -58,9 +58,10 @@ def handle(event, context):
         }
     if event.path == "/net":
         host = gateway_ip()
-        return {p: connect(host, p) for p in q.getall("port")} | {
-            "internet": connect("1.1.1.1", 53),
-        }
+        out = {p: connect(host, p) for p in q.getall("port", [])}
+        for peer in q.getall("peer", []):
+            out[peer] = connect(*peer.rsplit(":", 1))
+        return out | {"internet": connect("1.1.1.1", 53)}
     if event.path == "/write":
         out = {}
         for path in ("/etc/kapal-pwned", "/opt/kapal/function/x", "/run/x"):
@@ -207,6 +208,20 @@ async def test_host_services_are_unreachable_from_functions(
     # The gateway does answer on that port from the host: the firewall made the difference.
     async with http.get(f"http://127.0.0.1:{gw.port}/healthz") as r:
         assert r.status == 200
+
+
+async def test_functions_cannot_reach_each_others_instances(
+    gw: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    """A private function's instance is reachable only through the gateway (and its keys)."""
+    assert (await call(http, gw, "bystander"))[1] == "still here"
+    async with http.get(f"{gw.url}/v1/functions/bystander", headers=gw.headers) as r:
+        peer = (await r.json())["instances"][0]["address"]
+    async with http.get(f"http://{peer}/") as r:  # the host (the gateway) does reach it
+        assert r.status == 200
+    status, got = await call(http, gw, f"hostile/net?peer={peer}")
+    assert status == 200, got
+    assert got[peer] in ("TimeoutError", "ConnectionRefusedError", "OSError"), got
 
 
 async def test_without_outbound_the_internet_is_unreachable(
