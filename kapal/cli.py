@@ -143,6 +143,24 @@ async def keys(client: KapalClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def secrets(client: KapalClient, args: argparse.Namespace) -> int:
+    if args.secrets_command == "set":
+        # From stdin, so the value stays out of shell history and `ps`.
+        value = sys.stdin.read()
+        await client.put_secret(args.name, value.removesuffix("\n"))
+        print(f"set {args.name}")
+    elif args.secrets_command == "ls":
+        listed = await client.list_secrets()
+        if args.json:
+            _print_json(listed)
+        else:
+            print("".join(f"{s['name']}\n" for s in listed), end="")
+    else:
+        await client.delete_secret(args.name)
+        print(f"removed {args.name}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "deploy": deploy,
     "invoke": invoke,
@@ -150,6 +168,7 @@ COMMANDS: dict[str, Command] = {
     "get": get,
     "rm": rm,
     "keys": keys,
+    "secrets": secrets,
 }
 
 
@@ -234,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k = keys_commands.add_parser("rm", help="revoke a key", parents=[_globals(False)])
     k.add_argument("id", metavar="ID")
+
+    p = add("secrets", "manage secrets (needs an admin key)")
+    secret_commands = p.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    k = secret_commands.add_parser(
+        "set",
+        help="create or replace a secret; the value is read from stdin",
+        parents=[_globals(False)],
+    )
+    k.add_argument("name", metavar="NAME")
+    secret_commands.add_parser("ls", help="list secret names", parents=[_globals(False)])
+    k = secret_commands.add_parser("rm", help="delete a secret", parents=[_globals(False)])
+    k.add_argument("name", metavar="NAME")
     return parser
 
 

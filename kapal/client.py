@@ -170,6 +170,19 @@ class KapalClient:
     async def revoke_key(self, key_id: str) -> None:
         await self._call("DELETE", f"/v1/keys/{_segment(key_id)}")
 
+    # -- secrets -----------------------------------------------------------------------
+
+    async def put_secret(self, name: str, value: str) -> None:
+        await self._call("POST", "/v1/secrets", json_body={"name": name, "value": value})
+
+    async def list_secrets(self) -> builtins.list[dict[str, Any]]:
+        answer = await self._call("GET", "/v1/secrets")
+        secrets: builtins.list[dict[str, Any]] = answer.get("secrets", [])
+        return secrets
+
+    async def delete_secret(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/secrets/{_segment(name)}")
+
     # -- invocation ------------------------------------------------------------------
 
     async def invoke(

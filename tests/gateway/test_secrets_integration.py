@@ -145,3 +145,22 @@ async def test_secrets_need_an_admin_key(gw: GatewayProcess, http: aiohttp.Clien
         deployer = {"Authorization": f"Bearer {(await r.json())['key']}"}
     async with http.get(f"{gw.url}/v1/secrets", headers=deployer) as r:
         assert r.status == 403
+
+
+async def test_cli_secrets_set_ls_rm(
+    gw: GatewayProcess,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from kapal import cli
+
+    monkeypatch.setenv("KAPAL_API_KEY", str(gw.admin_key))
+    monkeypatch.setattr("sys.stdin", io.StringIO("from-stdin\n"))
+    assert await cli.run(["--url", gw.url, "secrets", "set", "cli-secret"]) == 0
+    assert await cli.run(["--url", gw.url, "secrets", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert "cli-secret\n" in out and "from-stdin" not in out
+    assert await cli.run(["--url", gw.url, "secrets", "rm", "cli-secret"]) == 0
+    assert await cli.run(["--url", gw.url, "secrets", "rm", "cli-secret"]) == 1
