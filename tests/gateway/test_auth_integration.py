@@ -53,6 +53,7 @@ def test_bootstrap_key_file_is_private(gw: GatewayProcess) -> None:
     # Shown once on stdout, never in a structured log record.
     records = [line for line in gw.logs().splitlines() if line.startswith("{")]
     assert records and not [line for line in records if gw.admin_key in line]
+    assert gw.logs().count(gw.admin_key) == 1
 
 
 async def test_management_needs_a_key(gw: GatewayProcess, http: aiohttp.ClientSession) -> None:

@@ -9,6 +9,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.conftest import GatewayFactory
 from tests.support import GatewayProcess, deploy
 
 pytestmark = pytest.mark.integration
@@ -164,3 +165,12 @@ async def test_cli_secrets_set_ls_rm(
     assert "cli-secret\n" in out and "from-stdin" not in out
     assert await cli.run(["--url", gw.url, "secrets", "rm", "cli-secret"]) == 0
     assert await cli.run(["--url", gw.url, "secrets", "rm", "cli-secret"]) == 1
+
+
+def test_a_bad_secrets_key_stops_the_gateway_at_start_up(
+    make_gateway: GatewayFactory,
+) -> None:
+    with pytest.raises(RuntimeError) as err:
+        make_gateway(KAPAL_SECRET_KEY="bm90IDMyIGJ5dGVz")
+    assert "KAPAL_SECRET_KEY must be 32 bytes" in str(err.value)
+    assert "Traceback" not in str(err.value)
