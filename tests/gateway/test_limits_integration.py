@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 import pytest
 
+from tests.conftest import GatewayFactory
 from tests.support import GatewayProcess, deploy
 
 pytestmark = pytest.mark.integration
@@ -120,10 +122,14 @@ async def test_oversized_bodies_are_413_json(
         assert (await r.json())["error"]["code"] == "payload_too_large"
 
 
-async def test_invocation_body_limit_is_413_json(
-    make_gateway: object, http: aiohttp.ClientSession
+async def test_upload_and_invocation_body_limits_are_413_json(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    gw = make_gateway(KAPAL_MAX_BODY_BYTES="1000")  # type: ignore[operator]
+    gw = make_gateway(KAPAL_MAX_BODY_BYTES="1000", KAPAL_MAX_CODE_BYTES="100000")
+    files = {"handler.py": HELLO, "blob.bin": os.urandom(200_000)}
+    status, body = await deploy(http, gw, files, {"name": "big"})
+    assert status == 413, body
+    assert body["error"]["code"] == "payload_too_large"
     status, body = await deploy(http, gw, {"handler.py": HELLO}, {"name": "small", "public": True})
     assert status == 201, body
     async with http.post(f"{gw.url}/fn/small", data=b"x" * 1001) as r:
