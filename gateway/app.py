@@ -49,7 +49,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     backend = DockerBackend(
         settings.namespace,
         settings.network,
-        settings.secrets_root,
+        secrets_root=settings.secrets_root,
         isolate_host=settings.isolate_host,
     )
     await backend.ensure_network()

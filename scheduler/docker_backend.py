@@ -109,9 +109,9 @@ class DockerBackend:
         self,
         namespace: str,
         network: str,
-        secrets_root: Path | None = None,
         client: docker.DockerClient | None = None,
         *,
+        secrets_root: Path | None = None,
         isolate_host: bool = True,
     ):
         self.namespace = namespace
