@@ -25,7 +25,6 @@ SELF: Final = "self"
 keys_key = web.AppKey("keys", KeyCache)
 limiter_key = web.AppKey("limiter", RateLimiter)
 default_key_rps_key = web.AppKey("default_key_rps", float)
-_API_KEY: Final = "kapal.api_key"
 
 
 def requires(scope: Scope | str) -> Callable[[Handler], Handler]:
@@ -63,7 +62,6 @@ def authenticate(request: web.Request) -> ApiKey | None:
             f"API key {key.id} is over its rate limit of {rate:g} requests/s",
             headers={"Retry-After": retry_after(wait)},
         )
-    request[_API_KEY] = key
     return key
 
 

@@ -59,7 +59,6 @@ HOP_BY_HOP = frozenset(
 BUFFER_LIMIT = 1 << 20
 CHUNK = 1 << 16
 AUTHORIZATION = istr("Authorization")
-_BODY_TOO_LARGE = "kapal.body_too_large"
 
 
 def _is_kapal_key(value: str) -> bool:
@@ -240,7 +239,10 @@ class Invoker:
             " it has been replaced"
         )
 
-    async def _body(self, request: web.Request) -> bytes | AsyncIterator[bytes] | None:
+    async def _body(
+        self, request: web.Request, overflow: list[bool]
+    ) -> bytes | AsyncIterator[bytes] | None:
+        """The body to forward; a streamed one appends to `overflow` when it passes the limit."""
         if not request.body_exists:
             return None
         length = request.content_length
@@ -256,7 +258,7 @@ class Invoker:
                 seen += len(chunk)
                 if seen > limit:
                     # aiohttp's client wraps this in a ClientError: flag it for handle().
-                    request[_BODY_TOO_LARGE] = True
+                    overflow.append(True)
                     raise PayloadTooLarge(f"request body is larger than {limit} bytes")
                 yield chunk
 
@@ -286,7 +288,8 @@ class Invoker:
         timeout = inst.spec.limits.timeout_s
         status = 502
         try:
-            body = await self._body(request)
+            overflow: list[bool] = []
+            body = await self._body(request, overflow)
             headers = _forward_headers(request, request_id, time.time() + timeout)
             url = URL(f"http://{inst.address}{_subpath(request, name)}", encoded=True)
             try:
@@ -319,7 +322,7 @@ class Invoker:
                     f"function {name} did not answer within {timeout:g}s"
                 ) from None
             except aiohttp.ClientError as e:
-                if request.get(_BODY_TOO_LARGE):  # the caller's fault, not the instance's
+                if overflow:  # the caller's fault, not the instance's
                     raise PayloadTooLarge(
                         f"request body is larger than {self.settings.max_body_bytes} bytes"
                     ) from None
