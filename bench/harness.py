@@ -47,10 +47,12 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
 def deploy(gw: GatewayProcess, name: str, handler: str, spec: dict[str, Any]) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         form = aiohttp.FormData()
-        form.add_field("spec", json.dumps({"name": name, **spec}), content_type="application/json")
+        # Public: the load generator calls it without a key.
+        fields = {"name": name, "public": True, **spec}
+        form.add_field("spec", json.dumps(fields), content_type="application/json")
         form.add_field("code", tar_gz({"handler.py": handler}), filename="code.tar.gz")
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{gw.url}/v1/functions", data=form) as r:
+            async with http.post(f"{gw.url}/v1/functions", data=form, headers=gw.headers) as r:
                 body: dict[str, Any] = await r.json()
                 if r.status != 201:
                     raise RuntimeError(f"deploy failed: {r.status} {body}")
@@ -62,7 +64,7 @@ def deploy(gw: GatewayProcess, name: str, handler: str, spec: dict[str, Any]) ->
 def get_function(gw: GatewayProcess, name: str) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{gw.url}/v1/functions/{name}") as r:
+            async with http.get(f"{gw.url}/v1/functions/{name}", headers=gw.headers) as r:
                 body: dict[str, Any] = await r.json()
                 return body
 

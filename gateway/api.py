@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
-from pydantic import ValidationError
+from aiohttp.http_exceptions import HttpProcessingError
+from pydantic import BaseModel, ValidationError
 
+from gateway import openapi
+from gateway.auth import OPEN, keys_key, requires
 from gateway.deploy import Deployer
-from gateway.errors import BadRequest, InvalidSpec, PayloadTooLarge
+from gateway.errors import BadRequest, InvalidRequest, InvalidSpec, NotFound, PayloadTooLarge
 from gateway.invoke import Invoker
+from gateway.keys import ApiKey, KeyStore, Scope
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionRow, FunctionStore
-from gateway.wire import DeploySpec, FunctionOut, InstanceOut, PoolStatus, VersionOut
+from gateway.vault import Secrets
+from gateway.wire import (
+    DeploySpec,
+    FunctionOut,
+    InstanceOut,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    PoolStatus,
+    SecretOut,
+    SecretPut,
+    VersionOut,
+)
 from scheduler.models import NAME_RE
 from scheduler.scheduler import Scheduler
 
@@ -26,6 +42,11 @@ scheduler_key = web.AppKey("scheduler", Scheduler)
 recorder_key = web.AppKey("recorder", Recorder)
 settings_key = web.AppKey("settings", Settings)
 invoker_key = web.AppKey("invoker", Invoker)
+key_store_key = web.AppKey("key_store", KeyStore)
+secrets_key = web.AppKey("secrets", Secrets)
+MAX_JSON_BYTES = 64 * 1024
+OPENAPI = openapi.document()
+M = TypeVar("M", bound=BaseModel)
 
 
 def validation_message(e: ValidationError) -> str:
@@ -34,6 +55,27 @@ def validation_message(e: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "spec"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+async def read_json(request: web.Request, model: type[M]) -> M:
+    """A JSON body as `model`: 400 when it is not JSON, 422 naming the field when invalid."""
+    if request.content_type != "application/json":
+        raise BadRequest("the body must be JSON (Content-Type: application/json)")
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"JSON body is larger than {MAX_JSON_BYTES} bytes")
+    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"JSON body is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidRequest("body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise InvalidRequest(validation_message(e)) from e
 
 
 async def _read_part(part: BodyPartReader, limit: int, what: str) -> bytes:
@@ -65,7 +107,7 @@ async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeployS
                 code = await _read_part(part, max_code, "code archive")
             else:
                 raise BadRequest(f"unexpected form part {part.name!r}; expected spec and code")
-    except (ValueError, AssertionError) as e:
+    except (ValueError, AssertionError, HttpProcessingError) as e:
         raise BadRequest(f"malformed multipart body: {e}") from e
     if spec_raw is None:
         raise BadRequest("missing form part 'spec' (the function spec as JSON)")
@@ -94,6 +136,9 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
         env=spec.env,
         limits=spec.limits,
         scaling=spec.scaling,
+        public=spec.public,
+        secrets=spec.secrets,
+        network=spec.network,
         created_at=row.created_at,
         updated_at=row.updated_at,
         invocations=row.invocations + recorder.pending_count(spec.name),
@@ -114,6 +159,7 @@ def _name(request: web.Request) -> str:
     return name
 
 
+@requires(Scope.DEPLOY)
 async def create_function(request: web.Request) -> web.Response:
     app = request.app
     spec, code = await read_deploy_body(request, app[settings_key].max_code_bytes)
@@ -124,6 +170,7 @@ async def create_function(request: web.Request) -> web.Response:
     return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]), status=201)
 
 
+@requires(Scope.DEPLOY)
 async def update_function(request: web.Request) -> web.Response:
     app = request.app
     name = _name(request)
@@ -135,6 +182,7 @@ async def update_function(request: web.Request) -> web.Response:
     return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]))
 
 
+@requires(Scope.DEPLOY)
 async def list_functions(request: web.Request) -> web.Response:
     app = request.app
     rows = await app[store_key].all()
@@ -143,25 +191,94 @@ async def list_functions(request: web.Request) -> web.Response:
     )
 
 
+@requires(Scope.DEPLOY)
 async def get_function(request: web.Request) -> web.Response:
     app = request.app
     row = await app[store_key].get(_name(request))
     return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]))
 
 
+@requires(Scope.DEPLOY)
 async def delete_function(request: web.Request) -> web.Response:
     await request.app[deployer_key].delete(_name(request))
     return web.Response(status=204)
 
 
+@requires(OPEN)
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+@requires(OPEN)
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def key_out(key: ApiKey) -> KeyOut:
+    return KeyOut(
+        id=key.id, name=key.name, scopes=sorted(key.scopes), rps=key.rps, created_at=key.created_at
+    )
+
+
+@requires(Scope.ADMIN)
+async def create_key(request: web.Request) -> web.Response:
+    body = await read_json(request, KeyCreate)
+    key, token = await request.app[key_store_key].create(
+        body.name, frozenset(body.scopes), body.rps
+    )
+    await request.app[keys_key].refresh()
+    out = KeyCreated(**key_out(key).model_dump(), key=token)
+    return web.json_response(out.model_dump(mode="json"), status=201)
+
+
+@requires(Scope.ADMIN)
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await request.app[key_store_key].active()
+    return web.json_response({"keys": [key_out(k).model_dump(mode="json") for k in keys]})
+
+
+@requires(Scope.ADMIN)
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+    if not await request.app[key_store_key].revoke(key_id):
+        raise NotFound(f"no active API key {key_id!r}")
+    await request.app[keys_key].refresh()
+    return web.Response(status=204)
+
+
+@requires(Scope.ADMIN)
+async def put_secret(request: web.Request) -> web.Response:
+    body = await read_json(request, SecretPut)
+    created = await request.app[secrets_key].put(body.name, body.value)
+    return web.json_response({"name": body.name}, status=201 if created else 200)
+
+
+@requires(Scope.ADMIN)
+async def list_secrets(request: web.Request) -> web.Response:
+    listed = await request.app[secrets_key].store.all()
+    out = [SecretOut(**vars(s)).model_dump(mode="json") for s in listed]
+    return web.json_response({"secrets": out})
+
+
+@requires(Scope.ADMIN)
+async def delete_secret(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not await request.app[secrets_key].delete(name):
+        raise NotFound(f"no secret {name!r}")
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_post("/v1/functions", create_function)
     app.router.add_get("/v1/functions", list_functions)
     app.router.add_get("/v1/functions/{name}", get_function)
     app.router.add_put("/v1/functions/{name}", update_function)
     app.router.add_delete("/v1/functions/{name}", delete_function)
+    app.router.add_post("/v1/keys", create_key)
+    app.router.add_get("/v1/keys", list_keys)
+    app.router.add_delete("/v1/keys/{id}", revoke_key)
+    app.router.add_post("/v1/secrets", put_secret)
+    app.router.add_get("/v1/secrets", list_secrets)
+    app.router.add_delete("/v1/secrets/{name}", delete_secret)

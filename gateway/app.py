@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway import api, db, invoke
+from gateway.auth import Gate, auth_middleware, gate_key, keys_key
 from gateway.deploy import Deployer
 from gateway.errors import error_middleware
+from gateway.keys import KeyCache, KeyStore
+from gateway.ratelimit import RateLimiter
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
 from gateway.upstream import Upstreams
+from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore, load_key
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
@@ -26,7 +31,8 @@ log = logging.getLogger("kapal.gateway")
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.max_code_bytes + (1 << 20)
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=settings.max_code_bytes + (1 << 20),
     )
     app[api.settings_key] = settings
     app.cleanup_ctx.append(lifespan)
@@ -37,7 +43,16 @@ def create_app(settings: Settings) -> web.Application:
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
     settings = app[api.settings_key]
     pg = await db.connect(settings.database_url)
-    backend = DockerBackend(settings.namespace, settings.network)
+    key = load_key(
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.key_file(),
+    )
+    backend = DockerBackend(
+        settings.namespace,
+        settings.network,
+        secrets_root=settings.secrets_root,
+        isolate_host=settings.isolate_host,
+    )
     await backend.ensure_network()
     store = FunctionStore(pg)
     prewarm = None
@@ -67,16 +82,32 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
     upstreams = Upstreams()
-    invoker = invoke.Invoker(settings, scheduler, recorder, upstreams)
+    invoker = invoke.Invoker(
+        settings, scheduler, recorder, upstreams, oom_killed=backend.oom_killed
+    )
+    secrets = Secrets(
+        SecretStore(pg, SecretCipher(key)), SecretFiles(settings.secrets_root, settings.runtime_uid)
+    )
+    key_store = KeyStore(pg)
+    keys = KeyCache(key_store, settings.keys_refresh_s)
     try:
+        if settings.bootstrap_key_file is not None:
+            await bootstrap_admin_key(key_store, settings.bootstrap_key_file)
+        await keys.start()
+        app[api.key_store_key] = key_store
+        app[keys_key] = keys
+        app[gate_key] = Gate(keys, RateLimiter(), settings.key_rps)
         specs = await store.current_specs()
+        for spec in specs:
+            await secrets.mount(spec)
         await scheduler.start(specs)
         recorder.start()
         app[api.store_key] = store
         app[api.scheduler_key] = scheduler
         app[api.recorder_key] = recorder
         app[api.invoker_key] = invoker
-        app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend)
+        app[api.secrets_key] = secrets
+        app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend, secrets)
         log.info(
             "gateway started",
             extra={
@@ -87,9 +118,11 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
+        await keys.close()
         upstreams.close()
         await scheduler.close()
         await recorder.close()
+        secrets.files.clear()
         await pg.close()
         try:
             await backend.remove_network()
@@ -97,3 +130,16 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             log.warning("network not removed", extra={"error": str(e)})
         backend.close()
         log.info("gateway stopped")
+
+
+async def bootstrap_admin_key(store: KeyStore, path: Path) -> None:
+    """The first admin key, when there is none: written to `path`, shown once on stdout."""
+    token = await store.bootstrap(path)
+    if token is None:
+        return
+    # Deliberately not a log record: logs are kept and shipped, this is shown once.
+    print(
+        f"kapal: created the first admin API key (saved to {path}, mode 0600):\n  {token}",
+        flush=True,
+    )
+    log.info("bootstrap admin key created", extra={"path": str(path)})

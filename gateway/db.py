@@ -25,6 +25,10 @@ def migration_files() -> list[tuple[int, Path]]:
     return out
 
 
+def _has_statements(sql: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in sql.splitlines())
+
+
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply pending migrations; returns the numbers applied."""
     applied: list[int] = []
@@ -38,8 +42,10 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         for number, path in migration_files():
             if number in done:
                 continue
+            sql = path.read_text()
             async with conn.transaction():
-                await conn.execute(path.read_text())
+                if _has_statements(sql):  # asyncpg fails on a comment-only query
+                    await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
             applied.append(number)
             log.info("migration applied", extra={"migration": path.name})

@@ -14,6 +14,7 @@ from gateway import archive
 from gateway.errors import FunctionExists, FunctionNotFound
 from gateway.settings import Settings
 from gateway.store import FunctionStore
+from gateway.vault import Secrets
 from gateway.wire import DeploySpec
 from scheduler.builder import ImageBuilder, image_repository
 from scheduler.docker_backend import DockerBackend
@@ -31,7 +32,9 @@ class Deployer:
         scheduler: Scheduler,
         builder: ImageBuilder,
         backend: DockerBackend,
+        secrets: Secrets,
     ) -> None:
+        self.secrets = secrets
         self.settings = settings
         self.store = store
         self.scheduler = scheduler
@@ -49,6 +52,7 @@ class Deployer:
             code = await asyncio.to_thread(archive.pack, root)
             requirements = root / "requirements.txt"
             has_dependencies = requirements.is_file() and bool(requirements.read_text().strip())
+            await self.secrets.check(spec_in.secrets)
             async with self._locks[name]:
                 exists = await self.store.exists(name)
                 if create and exists:
@@ -72,6 +76,9 @@ class Deployer:
                     limits=spec_in.limits,
                     scaling=spec_in.scaling,
                     has_dependencies=has_dependencies,
+                    public=spec_in.public,
+                    secrets=spec_in.secrets,
+                    network=spec_in.network,
                 )
                 try:
                     sha = hashlib.sha256(code).hexdigest()
@@ -79,6 +86,7 @@ class Deployer:
                 except BaseException:
                     await self.backend.remove_image(image)
                     raise
+                await self.secrets.mount(spec)
                 await self.scheduler.deploy(spec)
                 log.info(
                     "deployed",
@@ -94,5 +102,6 @@ class Deployer:
         async with self._locks[name]:
             await self.store.delete(name)
             await self.scheduler.remove(name)
+            self.secrets.forget(name)
             await self.backend.remove_images(image_repository(self.settings.namespace, name))
         self._locks.pop(name, None)

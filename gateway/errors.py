@@ -30,12 +30,35 @@ class InvalidSpec(KapalError):
     status, code = 422, "invalid_spec"
 
 
+class InvalidRequest(KapalError):
+    status, code = 422, "invalid_request"
+
+
 class InvalidArchive(KapalError):
     status, code = 400, "invalid_archive"
 
 
 class PayloadTooLarge(KapalError):
     status, code = 413, "payload_too_large"
+
+
+class Unauthorized(KapalError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="kapal"'})
+
+
+class Forbidden(KapalError):
+    status, code = 403, "forbidden"
+
+
+class RateLimited(KapalError):
+    status, code = 429, "rate_limited"
+
+
+class NotFound(KapalError):
+    status, code = 404, "not_found"
 
 
 class FunctionNotFound(KapalError):

@@ -12,10 +12,13 @@ import contextlib
 import logging
 import os
 
-from gateway.errors import KapalError, from_scheduler
+from gateway.auth import Gate
+from gateway.errors import KapalError, RateLimited, from_scheduler
 from gateway.http1 import ClientConnection, Request
 from gateway.invoke import Invoker
+from gateway.keys import Scope
 from gateway.proxy import exchange, request_head
+from gateway.ratelimit import retry_after
 from gateway.settings import Settings
 from gateway.upstream import UpstreamLost, Upstreams
 from scheduler.errors import SchedulerError
@@ -41,14 +44,22 @@ def split_fn_url(url: bytes) -> tuple[str, bytes]:
 
 class Front:
     def __init__(
-        self, settings: Settings, invoker: Invoker, upstreams: Upstreams, management_address: str
+        self,
+        settings: Settings,
+        invoker: Invoker,
+        gate: Gate,
+        upstreams: Upstreams,
+        management_address: str,
     ) -> None:
         self.settings = settings
         self.invoker = invoker
+        self.gate = gate
         self.upstreams = upstreams
         self.management_address = management_address
         self.connections: set[ClientConnection] = set()
         self.closing = False
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
         self.in_flight = 0
         self._idle: asyncio.Event | None = None
 
@@ -68,7 +79,8 @@ class Front:
         name, target = split_fn_url(req.url)
         request_id = os.urandom(16).hex().encode()
         try:
-            await self.invoker.invoke(conn, req, name, target, conn.peer, request_id)
+            self._admit(req, name)
+            await self.invoker.invoke(conn, req, name, target, conn.peer, request_id, True)
             return
         except SchedulerError as e:
             err = from_scheduler(e)
@@ -80,6 +92,25 @@ class Front:
             conn.close()  # part of a response went out: the client sees it cut short
         else:
             conn.error(err.status, err.code, err.message, err.headers, request_id)
+
+    def _admit(self, req: Request, name: str) -> None:
+        """Keys for private functions, and the function's rate limit (401/403/429)."""
+        pool = self.invoker.scheduler.pool(name)
+        # Unknown and private functions look the same to a caller without a key.
+        if pool is None or not pool.spec.public:
+            authorization = next((v for n, v in req.headers if n.lower() == b"authorization"), None)
+            self.gate.authorize(
+                authorization.decode("latin-1") if authorization is not None else None,
+                Scope.INVOKE,
+            )
+        if pool is None:
+            return
+        rate = pool.spec.limits.rps or self.settings.function_rps or None
+        if rate and (wait := self.gate.limiter.take(f"fn:{name}", rate)):
+            raise RateLimited(
+                f"function {name} is over its rate limit of {rate:g} requests/s",
+                headers={"Retry-After": retry_after(wait)},
+            )
 
     async def forward(self, conn: ClientConnection, req: Request) -> None:
         head = request_head(req, req.url, conn.peer, b"")

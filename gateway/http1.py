@@ -21,8 +21,8 @@ from gateway.upstream import HOP_BY_HOP, UpstreamConnection
 log = logging.getLogger("kapal.gateway.http1")
 
 MAX_URL = 8 * 1024
-MAX_HEADER_BYTES = 64 * 1024
-MAX_HEADERS = 200
+# All header fields together, whatever the per-field limit.
+MAX_HEADER_TOTAL = 64 * 1024
 # A body buffered past this pauses reading from the client until it is forwarded.
 BODY_HIGH_WATER = 1 << 20
 NO_BODY_STATUS = frozenset((204, 304))
@@ -32,6 +32,10 @@ REQUEST_ID = b"x-kapal-request-id"
 class RequestHandler(Protocol):
     connections: set[ClientConnection]
     closing: bool
+    # Longest header field (name and value) accepted, in bytes.
+    max_header_bytes: int
+    # Most header fields accepted.
+    max_headers: int
 
     async def handle(self, conn: ClientConnection, req: Request) -> None: ...
 
@@ -180,7 +184,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, TooLarge):
-                code = {431: "headers_too_large", 414: "url_too_long"}.get(
+                code = {431: "headers_too_large", 414: "uri_too_long"}.get(
                     cause.status, "too_large"
                 )
                 self._refuse(cause.status, code, str(cause))
@@ -230,10 +234,16 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.current
         assert req is not None
-        req.header_bytes += len(name) + len(value)
-        if req.header_bytes > MAX_HEADER_BYTES or len(req.headers) >= MAX_HEADERS:
+        size = len(name) + len(value)
+        req.header_bytes += size
+        front = self.front
+        if size > front.max_header_bytes:
+            raise TooLarge(431, f"a request header is longer than {front.max_header_bytes} bytes")
+        if len(req.headers) >= front.max_headers or req.header_bytes > MAX_HEADER_TOTAL:
             raise TooLarge(
-                431, f"request headers exceed {MAX_HEADER_BYTES} bytes or {MAX_HEADERS} fields"
+                431,
+                f"the request has more than {front.max_headers} header fields"
+                f" or {MAX_HEADER_TOTAL} bytes of them",
             )
         req.headers.append((name, value))
 
@@ -322,15 +332,15 @@ class ClientConnection(asyncio.Protocol):
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         head = [
             b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)),
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
+            b"Content-Type: application/json\r\n",
+            b"Content-Length: %d\r\n" % len(body),
         ]
         if request_id:
-            head.append(b"x-kapal-request-id: " + request_id + b"\r\n")
+            head.append(b"X-Kapal-Request-Id: " + request_id + b"\r\n")
         for k, v in (headers or {}).items():
             head.append(f"{k}: {v}\r\n".encode())
         if not self._keep_alive:
-            head.append(b"connection: close\r\n")
+            head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
         self.status = status
         self.response_started = True
@@ -358,9 +368,9 @@ class ClientConnection(asyncio.Protocol):
         out.append(self._extra_head)
         self._chunked_out = not has_length and not self._head_only and status not in NO_BODY_STATUS
         if self._chunked_out:
-            out.append(b"transfer-encoding: chunked\r\n")
+            out.append(b"Transfer-Encoding: chunked\r\n")
         if not self._keep_alive:
-            out.append(b"connection: close\r\n")
+            out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
         self.status = status
         self.response_started = True

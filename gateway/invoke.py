@@ -7,10 +7,11 @@ Never touches the database: pools are in memory and records are batched.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,7 +21,10 @@ from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
 from gateway.settings import Settings
 from gateway.upstream import UpstreamLost, Upstreams
+from scheduler.pool import Instance, Pool
 from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway.invoke")
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,15 @@ class CallResult:
 
 class Invoker:
     def __init__(
-        self, settings: Settings, scheduler: Scheduler, recorder: Recorder, upstreams: Upstreams
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        recorder: Recorder,
+        upstreams: Upstreams,
+        oom_killed: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        # Asks the backend whether a container was killed for using too much memory.
+        self.oom_killed = oom_killed
         self.settings = settings
         self.scheduler = scheduler
         self.recorder = recorder
@@ -50,6 +61,7 @@ class Invoker:
         target: bytes,
         peer: bytes,
         request_id: bytes,
+        strip_key: bool = False,
     ) -> str:
         """Run `req` on an instance of `name`; returns the cold-start tier ("" when warm).
 
@@ -66,13 +78,13 @@ class Invoker:
         acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
         inst = acquired.instance
         timeout = inst.spec.limits.timeout_s
-        extra = b"x-kapal-request-id: " + request_id + b"\r\n"
+        extra = b"X-Kapal-Request-Id: " + request_id + b"\r\n"
         if acquired.cold:
-            extra += b"x-kapal-cold-start: " + acquired.tier.encode() + b"\r\n"
+            extra += b"X-Kapal-Cold-Start: " + acquired.tier.encode() + b"\r\n"
         # The time limit counts from dispatch, not arrival (a cold start may have waited).
         deadline = b"%.3f" % (time.time() + timeout)
         ours = b"x-kapal-request-id: " + request_id + b"\r\nx-kapal-deadline: " + deadline + b"\r\n"
-        head = request_head(req, target, peer, ours)
+        head = request_head(req, target, peer, ours, strip_key)
         status = 502
         try:
             await exchange(self.upstreams, sink, req, inst.address, head, extra, timeout, limit)
@@ -84,13 +96,12 @@ class Invoker:
             status = 504
             pool.discard(inst, "timeout")
             raise UpstreamTimeout(f"function {name} did not answer within {timeout:g}s") from None
+        except PayloadTooLarge:
+            status = 413
+            raise
         except (UpstreamLost, OSError) as e:
             status = 502
-            reason = inst.exit_reason or str(e)
-            pool.discard(inst, f"request failed: {reason}")
-            raise UpstreamFailed(
-                f"instance of {name} failed during the request ({reason}); it has been replaced"
-            ) from None
+            raise await self._lost(pool, inst, e) from None
         finally:
             pool.release(inst)
             self.recorder.add(
@@ -108,6 +119,28 @@ class Invoker:
                 )
             )
         return acquired.tier
+
+    async def _lost(self, pool: Pool, inst: Instance, e: Exception) -> UpstreamFailed:
+        """The error for an instance that failed mid-request; it is replaced."""
+        name = inst.spec.name
+        oom = inst.exit_reason == "out of memory"
+        if not oom and self.oom_killed is not None and inst.container_id:
+            try:  # before the discard removes the container and its state with it
+                oom = await self.oom_killed(inst.container_id)
+            except Exception as why:
+                log.warning("instance not inspected", extra={"function": name, "error": str(why)})
+        pool.discard(inst, "out of memory" if oom else f"request failed: {e}")
+        if oom:
+            err = UpstreamFailed(
+                f"function {name} ran out of memory (limit {inst.spec.limits.memory_mb} MiB)"
+                " and was killed; the instance has been replaced"
+            )
+            err.code = "out_of_memory"
+            return err
+        return UpstreamFailed(
+            f"instance of {name} failed during the request ({inst.exit_reason or e});"
+            " it has been replaced"
+        )
 
     async def call(
         self,

@@ -20,9 +20,12 @@ from pydantic import ValidationError
 
 from gateway import api, logs
 from gateway.app import create_app
+from gateway.auth import gate_key
 from gateway.front import Front
 from gateway.http1 import ClientConnection
+from gateway.server import GatewayRunner
 from gateway.settings import Settings
+from gateway.vault import SecretKeyError, load_key
 
 log = logging.getLogger("kapal.gateway")
 
@@ -37,11 +40,22 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def check_secret_key(settings: Settings) -> None:
+    """Fail at once, naming the setting, when the secrets key is unusable."""
+    raw = settings.secret_key.get_secret_value() if settings.secret_key else None
+    try:
+        load_key(raw, settings.key_file())
+    except (SecretKeyError, OSError) as e:
+        print(f"kapal: bad secrets key: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve until `stop` is set, then drain in-flight work and close everything."""
     loop = asyncio.get_running_loop()
     app = create_app(settings)
-    runner = web.AppRunner(
+    # Requests aiohttp cannot parse get a JSON error too (see gateway.server).
+    runner = GatewayRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.stop_grace_s
     )
     with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
@@ -50,7 +64,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         try:
             await web.UnixSite(runner, socket_path).start()
             invoker = app[api.invoker_key]
-            front = Front(settings, invoker, invoker.upstreams, f"unix:{socket_path}")
+            front = Front(
+                settings, invoker, app[gate_key], invoker.upstreams, f"unix:{socket_path}"
+            )
             server = await loop.create_server(
                 lambda: ClientConnection(front),
                 settings.host,
@@ -69,6 +85,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 def run() -> None:
     settings = load_settings()
+    check_secret_key(settings)
     logs.setup(settings.log_level)
 
     async def main() -> None:

@@ -7,11 +7,14 @@ to a sink: the client's connection (`http1.ClientConnection`) or a `BufferedResp
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol
 
+from gateway.errors import PayloadTooLarge
 from gateway.http1 import BODY_HIGH_WATER, Request
 from gateway.upstream import HOP_BY_HOP, Sink, UpstreamConnection, UpstreamLost, Upstreams
 
+KEY_RE = re.compile(rb"^kpl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 OURS = frozenset((b"x-kapal-request-id", b"x-kapal-deadline", b"x-forwarded-for"))
 
 
@@ -62,8 +65,19 @@ class BufferedResponse:
         return b"".join(self.chunks)
 
 
-def request_head(req: Request, target: bytes, peer: bytes, ours: bytes) -> bytes:
-    """The request line and headers to send upstream: hop-by-hop dropped, ours added."""
+def _is_kapal_key(value: bytes) -> bool:
+    scheme, _, token = value.partition(b" ")
+    return scheme.lower() == b"bearer" and KEY_RE.match(token.strip()) is not None
+
+
+def request_head(
+    req: Request, target: bytes, peer: bytes, ours: bytes, strip_key: bool = False
+) -> bytes:
+    """The request line and headers to send upstream: hop-by-hop dropped, ours added.
+
+    With `strip_key`, the caller's Kapal API key is dropped: it is for Kapal, and a
+    function's code never sees it (other Authorization values pass through).
+    """
     out = [req.method, b" ", target, b" HTTP/1.1\r\n"]
     forwarded = b""
     host = False
@@ -74,6 +88,8 @@ def request_head(req: Request, target: bytes, peer: bytes, ours: bytes) -> bytes
                 forwarded = value + b", "
             continue
         host = host or lname == b"host"
+        if strip_key and lname == b"authorization" and _is_kapal_key(value):
+            continue
         out.append(name + b": " + value + b"\r\n")
     if not host:  # HTTP/1.0 clients and calls made inside Kapal; 1.1 requires one
         out.append(b"host: kapal\r\n")
@@ -151,8 +167,8 @@ async def _send_body(req: Request, up: UpstreamConnection, limit: int) -> None:
     sent = 0
     while (chunk := await req.body.next()) is not None:
         sent += len(chunk)
-        if sent > limit:
-            raise UpstreamLost(f"request body is larger than {limit} bytes", response_started=False)
+        if sent > limit:  # the caller's fault, not the instance's
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
         up.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if req.chunked else chunk)
         await up.drain()
     if req.chunked:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +29,10 @@ class Settings(BaseSettings):
     max_code_files: int = 10_000
     # Largest invocation request body, in bytes.
     max_body_bytes: int = 64 * 1024 * 1024
+    # Longest request line or header field, in bytes (past it: 414 or 431).
+    max_header_bytes: int = Field(default=8190, ge=256)
+    # Most header fields in one request (past it: 431).
+    max_headers: int = Field(default=100, ge=8)
     # Seconds a request may wait for a free instance slot before a 503.
     queue_timeout_s: float = 30.0
     # Requests that may wait per function before a 503.
@@ -47,6 +55,24 @@ class Settings(BaseSettings):
     records_flush_s: float = 0.25
     # Days invocation records are kept.
     records_retention_days: int = 7
+    # Where the first admin key is written (0600) when the database has none; unset: never.
+    bootstrap_key_file: Path | None = None
+    # Seconds between reloads of the in-memory API keys (keys changed by other gateways).
+    keys_refresh_s: float = Field(default=5.0, gt=0)
+    # Requests a second one API key may make, unless the key sets its own; 0: unlimited.
+    key_rps: float = Field(default=1000.0, ge=0)
+    # Invocations a second of a function without `limits.rps`; 0: unlimited.
+    function_rps: float = Field(default=0.0, ge=0)
+    # Key that encrypts secrets at rest (32 bytes, base64); else read from secret_key_file.
+    secret_key: SecretStr | None = None
+    # File holding that key; made (0600) on first start when missing.
+    secret_key_file: Path | None = None
+    # Host folder (a tmpfs) holding each function's secret files; default under /dev/shm.
+    secrets_dir: Path | None = None
+    # uid:gid of the runtime's user in function images (owner of mounted secrets).
+    runtime_uid: int = 10001
+    # Reject new connections from function networks to the host (iptables INPUT rules).
+    isolate_host: bool = True
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 
@@ -69,6 +95,17 @@ class Settings(BaseSettings):
     @property
     def network(self) -> str:
         return f"{self.namespace}-functions"
+
+    @property
+    def secrets_root(self) -> Path:
+        return self.secrets_dir or Path("/dev/shm") / f"kapal-{self.namespace}-secrets"
+
+    def key_file(self) -> Path:
+        if self.secret_key_file is not None:
+            return self.secret_key_file
+        home = os.environ.get("KAPAL_HOME")
+        base = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
+        return base / "secret.key"
 
     def base_images(self) -> dict[str, str]:
         return {"python": self.runtime_image_python}

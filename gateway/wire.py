@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from scheduler.models import ENV_NAME_RE, HANDLER_RE, NAME_RE, RUNTIMES, Limits, Scaling
+from gateway.keys import Scope
+from scheduler.models import (
+    ENV_NAME_RE,
+    HANDLER_RE,
+    NAME_RE,
+    RUNTIMES,
+    SECRET_NAME_RE,
+    Limits,
+    Network,
+    Scaling,
+)
 
 MAX_ENV = 200
 MAX_ENV_VALUE = 32 * 1024
@@ -29,6 +40,22 @@ class DeploySpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Pool sizing.
     scaling: Scaling = Field(default_factory=Scaling)
+    # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
+    public: bool = False
+    # Names of secrets (POST /v1/secrets) mounted read-only under /run/secrets/<name>.
+    secrets: list[str] = Field(default_factory=list, max_length=50)
+    # What the instances may reach: {"outbound": false} cuts internet access.
+    network: Network = Field(default_factory=Network)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not SECRET_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid secret name")
+        if len(set(v)) != len(v):
+            raise ValueError("names must be unique")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -109,9 +136,62 @@ class FunctionOut(BaseModel):
     env: dict[str, str]
     limits: Limits
     scaling: Scaling
+    public: bool
+    secrets: list[str]
+    network: Network
     created_at: datetime
     updated_at: datetime
     invocations: int
     versions: list[VersionOut]
     instances: list[InstanceOut]
     pool: PoolStatus | None
+
+
+class KeyCreate(BaseModel):
+    """Body of POST /v1/keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # What the key is for (shown in listings).
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")
+    ]
+    # What the key may do: admin (everything), deploy (functions), invoke (private functions).
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=3)]
+    # Requests a second this key may make; null: the gateway's default.
+    rps: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
+
+
+class KeyOut(BaseModel):
+    # Public id: the part of the key after `kpl_`.
+    id: str
+    # What the key is for.
+    name: str
+    # What the key may do.
+    scopes: list[Scope]
+    # Its own rate limit, or null for the gateway's default.
+    rps: float | None
+    created_at: datetime
+
+
+class KeyCreated(KeyOut):
+    # The key itself: shown this once, stored only as a hash.
+    key: str
+
+
+class SecretPut(BaseModel):
+    """Body of POST /v1/secrets (creates or replaces)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Letters, digits, '_', '.', '-'; the file name under /run/secrets.
+    name: Annotated[str, StringConstraints(pattern=SECRET_NAME_RE.pattern)]
+    # The value; never returned by the API.
+    value: Annotated[str, StringConstraints(max_length=64 * 1024)]
+
+
+class SecretOut(BaseModel):
+    # The secret's name (its value is never shown).
+    name: str
+    created_at: datetime
+    updated_at: datetime

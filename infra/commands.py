@@ -78,6 +78,10 @@ def cmd_up(_: list[str]) -> int:
         with _timed("postgres"):
             postgres = ensure_postgres(state)
         os.environ["KAPAL_DATABASE_URL"] = postgres.url
+        # The gateway writes the first admin key here (0600) when the database has none;
+        # the CLI reads it from the same place.
+        key_file = state / "admin.key"
+        os.environ.setdefault("KAPAL_BOOTSTRAP_KEY_FILE", str(key_file))
         try:
             from gateway.main import run
         except ImportError as err:
@@ -85,6 +89,7 @@ def cmd_up(_: list[str]) -> int:
         listen = os.environ.get("KAPAL_LISTEN", DEFAULT_LISTEN)
         print(
             f"\nKapal gateway on http://{listen} (database {postgres.url}); Ctrl-C stops it.\n"
+            f"The CLI uses the admin API key in {key_file} (or $KAPAL_API_KEY).\n"
             "First things to try:\n"
             f"  curl http://{listen}/healthz\n"
             f"  kapal deploy examples/hello && curl 'http://{listen}/fn/hello?name=kapal'\n",

@@ -35,22 +35,43 @@ class GatewayProcess:
     """`python -m gateway` as a real process, on its own port and namespace."""
 
     def __init__(
-        self, database_url: str, namespace: str, log_dir: Path, log_level: str = "DEBUG", **env: str
+        self,
+        database_url: str,
+        namespace: str,
+        log_dir: Path,
+        log_level: str = "DEBUG",
+        admin_key: str | None = None,
+        listen_host: str = "127.0.0.1",
+        **env: str,
     ) -> None:
+        self.listen_host = listen_host
         self.database_url = database_url
         self.namespace = namespace
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"gateway-{namespace}-{self.port}.log"
+        # Where the gateway writes the first admin key of a new database.
+        self.key_path = log_dir / f"admin-{namespace}-{self.port}.key"
+        # The admin key: given (a database another gateway bootstrapped) or bootstrapped.
+        self.admin_key = admin_key
         self.env = {"KAPAL_LOG_LEVEL": log_level, **env}
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers that authenticate a request with the admin key."""
+        assert self.admin_key, "this gateway has no admin key"
+        return {"Authorization": f"Bearer {self.admin_key}"}
 
     def start(self, timeout_s: float = 30.0) -> None:
         env = {
             **os.environ,
             "KAPAL_DATABASE_URL": self.database_url,
             "KAPAL_NAMESPACE": self.namespace,
-            "KAPAL_LISTEN": f"127.0.0.1:{self.port}",
+            "KAPAL_LISTEN": f"{self.listen_host}:{self.port}",
+            "KAPAL_BOOTSTRAP_KEY_FILE": str(self.key_path),
+            # Shared by gateways of one namespace (a restart must decrypt what it stored).
+            "KAPAL_SECRET_KEY_FILE": str(self.key_path.parent / f"secret-{self.namespace}.key"),
             **self.env,
         }
         log = open(self.log_path, "ab")
@@ -65,6 +86,8 @@ class GatewayProcess:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
                     if r.status == 200:
+                        if self.key_path.exists():
+                            self.admin_key = self.key_path.read_text().strip()
                         return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
@@ -115,9 +138,11 @@ def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:
         c.remove(force=True)
     for img in client.images.list(filters={"label": f"kapal.namespace={namespace}"}):
         client.images.remove(str(img.id), force=True)
-    for net in client.networks.list(names=[f"{namespace}-functions"]):
-        left.append(f"network {net.name}")
-        net.remove()
+    for name in (f"{namespace}-functions", f"{namespace}-functions-internal"):
+        for net in client.networks.list(names=[name]):
+            if net.name == name:
+                left.append(f"network {net.name}")
+                net.remove()
     return left
 
 

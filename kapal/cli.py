@@ -13,7 +13,7 @@ from typing import Any
 
 from kapal.client import KapalClient
 from kapal.errors import KapalError
-from kapal.output import format_invoke_head, format_table, invoke_error
+from kapal.output import format_invoke_head, format_keys, format_table, invoke_error
 from kapal.spec import load_spec
 
 Command = Callable[[KapalClient, argparse.Namespace], Awaitable[int]]
@@ -120,12 +120,55 @@ async def rm(client: KapalClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def keys(client: KapalClient, args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        created = await client.create_key(args.name, args.scope, args.rps)
+        if args.json:
+            _print_json(created)
+            return 0
+        print(created["key"])
+        _note(
+            f"created API key {created['id']} ({', '.join(created['scopes'])});"
+            " it is shown this once: store it now"
+        )
+    elif args.keys_command == "ls":
+        listed = await client.list_keys()
+        if args.json:
+            _print_json(listed)
+        else:
+            print(format_keys(listed), end="")
+    else:
+        await client.revoke_key(args.id)
+        print(f"revoked {args.id}")
+    return 0
+
+
+async def secrets(client: KapalClient, args: argparse.Namespace) -> int:
+    if args.secrets_command == "set":
+        # From stdin, so the value stays out of shell history and `ps`.
+        value = sys.stdin.read()
+        await client.put_secret(args.name, value.removesuffix("\n"))
+        print(f"set {args.name}")
+    elif args.secrets_command == "ls":
+        listed = await client.list_secrets()
+        if args.json:
+            _print_json(listed)
+        else:
+            print("".join(f"{s['name']}\n" for s in listed), end="")
+    else:
+        await client.delete_secret(args.name)
+        print(f"removed {args.name}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "deploy": deploy,
     "invoke": invoke,
     "ls": ls,
     "get": get,
     "rm": rm,
+    "keys": keys,
+    "secrets": secrets,
 }
 
 
@@ -158,6 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, metavar="N", help="most instances")
     p.add_argument("--concurrency", type=int, metavar="N", help="requests per instance")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="idle seconds before stop")
+    p.add_argument(
+        "--public",
+        action="store_true",
+        default=None,
+        help="anyone may invoke it (default: an API key with the invoke scope is needed)",
+    )
+    p.add_argument("--rps", type=float, metavar="N", help="invocations a second, at most")
+    p.add_argument(
+        "--secret", action="append", metavar="NAME", help="mount a secret at /run/secrets/NAME"
+    )
+    p.add_argument(
+        "--no-outbound",
+        dest="outbound",
+        action="store_false",
+        default=None,
+        help="no internet access from the function",
+    )
 
     p = add("invoke", "call a function; its response body goes to stdout")
     p.add_argument("name", metavar="NAME")
@@ -173,6 +233,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p = add("rm", "delete a function")
     p.add_argument("name", metavar="NAME")
+
+    p = add("keys", "manage API keys (needs an admin key)")
+    keys_commands = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys_commands.add_parser(
+        "create", help="create a key; it is printed once", parents=[_globals(False)]
+    )
+    k.add_argument("name", metavar="NAME", help="what the key is for")
+    k.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=("admin", "deploy", "invoke"),
+        help="what it may do (repeatable)",
+    )
+    k.add_argument("--rps", type=float, metavar="N", help="its own requests/s limit")
+    keys_commands.add_parser(
+        "ls", help="list keys (never their secrets)", parents=[_globals(False)]
+    )
+    k = keys_commands.add_parser("rm", help="revoke a key", parents=[_globals(False)])
+    k.add_argument("id", metavar="ID")
+
+    p = add("secrets", "manage secrets (needs an admin key)")
+    secret_commands = p.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    k = secret_commands.add_parser(
+        "set",
+        help="create or replace a secret; the value is read from stdin",
+        parents=[_globals(False)],
+    )
+    k.add_argument("name", metavar="NAME")
+    secret_commands.add_parser("ls", help="list secret names", parents=[_globals(False)])
+    k = secret_commands.add_parser("rm", help="delete a secret", parents=[_globals(False)])
+    k.add_argument("name", metavar="NAME")
     return parser
 
 
@@ -190,7 +282,7 @@ def _globals(top: bool) -> argparse.ArgumentParser:
         "--json",
         action="store_true",
         default=False if top else default,
-        help="machine-readable output (ls, deploy)",
+        help="machine-readable output (ls, deploy, keys)",
     )
     return parser
 
@@ -211,7 +303,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "runtime": args.runtime,
         "handler": args.handler,
         "env": dict(args.env or []),
-        "limits": {"timeout_s": args.timeout, "memory_mb": args.memory, "cpus": args.cpus},
+        "limits": {
+            "timeout_s": args.timeout,
+            "memory_mb": args.memory,
+            "cpus": args.cpus,
+            "rps": args.rps,
+        },
+        "public": args.public,
+        "secrets": args.secret,
+        "network": {"outbound": args.outbound},
         "scaling": {
             "min": args.min,
             "max": args.max,

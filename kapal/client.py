@@ -4,6 +4,7 @@ Every failure surfaces as a `KapalAPIError`, never as an aiohttp exception.
 """
 
 import asyncio
+import builtins
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -14,6 +15,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
+import platformdirs
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -26,6 +28,27 @@ USER_AGENT = "kapal-client/0.1"
 # The gateway's Function object, as JSON.
 Function = dict[str, Any]
 Pairs = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+KEY_FILE = "admin.key"
+
+
+def state_dir() -> Path:
+    """Kapal's state folder on this machine: `KAPAL_HOME`, else the user data dir."""
+    raw = os.environ.get("KAPAL_HOME")
+    return Path(raw).expanduser() if raw else Path(platformdirs.user_data_dir("kapal"))
+
+
+def resolve_api_key(key: str | None = None) -> str | None:
+    """The API key: the argument, else $KAPAL_API_KEY, else the one `kapal up` saved."""
+    if key:
+        return key
+    if env := os.environ.get("KAPAL_API_KEY"):
+        return env.strip()
+    try:
+        return (state_dir() / KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -57,8 +80,15 @@ class _Answer:
 class KapalClient:
     """Async client of one Kapal gateway: `async with KapalClient(url) as kapal: ...`."""
 
-    def __init__(self, url: str | None = None, *, timeout_s: float | None = 600.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout_s: float | None = 600.0,
+    ) -> None:
         self.url = resolve_url(url)
+        self.api_key = resolve_api_key(api_key)
         self._base = URL(self.url)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
@@ -120,6 +150,39 @@ class KapalClient:
         path = f"/v1/functions/{_segment(spec['name'])}"
         return await self._upload("PUT", path, spec, archive), False
 
+    # -- API keys ----------------------------------------------------------------------
+
+    async def create_key(
+        self, name: str, scopes: Iterable[str], rps: float | None = None
+    ) -> dict[str, Any]:
+        """A new API key; the answer's `key` is shown this once."""
+        body: dict[str, Any] = {"name": name, "scopes": list(scopes)}
+        if rps is not None:
+            body["rps"] = rps
+        result: dict[str, Any] = await self._call("POST", "/v1/keys", json_body=body)
+        return result
+
+    async def list_keys(self) -> builtins.list[dict[str, Any]]:
+        answer = await self._call("GET", "/v1/keys")
+        keys: builtins.list[dict[str, Any]] = answer.get("keys", [])
+        return keys
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._call("DELETE", f"/v1/keys/{_segment(key_id)}")
+
+    # -- secrets -----------------------------------------------------------------------
+
+    async def put_secret(self, name: str, value: str) -> None:
+        await self._call("POST", "/v1/secrets", json_body={"name": name, "value": value})
+
+    async def list_secrets(self) -> builtins.list[dict[str, Any]]:
+        answer = await self._call("GET", "/v1/secrets")
+        secrets: builtins.list[dict[str, Any]] = answer.get("secrets", [])
+        return secrets
+
+    async def delete_secret(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/secrets/{_segment(name)}")
+
     # -- invocation ------------------------------------------------------------------
 
     async def invoke(
@@ -164,11 +227,22 @@ class KapalClient:
         result: Function = await self._call(method, path, data=form)
         return result
 
-    async def _call(self, method: str, path: str, *, data: Any = None) -> Any:
+    async def _call(
+        self, method: str, path: str, *, data: Any = None, json_body: Any = None
+    ) -> Any:
         """A management API call: JSON in the answer, or KapalAPIError for a 4xx/5xx."""
-        answer = await self._send(method, URL(self.url + path, encoded=True), data=data)
+        url = URL(self.url + path, encoded=True)
+        answer = await self._send(method, url, data=data, json=json_body)
         if answer.status >= 400:
-            raise _api_error(answer)
+            error = _api_error(answer)
+            if answer.status == 401:
+                error = KapalAPIError(
+                    401,
+                    error.code,
+                    f"{error.message}. Set KAPAL_API_KEY, or run `kapal up` once to get"
+                    f" an admin key saved in {state_dir() / KEY_FILE}",
+                )
+            raise error
         if not answer.body:
             return None
         try:
@@ -205,9 +279,10 @@ class KapalClient:
     def _http(self) -> aiohttp.ClientSession:
         # Created on first use so it binds to the running event loop.
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"User-Agent": USER_AGENT}
-            )
+            headers = {"User-Agent": USER_AGENT}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=headers)
         return self._session
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from kapal.client import InvokeResult
 
 COLUMNS = ("NAME", "VERSION", "INSTANCES", "INVOCATIONS", "UPDATED")
+KEY_COLUMNS = ("ID", "NAME", "SCOPES", "RPS", "CREATED")
 
 
 def format_table(functions: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
@@ -24,7 +25,27 @@ def format_table(functions: Sequence[dict[str, Any]], now: datetime | None = Non
         )
         for fn in functions
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return _table(rows)
+
+
+def format_keys(keys: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
+    """The `kapal keys ls` table: ids, names and scopes (the API never returns secrets)."""
+    now = now or datetime.now(UTC)
+    rows = [KEY_COLUMNS] + [
+        (
+            str(k.get("id", "?")),
+            str(k.get("name", "")),
+            ",".join(k.get("scopes") or []),
+            "-" if k.get("rps") is None else f"{k['rps']:g}",
+            format_age(k.get("created_at"), now),
+        )
+        for k in keys
+    ]
+    return _table(rows)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         + "\n"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from kapal.errors import SpecError
 
 SPEC_FILE = "kapal.toml"
-SECTIONS = ("env", "limits", "scaling")
+SECTIONS = ("env", "limits", "scaling", "network")
 
 
 class Limits(BaseModel):
@@ -23,6 +23,7 @@ class Limits(BaseModel):
     timeout_s: float | None = None  # seconds one invocation may run
     memory_mb: int | None = None  # memory limit of each instance
     cpus: float | None = None  # CPU share of each instance
+    rps: float | None = None  # invocations a second across all instances
 
 
 class Scaling(BaseModel):
@@ -43,6 +44,9 @@ class FunctionSpec(BaseModel):
     env: dict[str, str] = {}  # environment of the function's containers
     limits: Limits = Limits()  # resource limits
     scaling: Scaling = Scaling()  # autoscaling bounds
+    public: bool | None = None  # anyone may invoke it (default: an invoke key is needed)
+    secrets: list[str] | None = None  # secrets mounted under /run/secrets/<name>
+    network: dict[str, Any] | None = None  # {"outbound": false} cuts internet access
 
     @field_validator("env", mode="before")
     @classmethod

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 from docker import APIClient
 
+from scheduler import firewall
 from scheduler.backend import Running
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import PREWARM_NAME, FunctionSpec
@@ -44,8 +47,28 @@ def instance_labels(namespace: str, spec: FunctionSpec, instance_id: str) -> dic
     }
 
 
+SECRETS_MOUNT = "/run/secrets"
+# Instances do not talk to each other: only the gateway (the host) talks to them.
+NETWORK_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
+
+
+def internal_network_name(network: str) -> str:
+    """The network of functions without outbound access (no route out of the host)."""
+    return f"{network}-internal"
+
+
+def bridge_interface(net: dict[str, Any]) -> str:
+    """The host interface of a bridge network, as `docker network inspect` describes it."""
+    options = net.get("Options") or {}
+    return str(options.get("com.docker.network.bridge.name") or f"br-{net['Id'][:12]}")
+
+
 def container_config(
-    spec: FunctionSpec, namespace: str, network: str, instance_id: str
+    spec: FunctionSpec,
+    namespace: str,
+    network: str,
+    instance_id: str,
+    secrets_root: Path | None = None,
 ) -> dict[str, Any]:
     """The create/host config of one function instance: labelled, limited, locked down."""
     env = {
@@ -62,6 +85,12 @@ def container_config(
         owned = f"rw,nosuid,nodev,uid={RUNTIME_UID},gid={RUNTIME_UID},mode=0755"
         tmpfs["/opt/kapal/function"] = f"{owned},size=256m"
         tmpfs["/opt/kapal/deps"] = f"{owned},size=256m"
+    binds = {}
+    if spec.secrets and secrets_root is not None:
+        # Files the gateway wrote (0400, the runtime's uid) on a host tmpfs; read-only here.
+        binds[str(secrets_root / spec.name)] = {"bind": SECRETS_MOUNT, "mode": "ro"}
+    if not spec.network.outbound:
+        network = internal_network_name(network)
     return {
         "image": spec.image,
         "name": f"{namespace}-{spec.name}-{spec.version}-{instance_id}",
@@ -79,14 +108,26 @@ def container_config(
             "tmpfs": tmpfs,
             "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "2"}},
             "restart_policy": {"Name": "no"},
+            "binds": binds or None,
         },
     }
 
 
 class DockerBackend:
-    def __init__(self, namespace: str, network: str, client: docker.DockerClient | None = None):
+    def __init__(
+        self,
+        namespace: str,
+        network: str,
+        client: docker.DockerClient | None = None,
+        *,
+        secrets_root: Path | None = None,
+        isolate_host: bool = True,
+    ):
         self.namespace = namespace
         self.network = network
+        self.internal_network = internal_network_name(network)
+        self.secrets_root = secrets_root
+        self.isolate_host = isolate_host
         self.client = client or docker.from_env(max_pool_size=32)
         self.api: APIClient = self.client.api
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
@@ -99,29 +140,49 @@ class DockerBackend:
             raise BackendError(str(e)) from e
 
     async def ensure_network(self) -> None:
+        """Both function networks exist, without inter-container traffic, host guarded."""
+
         def ensure() -> None:
-            if not self.api.networks(names=[self.network]):
-                self.api.create_network(
-                    self.network,
-                    driver="bridge",
-                    labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
-                    check_duplicate=True,
-                )
+            for name, internal in ((self.network, False), (self.internal_network, True)):
+                found = self.api.networks(names=[name])  # a substring match: check exactly
+                if not any(n["Name"] == name for n in found):
+                    self.api.create_network(
+                        name,
+                        driver="bridge",
+                        internal=internal,
+                        options=NETWORK_OPTIONS,
+                        labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
+                        check_duplicate=True,
+                    )
+                if self.isolate_host:
+                    net = self.api.inspect_network(name)
+                    try:
+                        firewall.guard(bridge_interface(net))
+                    except firewall.FirewallError as e:
+                        log.warning(
+                            "functions can reach services on the host: no firewall rule",
+                            extra={"network": name, "error": str(e)},
+                        )
 
         await self._run(ensure)
 
     async def remove_network(self) -> None:
         def remove() -> None:
-            for net in self.api.networks(names=[self.network]):
-                try:
-                    self.api.remove_network(net["Id"])
-                except docker.errors.NotFound:
-                    pass
+            for name in (self.network, self.internal_network):
+                for net in self.api.networks(names=[name]):
+                    if net["Name"] != name:
+                        continue
+                    try:
+                        self.api.remove_network(net["Id"])
+                    except docker.errors.NotFound:
+                        pass
+                    if self.isolate_host:
+                        firewall.unguard(bridge_interface(net))
 
         await self._run(remove)
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
-        cfg = container_config(spec, self.namespace, self.network, instance_id)
+        cfg = container_config(spec, self.namespace, self.network, instance_id, self.secrets_root)
 
         def start() -> Running:
             host_config = self.api.create_host_config(**cfg["host_config"])
@@ -139,7 +200,9 @@ class DockerBackend:
             try:
                 self.api.start(cid)
                 info = self.api.inspect_container(cid)
-                ip = info["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+                ip = info["NetworkSettings"]["Networks"][cfg["host_config"]["network_mode"]][
+                    "IPAddress"
+                ]
             except BaseException:
                 self._remove_quietly(cid)
                 raise
@@ -174,6 +237,28 @@ class DockerBackend:
     async def unpause(self, container_id: str) -> None:
         await self._run(self.api.unpause, container_id)
 
+    async def oom_killed(self, container_id: str, wait_s: float = 2.0) -> bool:
+        """Whether the kernel killed the container for passing its memory limit.
+
+        Waits (up to `wait_s`) for the engine to see the container stop: a request can
+        fail a moment before the engine records the exit.
+        """
+
+        def check() -> bool:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    state = self.api.inspect_container(container_id)["State"]
+                except docker.errors.NotFound:
+                    return False
+                if state.get("OOMKilled") or not state.get("Running"):
+                    return bool(state.get("OOMKilled"))
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+
+        return await self._run(check)
+
     async def list_managed(self) -> list[Running]:
         def list_() -> list[Running]:
             found = self.api.containers(
@@ -184,7 +269,8 @@ class DockerBackend:
             for c in found:
                 labels = c.get("Labels") or {}
                 nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
-                ip = (nets.get(self.network) or {}).get("IPAddress") or ""
+                net = nets.get(self.network) or nets.get(self.internal_network) or {}
+                ip = net.get("IPAddress") or ""
                 running = c.get("State") == "running"
                 out.append(
                     Running(

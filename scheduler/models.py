@@ -24,6 +24,8 @@ class Limits(BaseModel):
     memory_mb: Annotated[int, Field(ge=32, le=16384)] = 256
     # CPU share of each instance (1.0 = one core).
     cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
+    # Invocations a second across all instances (token bucket); None: the gateway default.
+    rps: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
 
 
 class Scaling(BaseModel):
@@ -45,6 +47,16 @@ class Scaling(BaseModel):
         if "min" in data and v < data["min"]:
             raise ValueError("must be >= scaling.min")
         return v
+
+
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class Network(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # May reach the internet; false: an internal network with no route out.
+    outbound: bool = True
 
 
 class FunctionSpec(BaseModel):
@@ -70,3 +82,9 @@ class FunctionSpec(BaseModel):
     scaling: Scaling = Field(default_factory=Scaling)
     # Its image carries resolved requirements (a generic prewarmed container cannot serve it).
     has_dependencies: bool = False
+    # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
+    public: bool = False
+    # Names of the secrets mounted read-only under /run/secrets/<name>.
+    secrets: list[str] = Field(default_factory=list)
+    # What the instances may reach.
+    network: Network = Field(default_factory=Network)

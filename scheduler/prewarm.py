@@ -18,7 +18,7 @@ from typing import Protocol
 from scheduler import probe
 from scheduler.backend import ContainerBackend, Running
 from scheduler.errors import StartFailed
-from scheduler.models import PREWARM_NAME, FunctionSpec, Limits
+from scheduler.models import PREWARM_NAME, FunctionSpec, Limits, Network
 from scheduler.pool import new_instance_id
 
 log = logging.getLogger("kapal.scheduler.prewarm")
@@ -34,8 +34,17 @@ class CodeSource(Protocol):
 
 
 def can_specialize(spec: FunctionSpec) -> bool:
-    """Prewarmed containers run with default limits and no function dependencies."""
-    return not spec.has_dependencies and spec.limits == Limits()
+    """Whether a generic container is what this function's own container would be.
+
+    Prewarmed containers run with default limits, on the outbound network, with no
+    dependencies and no secrets mounted: anything else needs a container of its own.
+    """
+    return (
+        not spec.has_dependencies
+        and not spec.secrets
+        and spec.network == Network()
+        and spec.limits.model_dump(exclude={"rps"}) == Limits().model_dump(exclude={"rps"})
+    )
 
 
 class PrewarmPool:

@@ -103,8 +103,14 @@ def make_gateway(
     def make(
         database_url: str | None = None, namespace: str | None = None, **env: str
     ) -> GatewayProcess:
+        # A second gateway on a database shares the first one's admin key.
+        admin_key = next((g.admin_key for g in started if g.database_url == database_url), None)
         gw = GatewayProcess(
-            database_url or postgres.new_database(), namespace or new_namespace(), log_dir, **env
+            database_url or postgres.new_database(),
+            namespace or new_namespace(),
+            log_dir,
+            admin_key=admin_key,
+            **env,
         )
         gw.start()
         started.append(gw)

@@ -43,8 +43,12 @@ async def deploy(
     *,
     name: str | None = None,
     update: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """POST (or PUT with update=True) a function; returns (status, JSON body)."""
+    """POST (or PUT with update=True) a function; returns (status, JSON body).
+
+    Authenticated with the gateway's admin key unless `headers` says otherwise.
+    """
     import json
 
     import aiohttp
@@ -59,5 +63,7 @@ async def deploy(
     else:
         url = f"{gw.url}/v1/functions"
         method = "POST"
-    async with http.request(method, url, data=form) as r:
+    async with http.request(
+        method, url, data=form, headers=gw.headers if headers is None else headers
+    ) as r:
         return r.status, await r.json()

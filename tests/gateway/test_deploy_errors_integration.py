@@ -105,7 +105,9 @@ async def test_zip_bomb_is_refused(
 async def test_body_that_is_not_multipart_is_400(
     shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.post(f"{shared_gateway.url}/v1/functions", json={"name": "x"}) as r:
+    async with http.post(
+        f"{shared_gateway.url}/v1/functions", json={"name": "x"}, headers=shared_gateway.headers
+    ) as r:
         assert r.status == 400
         assert "multipart" in (await r.json())["error"]["message"]
 
@@ -115,13 +117,17 @@ async def test_missing_parts_and_bad_json_are_400(
 ) -> None:
     form = aiohttp.FormData()
     form.add_field("spec", json.dumps({"name": "x"}), content_type="application/json")
-    async with http.post(f"{shared_gateway.url}/v1/functions", data=form) as r:
+    async with http.post(
+        f"{shared_gateway.url}/v1/functions", data=form, headers=shared_gateway.headers
+    ) as r:
         assert r.status == 400
         assert "code" in (await r.json())["error"]["message"]
     form = aiohttp.FormData()
     form.add_field("spec", "{not json", content_type="application/json")
     form.add_field("code", tar_gz(HANDLER), filename="c.tar.gz")
-    async with http.post(f"{shared_gateway.url}/v1/functions", data=form) as r:
+    async with http.post(
+        f"{shared_gateway.url}/v1/functions", data=form, headers=shared_gateway.headers
+    ) as r:
         assert r.status == 400
         assert "JSON" in (await r.json())["error"]["message"]
 
@@ -140,27 +146,33 @@ async def test_duplicate_name_is_409_and_unknown_update_is_404(
         http, shared_gateway, HANDLER, {"name": "other"}, name="dup", update=True
     )
     assert status == 422
-    async with http.delete(f"{shared_gateway.url}/v1/functions/dup") as r:
+    async with http.delete(
+        f"{shared_gateway.url}/v1/functions/dup", headers=shared_gateway.headers
+    ) as r:
         assert r.status == 204
 
 
 async def test_unknown_routes_and_methods_are_json(
     shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{shared_gateway.url}/v2/nothing") as r:
+    async with http.get(f"{shared_gateway.url}/v2/nothing", headers=shared_gateway.headers) as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "not_found"
-    async with http.patch(f"{shared_gateway.url}/v1/functions") as r:
+    async with http.patch(
+        f"{shared_gateway.url}/v1/functions", headers=shared_gateway.headers
+    ) as r:
         assert r.status == 405
         assert (await r.json())["error"]["code"] == "method_not_allowed"
-    async with http.get(f"{shared_gateway.url}/v1/functions/Not_Valid") as r:
+    async with http.get(
+        f"{shared_gateway.url}/v1/functions/Not_Valid", headers=shared_gateway.headers
+    ) as r:
         assert r.status == 400
 
 
 async def test_failed_deploys_leave_no_state(
     shared_gateway: GatewayProcess, http: aiohttp.ClientSession, docker_client: docker.DockerClient
 ) -> None:
-    async with http.get(f"{shared_gateway.url}/v1/functions") as r:
+    async with http.get(f"{shared_gateway.url}/v1/functions", headers=shared_gateway.headers) as r:
         names = [f["name"] for f in (await r.json())["functions"]]
     assert "arch" not in names and "bomb" not in names and "ok" not in names
     tags = [t for img in docker_client.images.list() for t in img.tags]

@@ -77,25 +77,25 @@ def deployed(shared_gateway: GatewayProcess) -> GatewayProcess:
 async def test_deploy_answers_function_version_and_image(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{deployed.url}/v1/functions/hello") as r:
+    async with http.get(f"{deployed.url}/v1/functions/hello", headers=deployed.headers) as r:
         fn = await r.json()
     assert r.status == 200
     assert fn["name"] == "hello"
     assert fn["version"] == 1
     assert fn["image"] == f"{deployed.namespace}-fn/hello:1"
     assert [v["version"] for v in fn["versions"]] == [1]
-    async with http.get(f"{deployed.url}/v1/functions") as r:
+    async with http.get(f"{deployed.url}/v1/functions", headers=deployed.headers) as r:
         names = [f["name"] for f in (await r.json())["functions"]]
     assert names == ["echo", "failing", "hello"]
 
 
 async def test_hello_readme_example(deployed: GatewayProcess, http: aiohttp.ClientSession) -> None:
-    async with http.get(f"{deployed.url}/fn/hello?name=kapal") as r:
+    async with http.get(f"{deployed.url}/fn/hello?name=kapal", headers=deployed.headers) as r:
         assert r.status == 200
         assert await r.json() == {"hello": "kapal"}
         assert len(r.headers.getall("X-Kapal-Request-Id")) == 1
         assert len(r.headers["X-Kapal-Request-Id"]) == 32
-    async with http.get(f"{deployed.url}/fn/hello") as r:
+    async with http.get(f"{deployed.url}/fn/hello", headers=deployed.headers) as r:
         assert await r.json() == {"hello": "world"}
 
 
@@ -103,7 +103,8 @@ async def test_method_path_query_headers_and_body_pass_through(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     url = f"{deployed.url}/fn/echo/a/b%20c?x=1&x=2&y=z"
-    async with http.put(url, data=b"payload", headers={"X-Custom": "v1"}) as r:
+    headers = {**deployed.headers, "X-Custom": "v1"}
+    async with http.put(url, data=b"payload", headers=headers) as r:
         assert r.status == 200
         assert r.headers["X-Echo"] == "yes"
         got = await r.json()
@@ -121,7 +122,9 @@ async def test_binary_body_round_trip(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     payload = bytes(range(256)) * 64
-    async with http.post(f"{deployed.url}/fn/echo/bytes", data=payload) as r:
+    async with http.post(
+        f"{deployed.url}/fn/echo/bytes", data=payload, headers=deployed.headers
+    ) as r:
         assert r.status == 200
         assert await r.read() == payload
 
@@ -135,7 +138,9 @@ async def test_large_streamed_body_round_trip(
         for i in range(0, len(payload), 100_000):
             yield payload[i : i + 100_000]
 
-    async with http.post(f"{deployed.url}/fn/echo/bytes", data=chunks()) as r:
+    async with http.post(
+        f"{deployed.url}/fn/echo/bytes", data=chunks(), headers=deployed.headers
+    ) as r:
         assert r.status == 200
         assert await r.read() == payload
 
@@ -144,7 +149,9 @@ async def test_large_streamed_body_round_trip(
 async def test_status_codes_pass_through(
     deployed: GatewayProcess, http: aiohttp.ClientSession, code: int
 ) -> None:
-    async with http.get(f"{deployed.url}/fn/echo/status/{code}", allow_redirects=False) as r:
+    async with http.get(
+        f"{deployed.url}/fn/echo/status/{code}", allow_redirects=False, headers=deployed.headers
+    ) as r:
         assert r.status == code
         assert r.headers["X-From"] == "fn"
         assert await r.json() == {"code": code}
@@ -153,7 +160,7 @@ async def test_status_codes_pass_through(
 async def test_unknown_function_is_404_json(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{deployed.url}/fn/nope/x") as r:
+    async with http.get(f"{deployed.url}/fn/nope/x", headers=deployed.headers) as r:
         assert r.status == 404
         assert (await r.json())["error"]["code"] == "function_not_found"
 
@@ -161,12 +168,12 @@ async def test_unknown_function_is_404_json(
 async def test_handler_exception_is_500_json_without_traceback(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{deployed.url}/fn/failing/raise") as r:
+    async with http.get(f"{deployed.url}/fn/failing/raise", headers=deployed.headers) as r:
         assert r.status == 500
         body = await r.json()
     assert body["error"]["code"] == "handler_error"
     assert "Traceback" not in json.dumps(body)
-    async with http.get(f"{deployed.url}/fn/failing/") as r:
+    async with http.get(f"{deployed.url}/fn/failing/", headers=deployed.headers) as r:
         assert r.status == 200
         assert await r.text() == "ok"
 
@@ -174,37 +181,37 @@ async def test_handler_exception_is_500_json_without_traceback(
 async def test_timeout_is_504_and_instance_replaced(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{deployed.url}/fn/failing/") as r:
+    async with http.get(f"{deployed.url}/fn/failing/", headers=deployed.headers) as r:
         assert r.status == 200
-    async with http.get(f"{deployed.url}/v1/functions/failing") as r:
+    async with http.get(f"{deployed.url}/v1/functions/failing", headers=deployed.headers) as r:
         before = {i["id"] for i in (await r.json())["instances"]}
-    async with http.get(f"{deployed.url}/fn/failing/sleep?s=5") as r:
+    async with http.get(f"{deployed.url}/fn/failing/sleep?s=5", headers=deployed.headers) as r:
         assert r.status == 504
         assert (await r.json())["error"]["code"] == "timeout"
-    async with http.get(f"{deployed.url}/v1/functions/failing") as r:
+    async with http.get(f"{deployed.url}/v1/functions/failing", headers=deployed.headers) as r:
         after = {i["id"] for i in (await r.json())["instances"]}
     assert before and not (before & after)
-    async with http.get(f"{deployed.url}/fn/failing/") as r:
+    async with http.get(f"{deployed.url}/fn/failing/", headers=deployed.headers) as r:
         assert r.status == 200
 
 
 async def test_instance_dying_mid_request_is_502_then_recovers(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{deployed.url}/fn/failing/exit") as r:
+    async with http.get(f"{deployed.url}/fn/failing/exit", headers=deployed.headers) as r:
         assert r.status == 502
         assert (await r.json())["error"]["code"] == "instance_failed"
-    async with http.get(f"{deployed.url}/fn/failing/") as r:
+    async with http.get(f"{deployed.url}/fn/failing/", headers=deployed.headers) as r:
         assert r.status == 200
 
 
 async def test_invocations_are_counted(
     deployed: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{deployed.url}/v1/functions/hello") as r:
+    async with http.get(f"{deployed.url}/v1/functions/hello", headers=deployed.headers) as r:
         before = (await r.json())["invocations"]
     for _ in range(3):
-        async with http.get(f"{deployed.url}/fn/hello") as r:
+        async with http.get(f"{deployed.url}/fn/hello", headers=deployed.headers) as r:
             assert r.status == 200
-    async with http.get(f"{deployed.url}/v1/functions/hello") as r:
+    async with http.get(f"{deployed.url}/v1/functions/hello", headers=deployed.headers) as r:
         assert (await r.json())["invocations"] == before + 3

@@ -35,7 +35,7 @@ async def test_update_rolls_to_new_version_without_dropping_requests(
 
     async def caller() -> None:
         while not stop.is_set():
-            async with http.get(f"{gw.url}/fn/roll") as r:
+            async with http.get(f"{gw.url}/fn/roll", headers=gw.headers) as r:
                 results.append((r.status, await r.text()))
 
     callers = [asyncio.create_task(caller()) for _ in range(6)]
@@ -59,12 +59,12 @@ async def test_update_rolls_to_new_version_without_dropping_requests(
     # Once the new version answers, new requests do not go back to the old one
     # (a request already in flight on v1 may still finish just after).
     assert texts[first_v2 + 20 :].count("v1") == 0
-    async with http.get(f"{gw.url}/v1/functions/roll") as r:
+    async with http.get(f"{gw.url}/v1/functions/roll", headers=gw.headers) as r:
         fn = await r.json()
     assert [v["version"] for v in fn["versions"]] == [1, 2]
     # The old version's instances drain and go away.
     for _ in range(100):
-        async with http.get(f"{gw.url}/v1/functions/roll") as r:
+        async with http.get(f"{gw.url}/v1/functions/roll", headers=gw.headers) as r:
             fn = await r.json()
         if all(i["version"] == 2 for i in fn["instances"]):
             break
@@ -78,19 +78,19 @@ async def test_delete_stops_instances_and_removes_images(
     gw = make_gateway()
     status, body = await deploy(http, gw, version_fn("x"), {"name": "gone"})
     assert status == 201, body
-    async with http.get(f"{gw.url}/fn/gone") as r:
+    async with http.get(f"{gw.url}/fn/gone", headers=gw.headers) as r:
         assert r.status == 200
-    async with http.get(f"{gw.url}/v1/functions/gone") as r:
+    async with http.get(f"{gw.url}/v1/functions/gone", headers=gw.headers) as r:
         containers = [i["container"] for i in (await r.json())["instances"]]
     running = {c.id[:12] for c in managed_containers(docker_client, gw.namespace)}
     assert containers and set(containers) <= running
-    async with http.delete(f"{gw.url}/v1/functions/gone") as r:
+    async with http.delete(f"{gw.url}/v1/functions/gone", headers=gw.headers) as r:
         assert r.status == 204
-    async with http.get(f"{gw.url}/fn/gone") as r:
+    async with http.get(f"{gw.url}/fn/gone", headers=gw.headers) as r:
         assert r.status == 404
-    async with http.get(f"{gw.url}/v1/functions/gone") as r:
+    async with http.get(f"{gw.url}/v1/functions/gone", headers=gw.headers) as r:
         assert r.status == 404
-    async with http.delete(f"{gw.url}/v1/functions/gone") as r:
+    async with http.delete(f"{gw.url}/v1/functions/gone", headers=gw.headers) as r:
         assert r.status == 404
     running = {c.id[:12] for c in managed_containers(docker_client, gw.namespace)}
     assert not set(containers) & running
@@ -98,7 +98,7 @@ async def test_delete_stops_instances_and_removes_images(
     # The name can be used again.
     status, body = await deploy(http, gw, version_fn("y"), {"name": "gone"})
     assert status == 201, body
-    async with http.get(f"{gw.url}/fn/gone") as r:
+    async with http.get(f"{gw.url}/fn/gone", headers=gw.headers) as r:
         assert await r.text() == "y"
 
 
@@ -108,15 +108,15 @@ async def test_functions_survive_a_restart(
     first = make_gateway()
     status, body = await deploy(http, first, version_fn("durable"), {"name": "durable"})
     assert status == 201, body
-    async with http.get(f"{first.url}/fn/durable") as r:
+    async with http.get(f"{first.url}/fn/durable", headers=first.headers) as r:
         assert await r.text() == "durable"
     assert first.stop() == 0
     assert managed_containers(docker_client, first.namespace) == [], "shutdown left containers"
 
     second = make_gateway(database_url=first.database_url, namespace=first.namespace)
-    async with http.get(f"{second.url}/v1/functions") as r:
+    async with http.get(f"{second.url}/v1/functions", headers=second.headers) as r:
         assert [f["name"] for f in (await r.json())["functions"]] == ["durable"]
-    async with http.get(f"{second.url}/fn/durable") as r:
+    async with http.get(f"{second.url}/fn/durable", headers=second.headers) as r:
         assert r.status == 200
         assert await r.text() == "durable"
 
@@ -130,18 +130,18 @@ async def test_leftover_containers_are_adopted_or_removed_at_start_up(
     spec = {"name": "kept", "limits": {"memory_mb": 128}}
     status, body = await deploy(http, first, version_fn("kept"), spec)
     assert status == 201, body
-    async with http.get(f"{first.url}/fn/kept") as r:
+    async with http.get(f"{first.url}/fn/kept", headers=first.headers) as r:
         assert r.status == 200
         assert r.headers["X-Kapal-Cold-Start"] == "new"
     first.kill()  # no clean shutdown: its instance stays running
     left = managed_containers(docker_client, first.namespace, function="kept")
     assert len(left) == 1
     second = make_gateway(database_url=first.database_url, namespace=first.namespace)
-    async with http.get(f"{second.url}/v1/functions/kept") as r:
+    async with http.get(f"{second.url}/v1/functions/kept", headers=second.headers) as r:
         instances = (await r.json())["instances"]
     assert [i["state"] for i in instances] == ["ready"]
     assert managed_containers(docker_client, first.namespace, "kept")[0].id == left[0].id
-    async with http.get(f"{second.url}/fn/kept") as r:
+    async with http.get(f"{second.url}/fn/kept", headers=second.headers) as r:
         assert r.status == 200
         assert "X-Kapal-Cold-Start" not in r.headers
 
@@ -156,7 +156,7 @@ async def test_requirements_txt_is_installed_into_the_image(
     }
     status, body = await deploy(http, gw, files, {"name": "deps"})
     assert status == 201, body
-    async with http.get(f"{gw.url}/fn/deps") as r:
+    async with http.get(f"{gw.url}/fn/deps", headers=gw.headers) as r:
         assert r.status == 200
         assert await r.text() == "1.16.0"
 
@@ -173,7 +173,7 @@ async def test_unresolvable_requirement_fails_the_deploy_cleanly(
     assert status == 422, body
     assert body["error"]["code"] == "build_failed"
     assert "requirements" in body["error"]["message"]
-    async with http.get(f"{gw.url}/v1/functions/baddeps") as r:
+    async with http.get(f"{gw.url}/v1/functions/baddeps", headers=gw.headers) as r:
         assert r.status == 404
 
 
@@ -184,7 +184,7 @@ async def test_handler_that_fails_to_load_is_reported(
     files = {"handler.py": "import no_such_module\ndef handle(event, context):\n    return 1\n"}
     status, body = await deploy(http, gw, files, {"name": "broken"})
     assert status == 201, body
-    async with http.get(f"{gw.url}/fn/broken") as r:
+    async with http.get(f"{gw.url}/fn/broken", headers=gw.headers) as r:
         assert r.status == 502
         err = (await r.json())["error"]
     assert err["code"] == "start_failed"

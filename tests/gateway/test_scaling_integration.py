@@ -27,7 +27,7 @@ SLEEPY = {
 
 
 async def function(http: aiohttp.ClientSession, gw: GatewayProcess, name: str) -> Any:
-    async with http.get(f"{gw.url}/v1/functions/{name}") as r:
+    async with http.get(f"{gw.url}/v1/functions/{name}", headers=gw.headers) as r:
         return await r.json()
 
 
@@ -62,20 +62,20 @@ async def test_cold_start_tiers_prewarm_new_then_paused_then_zero(
     status, body = await deploy(http, gw, SLEEPY, {"name": "big", "limits": {"memory_mb": 300}})
     assert status == 201, body
     # Default limits and no dependencies: a prewarmed generic container is specialized.
-    async with http.get(f"{gw.url}/fn/tiers") as r:
+    async with http.get(f"{gw.url}/fn/tiers", headers=gw.headers) as r:
         assert r.status == 200
         assert r.headers["X-Kapal-Cold-Start"] == "prewarm"
-    async with http.get(f"{gw.url}/fn/tiers") as r:
+    async with http.get(f"{gw.url}/fn/tiers", headers=gw.headers) as r:
         assert "X-Kapal-Cold-Start" not in r.headers
     # Other limits than the prewarmed containers have: a new container from its image.
-    async with http.get(f"{gw.url}/fn/big") as r:
+    async with http.get(f"{gw.url}/fn/big", headers=gw.headers) as r:
         assert r.status == 200
         assert r.headers["X-Kapal-Cold-Start"] == "new"
     # No traffic for the stable window: the instance is paused as a standby...
     fn = await wait_for(http, gw, "tiers", lambda f: f["pool"]["paused"] == 1)
     assert fn["pool"]["desired"] == 0 and fn["pool"]["ready"] == 0
     # ... and the next request unpauses it.
-    async with http.get(f"{gw.url}/fn/tiers") as r:
+    async with http.get(f"{gw.url}/fn/tiers", headers=gw.headers) as r:
         assert r.status == 200
         assert r.headers["X-Kapal-Cold-Start"] == "paused"
     # Idle past idle_timeout_s: removed, down to zero.
@@ -93,7 +93,7 @@ async def test_burst_scales_out_without_errors(
 
     async def caller() -> None:
         for _ in range(10):
-            async with http.get(f"{gw.url}/fn/burst?s=0.2") as r:
+            async with http.get(f"{gw.url}/fn/burst?s=0.2", headers=gw.headers) as r:
                 statuses.append(r.status)
 
     await asyncio.gather(*(caller() for _ in range(12)))
@@ -108,7 +108,7 @@ async def test_killed_container_is_detected_and_replaced(
     gw = make_gateway()
     status, body = await deploy(http, gw, SLEEPY, {"name": "victim"})
     assert status == 201, body
-    async with http.get(f"{gw.url}/fn/victim") as r:
+    async with http.get(f"{gw.url}/fn/victim", headers=gw.headers) as r:
         assert r.status == 200
     [instance] = (await function(http, gw, "victim"))["instances"]
     docker_client.containers.get(instance["container"]).kill()
@@ -116,7 +116,7 @@ async def test_killed_container_is_detected_and_replaced(
     await wait_for(
         http, gw, "victim", lambda f: instance["id"] not in [i["id"] for i in f["instances"]]
     )
-    async with http.get(f"{gw.url}/fn/victim") as r:
+    async with http.get(f"{gw.url}/fn/victim", headers=gw.headers) as r:
         assert r.status == 200
         assert r.headers["X-Kapal-Cold-Start"] in ("prewarm", "new")
 
@@ -131,7 +131,7 @@ async def test_full_buffer_answers_503_with_retry_after_and_counts_it(
     await wait_for(http, gw, "narrow", lambda f: f["pool"]["ready"] == 1)
 
     async def call() -> tuple[int, str, Any]:
-        async with http.get(f"{gw.url}/fn/narrow?s=1") as r:
+        async with http.get(f"{gw.url}/fn/narrow?s=1", headers=gw.headers) as r:
             body = await r.json() if r.status == 503 else await r.text()
             return r.status, r.headers.get("Retry-After", ""), body
 

@@ -160,3 +160,17 @@ def test_up_hands_over_to_infra(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert cli.main(["up"]) == 0
     assert calls == [(sys.executable, [sys.executable, "-m", "infra", "up"])]
+
+
+def test_security_options_reach_the_spec(hello_folder: Path) -> None:
+    from kapal.spec import load_spec
+
+    argv = ["deploy", str(hello_folder), "--public", "--rps", "3", "--secret", "a"]
+    args = cli.build_parser().parse_args([*argv, "--secret", "b", "--no-outbound"])
+    spec = load_spec(hello_folder, cli._overrides(args))
+    assert spec["public"] is True
+    assert spec["limits"] == {"rps": 3.0}
+    assert spec["secrets"] == ["a", "b"]
+    assert spec["network"] == {"outbound": False}
+    plain = load_spec(hello_folder, cli._overrides(cli.build_parser().parse_args(argv[:2])))
+    assert "public" not in plain and "secrets" not in plain

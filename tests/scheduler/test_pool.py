@@ -266,3 +266,16 @@ async def test_container_death_replaces_the_instance() -> None:
     assert got.instance.id not in pool.instances
     again = await pool.acquire(10**9)
     assert again.cold and again.instance is not got.instance
+
+
+def test_only_functions_a_generic_container_can_be_are_prewarmable() -> None:
+    from scheduler.models import Limits, Network
+    from scheduler.prewarm import can_specialize
+
+    base = spec()
+    assert can_specialize(base)
+    assert can_specialize(base.model_copy(update={"limits": Limits(rps=5)}))
+    assert not can_specialize(base.model_copy(update={"limits": Limits(memory_mb=512)}))
+    assert not can_specialize(base.model_copy(update={"has_dependencies": True}))
+    assert not can_specialize(base.model_copy(update={"secrets": ["token"]}))
+    assert not can_specialize(base.model_copy(update={"network": Network(outbound=False)}))

@@ -1,0 +1,103 @@
+"""Who may call what: Bearer API keys with scopes, checked in one middleware.
+
+Every route needs an `admin` key unless it says otherwise with `@requires(...)`:
+locked down by default. The invocation route checks for itself (`SELF`), since a public
+function needs no key at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+
+from gateway.errors import Forbidden, RateLimited, Unauthorized
+from gateway.keys import ApiKey, KeyCache, Scope
+from gateway.ratelimit import RateLimiter, retry_after
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Route markers besides a Scope.
+OPEN: Final = "open"
+SELF: Final = "self"
+
+
+def requires(scope: Scope | str) -> Callable[[Handler], Handler]:
+    """Mark a handler with the scope it needs (or OPEN, or SELF)."""
+
+    def mark(handler: Handler) -> Handler:
+        handler.kapal_scope = scope  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def bearer(value: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value; None without a header."""
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <API key>'")
+    return token.strip()
+
+
+class Gate:
+    """Checks keys and their rate limits; shared by the API and the invocation path."""
+
+    def __init__(self, keys: KeyCache, limiter: RateLimiter, default_key_rps: float) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.default_key_rps = default_key_rps
+
+    def authenticate(self, authorization: str | None) -> ApiKey | None:
+        """The caller's key (checked and rate limited), or None when it sent none."""
+        token = bearer(authorization)
+        if token is None:
+            return None
+        key = self.keys.verify(token)
+        if key is None:
+            raise Unauthorized("unknown or revoked API key")
+        rate = key.rps if key.rps is not None else self.default_key_rps
+        wait = self.limiter.take(f"key:{key.id}", rate if rate > 0 else None)
+        if wait:
+            raise RateLimited(
+                f"API key {key.id} is over its rate limit of {rate:g} requests/s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+        return key
+
+    def authorize(self, authorization: str | None, scope: Scope) -> ApiKey:
+        """The caller's key if it holds `scope`; 401 without a key, 403 with the wrong one."""
+        key = self.authenticate(authorization)
+        if key is None:
+            raise Unauthorized(f"this needs an API key with the {scope.value!r} scope")
+        if not key.allows(scope):
+            raise Forbidden(
+                f"API key {key.id} lacks the {scope.value!r} scope"
+                f" (it has: {', '.join(sorted(key.scopes))})"
+            )
+        return key
+
+
+gate_key = web.AppKey("gate", Gate)
+keys_key = web.AppKey("keys", KeyCache)
+
+
+def authenticate(request: web.Request) -> ApiKey | None:
+    return request.app[gate_key].authenticate(request.headers.get("Authorization"))
+
+
+def authorize(request: web.Request, scope: Scope) -> ApiKey:
+    return request.app[gate_key].authorize(request.headers.get("Authorization"), scope)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is not None:  # no route: 404/405 as usual
+        return await handler(request)
+    scope = getattr(request.match_info.handler, "kapal_scope", Scope.ADMIN)
+    if scope not in (OPEN, SELF):
+        authorize(request, Scope(scope))
+    return await handler(request)

@@ -1,0 +1,1 @@
+-- reserved: async queue (another branch)
