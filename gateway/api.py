@@ -94,6 +94,7 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
         env=spec.env,
         limits=spec.limits,
         scaling=spec.scaling,
+        async_=spec.async_,
         created_at=row.created_at,
         updated_at=row.updated_at,
         invocations=row.invocations + recorder.pending_count(spec.name),
@@ -103,7 +104,7 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
         ],
         instances=[InstanceOut(**vars(i)) for i in scheduler.describe(spec.name)],
     )
-    return out.model_dump(mode="json")
+    return out.model_dump(mode="json", by_alias=True)
 
 
 def _name(request: web.Request) -> str:

@@ -10,6 +10,8 @@ from aiohttp import web
 from gateway import api, db, invoke
 from gateway.deploy import Deployer
 from gateway.errors import error_middleware
+from gateway.queue import routes as queue_routes
+from gateway.queue.service import QueueService, queue_key
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
@@ -28,6 +30,7 @@ def create_app(settings: Settings) -> web.Application:
     app[api.settings_key] = settings
     app.cleanup_ctx.append(lifespan)
     api.add_routes(app)
+    queue_routes.add_routes(app)
     return app
 
 
@@ -48,11 +51,14 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
     invoker = invoke.Invoker(settings, scheduler, recorder)
+    queue = QueueService(settings, pg, scheduler, invoker)
     try:
         specs = await store.current_specs()
         await scheduler.start(specs)
         recorder.start()
         await invoker.start()
+        await queue.start()
+        app[queue_key] = queue
         app[api.store_key] = store
         app[api.scheduler_key] = scheduler
         app[api.recorder_key] = recorder
@@ -69,6 +75,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
+        await queue.close()
         await invoker.close()
         await scheduler.close()
         await recorder.close()

@@ -66,6 +66,7 @@ class Deployer:
                     env=spec_in.env,
                     limits=spec_in.limits,
                     scaling=spec_in.scaling,
+                    async_=spec_in.async_,
                 )
                 try:
                     sha = hashlib.sha256(code).hexdigest()

@@ -42,6 +42,18 @@ class FunctionNotFound(KapalError):
     status, code = 404, "function_not_found"
 
 
+class NotFound(KapalError):
+    status, code = 404, "not_found"
+
+
+class Unauthorized(KapalError):
+    status, code = 401, "unauthorized"
+
+
+class InvalidRequest(KapalError):
+    status, code = 422, "invalid_request"
+
+
 class FunctionExists(KapalError):
     status, code = 409, "function_exists"
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from scheduler.models import ENV_NAME_RE, HANDLER_RE, NAME_RE, RUNTIMES, Limits, Scaling
+from scheduler.models import (
+    ENV_NAME_RE,
+    HANDLER_RE,
+    NAME_RE,
+    RUNTIMES,
+    AsyncPolicy,
+    Limits,
+    Scaling,
+)
 
 MAX_ENV = 200
 MAX_ENV_VALUE = 32 * 1024
@@ -29,6 +37,12 @@ class DeploySpec(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Pool sizing.
     scaling: Scaling = Field(default_factory=Scaling)
+    # Retries and concurrency of queued invocations.
+    async_: AsyncPolicy = Field(
+        default_factory=AsyncPolicy,
+        validation_alias=AliasChoices("async", "async_"),
+        serialization_alias="async",
+    )
 
     @field_validator("name")
     @classmethod
@@ -89,6 +103,7 @@ class FunctionOut(BaseModel):
     env: dict[str, str]
     limits: Limits
     scaling: Scaling
+    async_: AsyncPolicy = Field(serialization_alias="async")
     created_at: datetime
     updated_at: datetime
     invocations: int

@@ -1,0 +1,123 @@
+-- The durable queue's queries. One row of `invocations` per accepted invocation.
+
+-- name: enqueue
+-- A group commit: many accepted requests in one statement; repeated idempotency keys skip.
+INSERT INTO invocations
+    (id, function, method, path, headers, body, max_retries, idempotency_key, callback_url)
+SELECT * FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::int[],
+    $8::text[], $9::text[])
+ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+
+-- name: existing_ids
+SELECT i.function, i.idempotency_key, i.id FROM invocations i
+JOIN unnest($1::text[], $2::text[]) AS k(function, key)
+    ON i.function = k.function AND i.idempotency_key = k.key
+
+-- name: notify
+SELECT pg_notify('kapal_queue', '')
+
+-- name: claim_candidates
+-- Rows ready to run, oldest first; functions and jobs at their concurrency are skipped.
+SELECT i.id, i.function, i.job_id, j.max_concurrency AS job_concurrency
+FROM invocations i LEFT JOIN jobs j ON j.id = i.job_id
+WHERE i.status = 'queued' AND i.run_at <= now()
+    AND NOT (i.function = ANY($1::text[]))
+    AND (i.job_id IS NULL OR NOT (i.job_id = ANY($2::uuid[])))
+ORDER BY i.run_at, i.seq
+LIMIT $3
+FOR UPDATE OF i SKIP LOCKED
+
+-- name: mark_running
+UPDATE invocations SET
+    status = 'running',
+    attempts = attempts + 1,
+    worker = $2,
+    lease_until = now() + make_interval(secs => $3),
+    started_at = COALESCE(started_at, now()),
+    last_attempt_at = now()
+WHERE id = ANY($1::uuid[])
+RETURNING id, function, method, path, headers, body, attempts, max_retries, job_id
+
+-- name: finish
+-- Results of attempts, as one statement; only the current claim (worker, attempt) counts.
+UPDATE invocations i SET
+    status = f.status,
+    run_at = COALESCE(f.run_at, i.run_at),
+    finished_at = CASE WHEN f.status = 'queued' THEN NULL ELSE now() END,
+    worker = NULL,
+    lease_until = NULL,
+    result_status = f.result_status,
+    result_headers = f.result_headers,
+    result_body = f.result_body,
+    error = f.error,
+    callback_state = CASE WHEN f.status <> 'queued' AND i.callback_url IS NOT NULL
+        THEN 'pending' ELSE i.callback_state END,
+    callback_at = now()
+FROM unnest(
+    $1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::jsonb[],
+    $7::bytea[], $8::text[]
+) AS f(id, attempts, status, run_at, result_status, result_headers, result_body, error)
+WHERE i.id = f.id AND i.status = 'running' AND i.attempts = f.attempts AND i.worker = $9
+RETURNING i.id
+
+-- name: heartbeat
+UPDATE invocations SET lease_until = now() + make_interval(secs => $2)
+WHERE status = 'running' AND worker = $1
+
+-- name: recover_expired
+-- Rows whose worker vanished (crash, kill -9): run again, or dead when out of retries.
+UPDATE invocations SET
+    status = CASE WHEN attempts > max_retries THEN 'dead' ELSE 'queued' END,
+    run_at = now(),
+    worker = NULL,
+    lease_until = NULL,
+    error = 'lease expired: the worker running it was lost',
+    finished_at = CASE WHEN attempts > max_retries THEN now() END,
+    callback_state = CASE WHEN attempts > max_retries AND callback_url IS NOT NULL
+        THEN 'pending' ELSE callback_state END,
+    callback_at = now()
+WHERE status = 'running' AND lease_until < now()
+RETURNING id
+
+-- name: release_own
+-- A clean shutdown hands its unfinished rows back; the interrupted attempt does not count.
+UPDATE invocations SET
+    status = 'queued', attempts = GREATEST(attempts - 1, 0), worker = NULL,
+    lease_until = NULL, run_at = now()
+WHERE status = 'running' AND worker = $1
+
+-- name: depth
+SELECT function, count(*) AS n FROM invocations WHERE status = 'queued' GROUP BY function
+
+-- name: get
+SELECT id, function, method, path, status, attempts, max_retries, idempotency_key,
+    callback_url, job_id, item_index, run_at, created_at, started_at, last_attempt_at,
+    finished_at, result_status, result_headers, result_body, error, callback_state,
+    callback_attempts
+FROM invocations WHERE id = $1
+
+-- name: redrive
+UPDATE invocations SET
+    status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, error = NULL,
+    callback_state = NULL, callback_attempts = 0
+WHERE id = $1 AND status IN ('dead', 'failed')
+RETURNING id
+
+-- name: claim_callbacks
+-- Callbacks due; claimed by pushing callback_at past the delivery's timeout.
+UPDATE invocations SET callback_at = now() + make_interval(secs => $2)
+WHERE id IN (
+    SELECT id FROM invocations
+    WHERE callback_state = 'pending' AND callback_at <= now()
+    ORDER BY callback_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING id, function, status, attempts, callback_url, callback_attempts, created_at,
+    started_at, finished_at, result_status, result_headers, result_body, error, job_id,
+    item_index, max_retries, method, path, idempotency_key, run_at, last_attempt_at,
+    callback_state
+
+-- name: callback_done
+UPDATE invocations SET
+    callback_state = $2, callback_attempts = callback_attempts + 1, callback_at = $3
+WHERE id = $1

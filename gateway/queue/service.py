@@ -1,0 +1,64 @@
+"""The queue's parts wired together, opened and closed by the gateway's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+
+import asyncpg
+from aiohttp import web
+
+from gateway.invoke import Invoker
+from gateway.queue.callbacks import CallbackSender
+from gateway.queue.manager import QueueManager
+from gateway.queue.store import QueueStore
+from gateway.queue.worker import QueueWorker
+from gateway.settings import Settings
+from gateway.supervisor import Supervisor
+from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway.queue")
+
+
+class QueueService:
+    def __init__(
+        self, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler, invoker: Invoker
+    ) -> None:
+        self.settings = settings
+        self.pg = pg
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.store = QueueStore(pg)
+        self.manager = QueueManager(self.store, scheduler, worker_id)
+        self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler)
+        self.callbacks = CallbackSender(settings, self.store)
+        # Writers stop last: attempts still finishing need somewhere to record results.
+        self.writers = Supervisor()
+        self.writers.add("kapal-enqueue", self.manager.run_enqueues)
+        self.writers.add("kapal-results", self.manager.run_results)
+        self.loops = Supervisor()
+        self.loops.add("kapal-claims", self.worker.run_claims)
+        self.loops.add("kapal-queue-upkeep", self.worker.run_upkeep)
+        self.loops.add("kapal-queue-listener", self.worker.run_listener)
+        self.loops.add("kapal-callbacks", self.callbacks.run)
+
+    def add(self, name: str, loop: object) -> None:
+        """Another queue-fed loop (schedules), supervised and stopped with the workers."""
+        self.loops.add(name, loop)  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        self.writers.start()
+        self.loops.start()
+        log.info("queue started", extra={"worker": self.manager.worker_id})
+
+    async def close(self) -> None:
+        await self.loops.close()
+        await self.worker.drain(self.settings.stop_grace_s)
+        await self.writers.close()
+        await self.worker.release()
+        await asyncio.sleep(0)
+
+
+queue_key = web.AppKey("queue", QueueService)

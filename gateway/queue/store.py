@@ -1,0 +1,125 @@
+"""The queue's I/O: every query against Postgres, returning plain records."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+
+from gateway.queue.models import Candidate, Claimed, NewInvocation, Outcome
+from gateway.sqlfile import load
+
+Q = load(Path(__file__).with_name("queries.sql"))
+CHANNEL = "kapal_queue"
+
+
+class QueueStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def enqueue(self, items: Sequence[NewInvocation]) -> list[uuid.UUID]:
+        """Store a batch in one transaction; returns each item's id (the first one's for a
+        repeated idempotency key) and wakes the workers."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = {
+                r["id"]
+                for r in await conn.fetch(
+                    Q["enqueue"],
+                    [i.id for i in items],
+                    [i.function for i in items],
+                    [i.method for i in items],
+                    [i.path for i in items],
+                    [json.dumps(i.headers) for i in items],
+                    [i.body for i in items],
+                    [i.max_retries for i in items],
+                    [i.idempotency_key for i in items],
+                    [i.callback_url for i in items],
+                )
+            }
+            out = [i.id for i in items]
+            lost = [n for n, i in enumerate(items) if i.id not in inserted]
+            if lost:
+                rows = await conn.fetch(
+                    Q["existing_ids"],
+                    [items[n].function for n in lost],
+                    [items[n].idempotency_key for n in lost],
+                )
+                first = {(r["function"], r["idempotency_key"]): r["id"] for r in rows}
+                for n in lost:
+                    out[n] = first[(items[n].function, items[n].idempotency_key)]
+            if inserted:
+                await conn.execute(Q["notify"])
+        return out
+
+    async def claim(
+        self,
+        worker: str,
+        lease_s: float,
+        full_functions: list[str],
+        full_jobs: list[uuid.UUID],
+        limit: int,
+        choose: Callable[[list[Candidate]], list[uuid.UUID]],
+    ) -> tuple[list[Claimed], int]:
+        """Lock up to `limit` ready rows, keep those `choose` picks, mark them running.
+
+        Returns the claimed rows and how many candidates were seen.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(Q["claim_candidates"], full_functions, full_jobs, limit)
+            if not rows:
+                return [], 0
+            picked = choose(
+                [Candidate(r["id"], r["function"], r["job_id"], r["job_concurrency"]) for r in rows]
+            )
+            if not picked:
+                return [], len(rows)
+            claimed = await conn.fetch(Q["mark_running"], picked, worker, lease_s)
+        return [Claimed.from_row(r) for r in claimed], len(rows)
+
+    async def finish(self, worker: str, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+        """Write attempt outcomes; returns the ids whose claim was still ours."""
+        rows = await self.pool.fetch(
+            Q["finish"],
+            [o.id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.status for o in outcomes],
+            [o.run_at for o in outcomes],
+            [o.result_status for o in outcomes],
+            [None if o.result_headers is None else json.dumps(o.result_headers) for o in outcomes],
+            [o.result_body for o in outcomes],
+            [o.error for o in outcomes],
+            worker,
+        )
+        return {r["id"] for r in rows}
+
+    async def heartbeat(self, worker: str, lease_s: float) -> None:
+        await self.pool.execute(Q["heartbeat"], worker, lease_s)
+
+    async def recover_expired(self) -> int:
+        return len(await self.pool.fetch(Q["recover_expired"]))
+
+    async def release_own(self, worker: str) -> None:
+        await self.pool.execute(Q["release_own"], worker)
+
+    async def depth(self) -> dict[str, int]:
+        return {r["function"]: r["n"] for r in await self.pool.fetch(Q["depth"])}
+
+    async def get(self, id: uuid.UUID) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(Q["get"], id)
+
+    async def redrive(self, id: uuid.UUID) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(Q["redrive"], id)
+            if done is not None:
+                await conn.execute(Q["notify"])
+        return done is not None
+
+    async def claim_callbacks(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
+        return list(await self.pool.fetch(Q["claim_callbacks"], limit, lease_s))
+
+    async def callback_done(self, id: uuid.UUID, state: str, next_at: datetime | None) -> None:
+        await self.pool.execute(Q["callback_done"], id, state, next_at)
