@@ -15,6 +15,7 @@ from gateway.queue.service import QueueService, queue_key
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionStore
+from gateway.webhooks import routes as webhook_routes
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
 from scheduler.pool import PoolConfig
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifespan)
     api.add_routes(app)
     queue_routes.add_routes(app)
+    webhook_routes.add_routes(app)
     return app
 
 

@@ -18,6 +18,7 @@ from gateway.queue.store import QueueStore
 from gateway.queue.worker import QueueWorker
 from gateway.settings import Settings
 from gateway.supervisor import Supervisor
+from gateway.webhooks.store import WebhookStore
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.queue")
@@ -34,6 +35,7 @@ class QueueService:
         self.manager = QueueManager(self.store, scheduler, worker_id)
         self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler)
         self.callbacks = CallbackSender(settings, self.store)
+        self.webhooks = WebhookStore(pg)
         # Writers stop last: attempts still finishing need somewhere to record results.
         self.writers = Supervisor()
         self.writers.add("kapal-enqueue", self.manager.run_enqueues)

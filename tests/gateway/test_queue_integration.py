@@ -4,43 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
 
 import aiohttp
 import asyncpg
-import docker
 import pytest
 from aiohttp import web
 
-from tests.conftest import PostgresServer
-from tests.gateway.queue_support import FAST_QUEUE, FLAKY, wait_final
-from tests.support import GatewayProcess, cleanup_namespace, deploy, free_port, new_namespace
+from tests.gateway.queue_support import wait_final
+from tests.support import GatewayProcess, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def gw(
-    postgres: PostgresServer, docker_client: docker.DockerClient, log_dir: object
-) -> Iterator[GatewayProcess]:
-    from pathlib import Path
-
-    assert isinstance(log_dir, Path)
-    gateway = GatewayProcess(postgres.new_database(), new_namespace(), log_dir, **FAST_QUEUE)
-    gateway.start()
-
-    async def deploy_all() -> None:
-        async with aiohttp.ClientSession() as http:
-            spec = {"name": "flaky", "scaling": {"max": 1}, "async": {"max_retries": 3}}
-            status, body = await deploy(http, gateway, {"handler.py": FLAKY}, spec)
-            assert status == 201, body
-            assert body["async"] == {"max_retries": 3, "concurrency": 16}
-
-    asyncio.run(deploy_all())
-    yield gateway
-    gateway.stop()
-    leftovers = cleanup_namespace(docker_client, gateway.namespace)
-    assert not leftovers, leftovers
 
 
 async def count_rows(gw: GatewayProcess, where: str, *args: object) -> int:
