@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway import api, db, invoke
 from gateway.deploy import Deployer
 from gateway.errors import error_middleware
+from gateway.jobs import routes as job_routes
 from gateway.queue import routes as queue_routes
 from gateway.queue.service import QueueService, queue_key
 from gateway.records import Recorder
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
     api.add_routes(app)
     queue_routes.add_routes(app)
     webhook_routes.add_routes(app)
+    job_routes.add_routes(app)
     return app
 
 

@@ -12,6 +12,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway.invoke import Invoker
+from gateway.jobs.store import JobStore
 from gateway.queue.callbacks import CallbackSender
 from gateway.queue.manager import QueueManager
 from gateway.queue.store import QueueStore
@@ -36,6 +37,7 @@ class QueueService:
         self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler)
         self.callbacks = CallbackSender(settings, self.store)
         self.webhooks = WebhookStore(pg)
+        self.jobs = JobStore(pg)
         # Writers stop last: attempts still finishing need somewhere to record results.
         self.writers = Supervisor()
         self.writers.add("kapal-enqueue", self.manager.run_enqueues)
