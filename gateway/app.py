@@ -14,6 +14,7 @@ from gateway.jobs import routes as job_routes
 from gateway.queue import routes as queue_routes
 from gateway.queue.service import QueueService, queue_key
 from gateway.records import Recorder
+from gateway.schedules import routes as schedule_routes
 from gateway.settings import Settings
 from gateway.store import FunctionStore
 from gateway.webhooks import routes as webhook_routes
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     queue_routes.add_routes(app)
     webhook_routes.add_routes(app)
     job_routes.add_routes(app)
+    schedule_routes.add_routes(app)
     return app
 
 

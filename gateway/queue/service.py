@@ -17,6 +17,8 @@ from gateway.queue.callbacks import CallbackSender
 from gateway.queue.manager import QueueManager
 from gateway.queue.store import QueueStore
 from gateway.queue.worker import QueueWorker
+from gateway.schedules.store import ScheduleStore
+from gateway.schedules.ticker import Ticker
 from gateway.settings import Settings
 from gateway.supervisor import Supervisor
 from gateway.webhooks.store import WebhookStore
@@ -38,6 +40,8 @@ class QueueService:
         self.callbacks = CallbackSender(settings, self.store)
         self.webhooks = WebhookStore(pg)
         self.jobs = JobStore(pg)
+        self.schedules = ScheduleStore(pg, self.store)
+        ticker = Ticker(self.schedules, scheduler, settings.queue_poll_s)
         # Writers stop last: attempts still finishing need somewhere to record results.
         self.writers = Supervisor()
         self.writers.add("kapal-enqueue", self.manager.run_enqueues)
@@ -47,10 +51,7 @@ class QueueService:
         self.loops.add("kapal-queue-upkeep", self.worker.run_upkeep)
         self.loops.add("kapal-queue-listener", self.worker.run_listener)
         self.loops.add("kapal-callbacks", self.callbacks.run)
-
-    def add(self, name: str, loop: object) -> None:
-        """Another queue-fed loop (schedules), supervised and stopped with the workers."""
-        self.loops.add(name, loop)  # type: ignore[arg-type]
+        self.loops.add("kapal-schedules", ticker.run)
 
     async def start(self) -> None:
         self.writers.start()

@@ -25,34 +25,40 @@ class QueueStore:
         """Store a batch in one transaction; returns each item's id (the first one's for a
         repeated idempotency key) and wakes the workers."""
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = {
-                r["id"]
-                for r in await conn.fetch(
-                    Q["enqueue"],
-                    [i.id for i in items],
-                    [i.function for i in items],
-                    [i.method for i in items],
-                    [i.path for i in items],
-                    [json.dumps(i.headers) for i in items],
-                    [i.body for i in items],
-                    [i.max_retries for i in items],
-                    [i.idempotency_key for i in items],
-                    [i.callback_url for i in items],
-                )
-            }
-            out = [i.id for i in items]
-            lost = [n for n, i in enumerate(items) if i.id not in inserted]
-            if lost:
-                rows = await conn.fetch(
-                    Q["existing_ids"],
-                    [items[n].function for n in lost],
-                    [items[n].idempotency_key for n in lost],
-                )
-                first = {(r["function"], r["idempotency_key"]): r["id"] for r in rows}
-                for n in lost:
-                    out[n] = first[(items[n].function, items[n].idempotency_key)]
-            if inserted:
-                await conn.execute(Q["notify"])
+            return await self.enqueue_on(conn, items)
+
+    async def enqueue_on(
+        self, conn: asyncpg.Connection, items: Sequence[NewInvocation]
+    ) -> list[uuid.UUID]:
+        """`enqueue` inside the caller's transaction."""
+        inserted = {
+            r["id"]
+            for r in await conn.fetch(
+                Q["enqueue"],
+                [i.id for i in items],
+                [i.function for i in items],
+                [i.method for i in items],
+                [i.path for i in items],
+                [json.dumps(i.headers) for i in items],
+                [i.body for i in items],
+                [i.max_retries for i in items],
+                [i.idempotency_key for i in items],
+                [i.callback_url for i in items],
+            )
+        }
+        out = [i.id for i in items]
+        lost = [n for n, i in enumerate(items) if i.id not in inserted]
+        if lost:
+            rows = await conn.fetch(
+                Q["existing_ids"],
+                [items[n].function for n in lost],
+                [items[n].idempotency_key for n in lost],
+            )
+            first = {(r["function"], r["idempotency_key"]): r["id"] for r in rows}
+            for n in lost:
+                out[n] = first[(items[n].function, items[n].idempotency_key)]
+        if inserted:
+            await conn.execute(Q["notify"])
         return out
 
     async def claim(
