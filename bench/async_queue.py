@@ -23,6 +23,8 @@ SPEC = {
     "scaling": {"min": 1, "max": 2, "concurrency": 64},
     "async": {"concurrency": 128},
 }
+# Accepts like `noop` but runs one at a time: measures accepting a burst, not running it.
+SINK = {"name": "sink", "scaling": {"max": 1}, "async": {"concurrency": 1}}
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = '{"hello": "kapal"}'
@@ -52,7 +54,7 @@ async def _drain(k: Kapal, timeout_s: float) -> None:
     raise RuntimeError(f"queue did not drain in {timeout_s}s")
 
 
-def _wrk_enqueue(k: Kapal, seconds: int, connections: int) -> dict[str, float]:
+def _wrk_enqueue(k: Kapal, function: str, seconds: int, connections: int) -> dict[str, float]:
     """wrk POSTing async invocations; counts only 2xx answers (202 = durably stored)."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
@@ -84,9 +86,9 @@ def _wrk_enqueue(k: Kapal, seconds: int, connections: int) -> dict[str, float]:
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     return {
-        "enqueue_per_s": round((total - failed) / duration, 1),
-        "enqueue_errors": failed,
-        "enqueue_p50_ms": round(float(p50.group(1)) * scale[p50.group(2)], 3) if p50 else -1,
+        "per_s": round((total - failed) / duration, 1),
+        "errors": failed,
+        "p50_ms": round(float(p50.group(1)) * scale[p50.group(2)], 3) if p50 else -1,
     }
 
 
@@ -131,19 +133,33 @@ async def _queue_to_start(k: Kapal, http: aiohttp.ClientSession, n: int) -> floa
         )
     finally:
         await conn.close()
-    return round(statistics.median(r["ms"] for r in rows), 2)
+    return round(float(statistics.median(r["ms"] for r in rows)), 2)
 
 
 async def _run(quick: bool) -> dict[str, Any]:
     with Kapal() as k:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
             await k.deploy(http, NOOP, SPEC)
+            await k.deploy(http, NOOP, SINK)
             log("warming up")
             await _queue_to_start(k, http, 20)
-            seconds = 5 if quick else 15
-            log(f"enqueue: wrk, 64 connections, {seconds} s")
+            seconds = 4 if quick else 15
             result: dict[str, Any] = {"scenario": "async", "quick": quick}
-            result.update(_wrk_enqueue(k, seconds, 64))
+            log(f"enqueue burst: wrk, 64 connections, {seconds} s, to a function run 1 at a time")
+            burst = _wrk_enqueue(k, "sink", seconds, 64)
+            result["enqueue_per_s"] = burst["per_s"]
+            result["enqueue_errors"] = burst["errors"]
+            result["enqueue_p50_ms"] = burst["p50_ms"]
+            await _scalar(
+                k.database_url,
+                "UPDATE invocations SET status = 'cancelled' WHERE function = 'sink'"
+                " AND status = 'queued'",
+            )
+            await _drain(k, 60)
+            log(f"enqueue while the same gateway runs them: wrk, 64 connections, {seconds} s")
+            busy = _wrk_enqueue(k, "noop", seconds, 64)
+            result["enqueue_while_processing_per_s"] = busy["per_s"]
+            result["enqueue_while_processing_errors"] = busy["errors"]
             log("draining what was enqueued")
             await _drain(k, 120 if quick else 300)
             log("job of 10,000 items")

@@ -114,7 +114,7 @@ class Kapal:
             for c in client.containers.list(all=True, filters={"label": labels}):
                 c.remove(force=True)
             for img in client.images.list(filters={"label": f"kapal.namespace={self.namespace}"}):
-                client.images.remove(img.id, force=True)
+                client.images.remove(str(img.id), force=True)
             for net in client.networks.list(names=[f"{self.namespace}-functions"]):
                 net.remove()
         finally:

@@ -57,12 +57,13 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
     invoker = invoke.Invoker(settings, scheduler, recorder)
-    queue = QueueService(settings, pg, scheduler, invoker)
+    queue: QueueService | None = None
     try:
         specs = await store.current_specs()
         await scheduler.start(specs)
         recorder.start()
         await invoker.start()
+        queue = await QueueService.open(settings, scheduler, invoker)
         await queue.start()
         app[queue_key] = queue
         app[api.store_key] = store
@@ -81,7 +82,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
-        await queue.close()
+        if queue is not None:
+            await queue.close()
         await invoker.close()
         await scheduler.close()
         await recorder.close()

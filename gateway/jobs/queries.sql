@@ -5,7 +5,7 @@ INSERT INTO jobs (id, function, total, max_concurrency, max_retries) VALUES ($1,
 RETURNING created_at
 
 -- name: notify
-SELECT pg_notify('kapal_queue', '')
+SELECT pg_notify('kapal_queue', $1)
 
 -- name: get
 SELECT id, function, total, max_concurrency, max_retries, created_at, cancelled_at

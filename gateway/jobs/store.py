@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from gateway.errors import NotFound
+from gateway.queue.lanes import Lane
 from gateway.sqlfile import load
 
 Q = load(Path(__file__).with_name("queries.sql"))
@@ -71,7 +72,7 @@ class JobStore:
                 Q["insert"], job_id, function, len(items), max_concurrency, max_retries
             )
             await conn.copy_records_to_table("invocations", records=records, columns=ITEM_COLUMNS)
-            await conn.execute(Q["notify"])
+            await conn.execute(Q["notify"], Lane(function, job_id).encode())
         return job_id
 
     async def get(self, id: uuid.UUID) -> JobRow:

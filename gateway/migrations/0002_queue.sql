@@ -45,7 +45,10 @@ CREATE TABLE invocations (
 );
 CREATE UNIQUE INDEX invocations_idempotency ON invocations (function, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX invocations_ready ON invocations (run_at, seq) WHERE status = 'queued';
+-- A lane is a function's own queue, or one job's items: claimed with a range scan each.
+CREATE INDEX invocations_ready ON invocations
+    (function, (COALESCE(job_id, '00000000-0000-0000-0000-000000000000'::uuid)), run_at, seq)
+    WHERE status = 'queued';
 CREATE INDEX invocations_leased ON invocations (lease_until) WHERE status = 'running';
 CREATE INDEX invocations_job ON invocations (job_id, item_index) WHERE job_id IS NOT NULL;
 CREATE INDEX invocations_callbacks ON invocations (callback_at)

@@ -16,9 +16,9 @@ log = logging.getLogger("kapal.gateway.queue")
 class GroupCommit(Generic[T, R]):
     """`submit` waits until its item is part of a flushed batch and returns its result.
 
-    `flush` gets a batch and returns one result per item, in order. While one batch is
-    being written the next one fills, so batches grow with load and latency stays one
-    round trip plus `window_s`.
+    `flush` gets a batch and returns one result per item, in order. While `parallel`
+    batches are being written the next one fills, so batches grow with load and an idle
+    system answers in one round trip.
     """
 
     def __init__(
@@ -27,8 +27,8 @@ class GroupCommit(Generic[T, R]):
         flush: Callable[[list[T]], Awaitable[list[R]]],
         *,
         max_batch: int = 500,
-        window_s: float = 0.002,
-        parallel: int = 2,
+        window_s: float = 0.001,
+        parallel: int = 3,
     ) -> None:
         self.name = name
         self._flush = flush
@@ -68,9 +68,11 @@ class GroupCommit(Generic[T, R]):
                     for w in waiters:
                         w.cancel()
                 continue
-            if self.window_s and len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.window_s)
+            # Items pile up while every writer is busy: that wait is the grouping. With a
+            # writer free, a short window still lets a burst's first requests share a write.
             await self._slots.acquire()
+            if self.window_s and len(self._pending) < self.max_batch and self._inflight:
+                await asyncio.sleep(self.window_s)
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             task = asyncio.create_task(self._write(batch), name=f"{self.name}-flush")

@@ -30,10 +30,10 @@ class QueueManager:
         self.scheduler = scheduler
         self.worker_id = worker_id
         self._enqueues: GroupCommit[NewInvocation, uuid.UUID] = GroupCommit(
-            "kapal-enqueue", self.store.enqueue, max_batch=500, window_s=0.002
+            "kapal-enqueue", self.store.enqueue, max_batch=500
         )
         self._results: GroupCommit[Outcome, bool] = GroupCommit(
-            "kapal-results", self._write_outcomes, max_batch=500, window_s=0.002
+            "kapal-results", self._write_outcomes, max_batch=500
         )
 
     async def run_enqueues(self, stop: asyncio.Event) -> None:

@@ -32,16 +32,6 @@ class NewInvocation:
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    """A queued row a worker may claim (locked, not yet marked running)."""
-
-    id: uuid.UUID
-    function: str
-    job_id: uuid.UUID | None
-    job_concurrency: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class Claimed:
     """A row this worker now runs, with what the function needs."""
 

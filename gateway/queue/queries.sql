@@ -1,14 +1,20 @@
 -- The durable queue's queries. One row of `invocations` per accepted invocation.
 
 -- name: enqueue
--- A group commit: many accepted requests in one statement; repeated idempotency keys skip.
-INSERT INTO invocations
-    (id, function, method, path, headers, body, max_retries, idempotency_key, callback_url)
-SELECT * FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::int[],
-    $8::text[], $9::text[])
-ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id
+-- A group commit: many accepted requests in one statement (one round trip, one commit);
+-- repeated idempotency keys are skipped; workers are notified when rows went in.
+WITH inserted AS (
+    INSERT INTO invocations
+        (id, function, method, path, headers, body, max_retries, idempotency_key, callback_url)
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::int[],
+        $8::text[], $9::text[])
+    ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+), notified AS (
+    SELECT pg_notify('kapal_queue', $10) WHERE EXISTS (SELECT 1 FROM inserted)
+)
+SELECT id FROM inserted LEFT JOIN notified ON true
 
 -- name: existing_ids
 SELECT i.function, i.idempotency_key, i.id FROM invocations i
@@ -16,28 +22,26 @@ JOIN unnest($1::text[], $2::text[]) AS k(function, key)
     ON i.function = k.function AND i.idempotency_key = k.key
 
 -- name: notify
-SELECT pg_notify('kapal_queue', '')
+-- The payload names the lanes ("function" or "function/job-id") with new work; "*" is many.
+SELECT pg_notify('kapal_queue', $1)
 
--- name: claim_candidates
--- Rows ready to run, oldest first; functions and jobs at their concurrency are skipped.
-SELECT i.id, i.function, i.job_id, j.max_concurrency AS job_concurrency
-FROM invocations i LEFT JOIN jobs j ON j.id = i.job_id
-WHERE i.status = 'queued' AND i.run_at <= now()
-    AND NOT (i.function = ANY($1::text[]))
-    AND (i.job_id IS NULL OR NOT (i.job_id = ANY($2::uuid[])))
-ORDER BY i.run_at, i.seq
-LIMIT $3
-FOR UPDATE OF i SKIP LOCKED
-
--- name: mark_running
+-- name: claim
+-- One lane's oldest ready rows, skipping rows other workers hold, marked running at once.
 UPDATE invocations SET
     status = 'running',
     attempts = attempts + 1,
-    worker = $2,
-    lease_until = now() + make_interval(secs => $3),
+    worker = $4,
+    lease_until = now() + make_interval(secs => $5),
     started_at = COALESCE(started_at, now()),
     last_attempt_at = now()
-WHERE id = ANY($1::uuid[])
+WHERE id IN (
+    SELECT id FROM invocations
+    WHERE status = 'queued' AND function = $1
+        AND COALESCE(job_id, '00000000-0000-0000-0000-000000000000'::uuid) = $2
+        AND run_at <= now()
+    ORDER BY run_at, seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
 RETURNING id, function, method, path, headers, body, attempts, max_retries, job_id
 
 -- name: finish
@@ -61,6 +65,9 @@ FROM unnest(
 ) AS f(id, attempts, status, run_at, result_status, result_headers, result_body, error)
 WHERE i.id = f.id AND i.status = 'running' AND i.attempts = f.attempts AND i.worker = $9
 RETURNING i.id
+
+-- name: job_limits
+SELECT id, max_concurrency FROM jobs WHERE id = ANY($1::uuid[])
 
 -- name: heartbeat
 UPDATE invocations SET lease_until = now() + make_interval(secs => $2)
@@ -89,7 +96,11 @@ UPDATE invocations SET
 WHERE status = 'running' AND worker = $1
 
 -- name: depth
-SELECT function, count(*) AS n FROM invocations WHERE status = 'queued' GROUP BY function
+-- Queued rows per lane, with the job's concurrency limit.
+SELECT i.function, i.job_id, j.max_concurrency AS job_concurrency, count(*) AS n
+FROM invocations i LEFT JOIN jobs j ON j.id = i.job_id
+WHERE i.status = 'queued'
+GROUP BY i.function, i.job_id, j.max_concurrency
 
 -- name: get
 SELECT id, function, method, path, status, attempts, max_retries, idempotency_key,
@@ -103,7 +114,7 @@ UPDATE invocations SET
     status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, error = NULL,
     callback_state = NULL, callback_attempts = 0
 WHERE id = $1 AND status IN ('dead', 'failed')
-RETURNING id
+RETURNING id, function, job_id
 
 -- name: claim_callbacks
 -- Callbacks due; claimed by pushing callback_at past the delivery's timeout.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import secrets
@@ -27,7 +26,20 @@ from scheduler.scheduler import Scheduler
 log = logging.getLogger("kapal.gateway.queue")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Queue connections never change session state, so skip asyncpg's RESET round trip."""
+
+
 class QueueService:
+    @classmethod
+    async def open(cls, settings: Settings, scheduler: Scheduler, invoker: Invoker) -> QueueService:
+        """The queue on a connection pool of its own (the hot path must not wait on the
+        management API's connections, nor they on it)."""
+        pg = await asyncpg.create_pool(
+            settings.database_url, min_size=2, max_size=12, reset=_keep_session
+        )
+        return cls(settings, pg, scheduler, invoker)
+
     def __init__(
         self, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler, invoker: Invoker
     ) -> None:
@@ -63,7 +75,7 @@ class QueueService:
         await self.worker.drain(self.settings.stop_grace_s)
         await self.writers.close()
         await self.worker.release()
-        await asyncio.sleep(0)
+        await self.pg.close()
 
 
 queue_key = web.AppKey("queue", QueueService)

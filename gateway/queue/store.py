@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
-from gateway.queue.models import Candidate, Claimed, NewInvocation, Outcome
+from gateway.queue.lanes import Lane, payload
+from gateway.queue.models import Claimed, NewInvocation, Outcome
 from gateway.sqlfile import load
 
 Q = load(Path(__file__).with_name("queries.sql"))
 CHANNEL = "kapal_queue"
+# Lanes of invocations outside any job (an index expression cannot hold NULL = NULL).
+NO_JOB = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True)
+class LaneDepth:
+    lane: Lane
+    job_concurrency: int | None
+    queued: int
 
 
 class QueueStore:
@@ -24,13 +35,13 @@ class QueueStore:
     async def enqueue(self, items: Sequence[NewInvocation]) -> list[uuid.UUID]:
         """Store a batch in one transaction; returns each item's id (the first one's for a
         repeated idempotency key) and wakes the workers."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
             return await self.enqueue_on(conn, items)
 
     async def enqueue_on(
         self, conn: asyncpg.Connection, items: Sequence[NewInvocation]
     ) -> list[uuid.UUID]:
-        """`enqueue` inside the caller's transaction."""
+        """`enqueue` on the caller's connection (and inside its transaction, if any)."""
         inserted = {
             r["id"]
             for r in await conn.fetch(
@@ -44,6 +55,7 @@ class QueueStore:
                 [i.max_retries for i in items],
                 [i.idempotency_key for i in items],
                 [i.callback_url for i in items],
+                payload(Lane(i.function) for i in items),
             )
         }
         out = [i.id for i in items]
@@ -57,34 +69,18 @@ class QueueStore:
             first = {(r["function"], r["idempotency_key"]): r["id"] for r in rows}
             for n in lost:
                 out[n] = first[(items[n].function, items[n].idempotency_key)]
-        if inserted:
-            await conn.execute(Q["notify"])
         return out
 
-    async def claim(
-        self,
-        worker: str,
-        lease_s: float,
-        full_functions: list[str],
-        full_jobs: list[uuid.UUID],
-        limit: int,
-        choose: Callable[[list[Candidate]], list[uuid.UUID]],
-    ) -> tuple[list[Claimed], int]:
-        """Lock up to `limit` ready rows, keep those `choose` picks, mark them running.
+    async def claim(self, lane: Lane, limit: int, worker: str, lease_s: float) -> list[Claimed]:
+        """Up to `limit` ready rows of one lane, now running under this worker's lease."""
+        rows = await self.pool.fetch(
+            Q["claim"], lane.function, lane.job or NO_JOB, limit, worker, lease_s
+        )
+        return [Claimed.from_row(r) for r in rows]
 
-        Returns the claimed rows and how many candidates were seen.
-        """
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(Q["claim_candidates"], full_functions, full_jobs, limit)
-            if not rows:
-                return [], 0
-            picked = choose(
-                [Candidate(r["id"], r["function"], r["job_id"], r["job_concurrency"]) for r in rows]
-            )
-            if not picked:
-                return [], len(rows)
-            claimed = await conn.fetch(Q["mark_running"], picked, worker, lease_s)
-        return [Claimed.from_row(r) for r in claimed], len(rows)
+    async def job_limits(self, jobs: list[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+        rows = await self.pool.fetch(Q["job_limits"], jobs)
+        return {r["id"]: r["max_concurrency"] for r in rows}
 
     async def finish(self, worker: str, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Write attempt outcomes; returns the ids whose claim was still ours."""
@@ -111,17 +107,20 @@ class QueueStore:
     async def release_own(self, worker: str) -> None:
         await self.pool.execute(Q["release_own"], worker)
 
-    async def depth(self) -> dict[str, int]:
-        return {r["function"]: r["n"] for r in await self.pool.fetch(Q["depth"])}
+    async def depth(self) -> list[LaneDepth]:
+        return [
+            LaneDepth(Lane(r["function"], r["job_id"]), r["job_concurrency"], r["n"])
+            for r in await self.pool.fetch(Q["depth"])
+        ]
 
     async def get(self, id: uuid.UUID) -> asyncpg.Record | None:
         return await self.pool.fetchrow(Q["get"], id)
 
     async def redrive(self, id: uuid.UUID) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            done = await conn.fetchval(Q["redrive"], id)
+            done = await conn.fetchrow(Q["redrive"], id)
             if done is not None:
-                await conn.execute(Q["notify"])
+                await conn.execute(Q["notify"], Lane(done["function"], done["job_id"]).encode())
         return done is not None
 
     async def claim_callbacks(self, limit: int, lease_s: float) -> list[asyncpg.Record]:

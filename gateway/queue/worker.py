@@ -16,8 +16,10 @@ from multidict import CIMultiDict
 
 from gateway.errors import FunctionNotFound, KapalError, UpstreamFailed, UpstreamTimeout
 from gateway.invoke import Invoker
+from gateway.queue import lanes
+from gateway.queue.lanes import Lane, parse_payload
 from gateway.queue.manager import QueueManager
-from gateway.queue.models import Candidate, Claimed, Outcome
+from gateway.queue.models import Claimed, Outcome
 from gateway.queue.retry import AttemptResult, RetryPolicy, State, parse_retry_after
 from gateway.queue.store import CHANNEL, QueueStore
 from gateway.settings import Settings
@@ -47,6 +49,15 @@ def attempt_result(error: BaseException) -> AttemptResult:
     return AttemptResult(error="internal")
 
 
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
 class QueueWorker:
     def __init__(
         self,
@@ -66,8 +77,11 @@ class QueueWorker:
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.by_function: Counter[str] = Counter()
         self.by_job: Counter[uuid.UUID] = Counter()
-        self.job_limits: dict[uuid.UUID, int] = {}
+        self.job_limits: dict[uuid.UUID, int | None] = {}
+        # Lanes that may hold ready rows: named by notifications, found by depth polls.
+        self.ready: set[Lane] = set()
         self.wake = asyncio.Event()
+        self.refresh = asyncio.Event()
 
     # -- claiming ------------------------------------------------------------------------
 
@@ -76,39 +90,42 @@ class QueueWorker:
         # Rows of a deleted function are claimed to be failed at once.
         return pool.spec.async_.concurrency if pool is not None else self.settings.queue_concurrency
 
-    def choose(self, candidates: list[Candidate]) -> list[uuid.UUID]:
-        """The candidates that fit under the function, job and gateway concurrency limits."""
-        picked: list[uuid.UUID] = []
-        fn = Counter(self.by_function)
-        job = Counter(self.by_job)
-        free = self.settings.queue_concurrency - len(self.running)
-        for c in candidates:
-            if len(picked) >= free or fn[c.function] >= self.function_limit(c.function):
-                continue
-            if c.job_id is not None and c.job_concurrency is not None:
-                self.job_limits[c.job_id] = c.job_concurrency
-                if job[c.job_id] >= c.job_concurrency:
-                    continue
-            fn[c.function] += 1
-            if c.job_id is not None:
-                job[c.job_id] += 1
-            picked.append(c.id)
-        return picked
+    def on_notify(self, text: str) -> None:
+        lanes = parse_payload(text)
+        if lanes is None:
+            self.refresh.set()
+        else:
+            self.ready |= lanes
+            self.wake.set()
 
     async def claim_once(self) -> bool:
-        """Claim what fits; True when there may be more ready right now."""
+        """Claim what fits from every ready lane; True when a lane may hold more right now."""
         free = self.settings.queue_concurrency - len(self.running)
-        if free <= 0:
+        if free <= 0 or not self.ready:
             return False
-        full_fns = [f for f, n in self.by_function.items() if n >= self.function_limit(f)]
-        full_jobs = [j for j, n in self.by_job.items() if n >= self.job_limits.get(j, 1 << 30)]
-        limit = min(free, self.settings.queue_claim_batch)
-        claimed, seen = await self.store.claim(
-            self.worker_id, self.settings.queue_lease_s, full_fns, full_jobs, limit, self.choose
+        ready = sorted(self.ready, key=lambda lane: self.by_function[lane.function])
+        unknown = {lane.job for lane in ready if lane.job is not None} - self.job_limits.keys()
+        if unknown:
+            self.job_limits.update(await self.store.job_limits(list(unknown)))
+        steps = lanes.plan(
+            ready,
+            free=free,
+            batch=self.settings.queue_claim_batch,
+            function_limits={lane.function: self.function_limit(lane.function) for lane in ready},
+            job_limits=self.job_limits,
+            by_function=self.by_function,
+            by_job=self.by_job,
         )
-        for row in claimed:
-            self._spawn(row)
-        return seen >= limit and bool(claimed)
+        more = False
+        for lane, n in steps:
+            rows = await self.store.claim(lane, n, self.worker_id, self.settings.queue_lease_s)
+            for row in rows:
+                self._spawn(row)
+            if len(rows) < n:
+                self.ready.discard(lane)
+            else:
+                more = True
+        return more
 
     def _spawn(self, row: Claimed) -> None:
         self.by_function[row.function] += 1
@@ -200,25 +217,38 @@ class QueueWorker:
         """Heartbeat our leases, take back rows of lost workers, report queue depth."""
         every = min(self.settings.queue_poll_s, self.settings.queue_lease_s / 3)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
             try:
                 if self.running:
                     await self.store.heartbeat(self.worker_id, self.settings.queue_lease_s)
-                if await self.store.recover_expired():
-                    self.wake.set()
+                await self.store.recover_expired()
+                self.refresh.clear()
                 depth = await self.store.depth()
             except (OSError, asyncpg.PostgresError) as e:
                 log.warning("queue upkeep failed", extra={"error": str(e)})
-                continue
-            for name in list(self.scheduler.pools):
-                self.scheduler.set_backlog(name, depth.get(name, 0))
+                depth = None
+            if depth is not None:
+                backlog: Counter[str] = Counter()
+                for d in depth:
+                    backlog[d.lane.function] += d.queued
+                    self.ready.add(d.lane)
+                    if d.lane.job is not None:
+                        self.job_limits[d.lane.job] = d.job_concurrency
+                for name in list(self.scheduler.pools):
+                    self.scheduler.set_backlog(name, backlog.get(name, 0))
+                live = {d.lane.job for d in depth} | set(self.by_job)
+                for job in list(self.job_limits):
+                    if job not in live:
+                        del self.job_limits[job]
+                if self.ready:
+                    self.wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_either(stop, self.refresh), every)
 
     async def run_listener(self, stop: asyncio.Event) -> None:
         """Wake the claim loop on NOTIFY; polling covers the gaps while reconnecting."""
         conn = await asyncpg.connect(self.settings.database_url)
         try:
-            await conn.add_listener(CHANNEL, lambda *_: self.wake.set())
+            await conn.add_listener(CHANNEL, lambda *args: self.on_notify(args[-1]))
             while not stop.is_set() and not conn.is_closed():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5.0)

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from gateway import sqlfile
+from gateway.queue import lanes
 from gateway.queue.batcher import GroupCommit
-from gateway.queue.models import Candidate, encode_body
+from gateway.queue.lanes import Lane
+from gateway.queue.models import encode_body
 
 
 async def test_group_commit_batches_concurrent_submits_and_answers_each() -> None:
@@ -59,7 +61,7 @@ def test_named_queries_load_and_reject_duplicates(tmp_path: Path) -> None:
 def test_queue_queries_are_all_there() -> None:
     from gateway.queue.store import Q
 
-    assert {"enqueue", "claim_candidates", "mark_running", "finish", "recover_expired"} <= set(Q)
+    assert {"enqueue", "claim", "finish", "heartbeat", "recover_expired", "depth"} <= set(Q)
 
 
 def test_bodies_are_text_when_utf8_else_base64() -> None:
@@ -67,27 +69,33 @@ def test_bodies_are_text_when_utf8_else_base64() -> None:
     assert encode_body(b"\xff") == ("/w==", "base64")
 
 
-def test_claim_choice_respects_function_and_job_limits() -> None:
-    from types import SimpleNamespace
-    from typing import Any, cast
-
-    from gateway.queue.worker import QueueWorker
-
-    settings = SimpleNamespace(queue_concurrency=100, queue_retry_base_s=1.0, queue_retry_cap_s=5.0)
-    spec = SimpleNamespace(async_=SimpleNamespace(concurrency=2))
-    scheduler = SimpleNamespace(pool=lambda name: SimpleNamespace(spec=spec))
-    manager = SimpleNamespace(worker_id="w")
-    worker = QueueWorker(
-        cast(Any, settings),
-        cast(Any, None),
-        cast(Any, manager),
-        cast(Any, None),
-        cast(Any, scheduler),
-    )
+def test_claim_plan_respects_gateway_function_and_job_limits() -> None:
     job = uuid.uuid4()
-    cands = [Candidate(uuid.uuid4(), "a", None, None) for _ in range(3)]
-    cands += [Candidate(uuid.uuid4(), "b", job, 1) for _ in range(3)]
-    picked = worker.choose(cands)
-    assert picked == [cands[0].id, cands[1].id, cands[3].id]
-    worker.by_function["a"] = 1
-    assert worker.choose(cands[:3]) == [cands[0].id]
+    a, b, j = Lane("a"), Lane("b"), Lane("b", job)
+    limits = {"a": 2, "b": 10}
+
+    def plan(free: int, by_function: dict[str, int], by_job: dict[uuid.UUID, int]) -> object:
+        return lanes.plan(
+            [a, j, b],
+            free=free,
+            batch=100,
+            function_limits=limits,
+            job_limits={job: 3},
+            by_function=by_function,
+            by_job=by_job,
+        )
+
+    assert plan(100, {}, {}) == [(a, 2), (j, 3), (b, 7)]
+    assert plan(100, {"a": 2, "b": 9}, {}) == [(j, 1)]
+    assert plan(100, {"b": 1}, {job: 1}) == [(a, 2), (j, 2), (b, 7)]
+    assert plan(4, {}, {}) == [(a, 2), (j, 2)]  # the gateway's own limit
+    assert plan(0, {}, {}) == []
+
+
+def test_notify_payload_round_trip() -> None:
+    job = uuid.uuid4()
+    named = {Lane("a"), Lane("b", job)}
+    assert lanes.parse_payload(lanes.payload(named)) == named
+    assert lanes.payload(Lane(f"f{n:04d}-" + "x" * 50) for n in range(500)) == "*"
+    assert lanes.parse_payload("*") is None
+    assert lanes.parse_payload("a/not-a-uuid") is None
