@@ -23,7 +23,8 @@ SPEC = {
     "scaling": {"min": 1, "max": 2, "concurrency": 64},
     "async": {"concurrency": 128},
 }
-# Accepts like `noop` but runs one at a time: measures accepting a burst, not running it.
+# A slow consumer (one invocation a second): measures accepting a burst, not running it.
+SLOW = "import time\n\ndef handle(event, context):\n    time.sleep(1)\n"
 SINK = {"name": "sink", "scaling": {"max": 1}, "async": {"concurrency": 1}}
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -71,7 +72,7 @@ def _wrk_enqueue(k: Kapal, function: str, seconds: int, connections: int) -> dic
                 "--latency",
                 "-s",
                 script,
-                f"{k.url}/async/fn/noop",
+                f"{k.url}/async/fn/{function}",
             ],
             capture_output=True,
             text=True,
@@ -140,7 +141,7 @@ async def _run(quick: bool) -> dict[str, Any]:
     with Kapal() as k:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
             await k.deploy(http, NOOP, SPEC)
-            await k.deploy(http, NOOP, SINK)
+            await k.deploy(http, SLOW, SINK)
             log("warming up")
             await _queue_to_start(k, http, 20)
             seconds = 4 if quick else 15
