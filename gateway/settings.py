@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     queue_claim_batch: int = Field(default=200, ge=1)
     # Largest body of an async invocation or webhook delivery, in bytes.
     queue_max_body_bytes: int = 6 * 1024 * 1024
+    # Days finished async invocations and jobs are kept (dead letters stay until re-driven).
+    queue_retention_days: int = Field(default=7, ge=1)
     # Seconds a result callback (X-Callback-Url) may take.
     callback_timeout_s: float = Field(default=10.0, gt=0)
     # Deliveries of a callback before it is given up.

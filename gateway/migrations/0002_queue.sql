@@ -51,6 +51,8 @@ CREATE INDEX invocations_ready ON invocations
     WHERE status = 'queued';
 CREATE INDEX invocations_leased ON invocations (lease_until) WHERE status = 'running';
 CREATE INDEX invocations_job ON invocations (job_id, item_index) WHERE job_id IS NOT NULL;
+CREATE INDEX invocations_dead_letters ON invocations (created_at)
+    WHERE status IN ('dead', 'failed');
 CREATE INDEX invocations_callbacks ON invocations (callback_at)
     WHERE callback_state = 'pending';
 

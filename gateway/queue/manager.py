@@ -86,6 +86,11 @@ class QueueManager:
             raise NotFound(f"invocation {id} not found")
         return invocation_out(row)
 
+    async def find(
+        self, function: str | None, status: str | None, limit: int
+    ) -> list[InvocationOut]:
+        return [invocation_out(r) for r in await self.store.find(function, status, limit)]
+
     async def redrive(self, id: uuid.UUID) -> InvocationOut:
         if not await self.store.redrive(id):
             current = await self.get(id)

@@ -109,6 +109,33 @@ SELECT id, function, method, path, status, attempts, max_retries, idempotency_ke
     callback_attempts
 FROM invocations WHERE id = $1
 
+-- name: list
+SELECT id, function, method, path, status, attempts, max_retries, idempotency_key,
+    callback_url, job_id, item_index, run_at, created_at, started_at, last_attempt_at,
+    finished_at, result_status, result_headers, result_body, error, callback_state,
+    callback_attempts
+FROM invocations
+WHERE ($1::text IS NULL OR function = $1) AND ($2::text IS NULL OR status = $2)
+ORDER BY created_at DESC, id
+LIMIT $3
+
+-- name: retain
+-- Finished invocations outside jobs, past retention; dead letters stay until re-driven.
+DELETE FROM invocations WHERE id IN (
+    SELECT id FROM invocations
+    WHERE job_id IS NULL AND status IN ('succeeded', 'failed', 'cancelled')
+        AND finished_at < now() - make_interval(days => $1)
+        AND (callback_state IS NULL OR callback_state <> 'pending')
+    LIMIT 10000)
+
+-- name: retain_jobs
+-- Whole jobs past retention once nothing of them is left to run (items go with them).
+DELETE FROM jobs j
+WHERE j.created_at < now() - make_interval(days => $1)
+    AND NOT EXISTS (
+        SELECT 1 FROM invocations i
+        WHERE i.job_id = j.id AND i.status IN ('queued', 'running'))
+
 -- name: redrive
 UPDATE invocations SET
     status = 'queued', attempts = 0, run_at = now(), finished_at = NULL, error = NULL,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from aiohttp import web
 from multidict import istr
+from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.invoke import HOP_BY_HOP
 from gateway.queue.models import Headers
+from gateway.queue.retry import State
 from gateway.queue.service import queue_key
+from gateway.validation import parse_query
 
 CALLBACK_URL = istr("X-Callback-Url")
 IDEMPOTENCY_KEY = istr("Idempotency-Key")
@@ -97,6 +101,26 @@ async def get_invocation(request: web.Request) -> web.Response:
     return web.json_response(text=out.model_dump_json())
 
 
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Only this function's invocations.
+    function: str | None = None
+    # Only those in this state (e.g. dead: the dead letters).
+    status: State | None = None
+    # Most invocations answered, newest first.
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+async def list_invocations(request: web.Request) -> web.Response:
+    q = parse_query(ListQuery, request.query)
+    found = await request.app[queue_key].manager.find(
+        q.function, None if q.status is None else q.status.value, q.limit
+    )
+    items = ",".join(i.model_dump_json() for i in found)
+    return web.json_response(text='{"invocations": [' + items + "]}")
+
+
 async def retry_invocation(request: web.Request) -> web.Response:
     out = await request.app[queue_key].manager.redrive(parse_id(request))
     return web.json_response(text=out.model_dump_json(), status=202)
@@ -105,5 +129,6 @@ async def retry_invocation(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/async/fn/{name}", async_invoke)
     app.router.add_route("*", "/async/fn/{name}/{path:.*}", async_invoke)
+    app.router.add_get("/v1/invocations", list_invocations)
     app.router.add_get("/v1/invocations/{id}", get_invocation)
     app.router.add_post("/v1/invocations/{id}/retry", retry_invocation)

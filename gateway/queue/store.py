@@ -116,6 +116,23 @@ class QueueStore:
     async def get(self, id: uuid.UUID) -> asyncpg.Record | None:
         return await self.pool.fetchrow(Q["get"], id)
 
+    async def find(
+        self, function: str | None, status: str | None, limit: int
+    ) -> list[asyncpg.Record]:
+        return list(await self.pool.fetch(Q["list"], function, status, limit))
+
+    async def retain(self, days: int) -> int:
+        """Delete finished rows and jobs older than `days`; returns the rows deleted."""
+        deleted = 0
+        while True:
+            status = await self.pool.execute(Q["retain"], days)
+            n = int(status.split()[-1])
+            deleted += n
+            if n < 10_000:
+                break
+        status = await self.pool.execute(Q["retain_jobs"], days)
+        return deleted + int(status.split()[-1])
+
     async def redrive(self, id: uuid.UUID) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
             done = await conn.fetchrow(Q["redrive"], id)

@@ -31,6 +31,7 @@ log = logging.getLogger("kapal.gateway.queue")
 INVOCATION_ID = "X-Kapal-Invocation-Id"
 ATTEMPT = "X-Kapal-Attempt"
 # Response headers not worth keeping with a result.
+RETENTION_EVERY_S = 3600.0
 _DROP = frozenset({"x-kapal-request-id", "date", "server"})
 
 
@@ -216,7 +217,16 @@ class QueueWorker:
     async def run_upkeep(self, stop: asyncio.Event) -> None:
         """Heartbeat our leases, take back rows of lost workers, report queue depth."""
         every = min(self.settings.queue_poll_s, self.settings.queue_lease_s / 3)
+        retained_at = 0.0
         while not stop.is_set():
+            if time.monotonic() - retained_at > RETENTION_EVERY_S:
+                retained_at = time.monotonic()
+                try:
+                    deleted = await self.store.retain(self.settings.queue_retention_days)
+                    if deleted:
+                        log.info("old invocations removed", extra={"rows": deleted})
+                except (OSError, asyncpg.PostgresError) as e:
+                    log.warning("queue retention failed", extra={"error": str(e)})
             try:
                 if self.running:
                     await self.store.heartbeat(self.worker_id, self.settings.queue_lease_s)

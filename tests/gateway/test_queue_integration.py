@@ -77,6 +77,14 @@ async def test_dead_letter_is_kept_and_can_be_redriven(
     assert dead["status"] == "dead"
     assert dead["attempts"] == 4  # the first attempt and max_retries=3
     assert dead["response"]["status"] == 500
+    async with http.get(f"{gw.url}/v1/invocations?status=dead&function=flaky") as r:
+        assert r.status == 200
+        letters = (await r.json())["invocations"]
+        assert id in [i["id"] for i in letters]
+        assert {i["status"] for i in letters} == {"dead"}
+    async with http.get(f"{gw.url}/v1/invocations?status=zombie") as r:
+        assert r.status == 422
+        assert "status" in (await r.json())["error"]["message"]
     # Re-driving what is not dead or failed is refused.
     async with http.post(f"{gw.url}/async/fn/flaky/bad") as r:
         other = (await r.json())["id"]
@@ -181,3 +189,39 @@ async def test_bad_input_answers_4xx_json(gw: GatewayProcess, http: aiohttp.Clie
         f"{gw.url}/v1/invocations/00000000-0000-0000-0000-000000000000/retry"
     ) as r:
         assert r.status == 404
+
+
+FRAGILE = """
+import os, time
+
+def handle(event, context):
+    first = event.headers.get("X-Kapal-Attempt") == "1"
+    if event.path == "/exit" and first:
+        os._exit(3)
+    if event.path == "/slow" and first:
+        time.sleep(5)
+    return {"attempt": event.headers.get("X-Kapal-Attempt")}
+"""
+
+
+async def test_timeouts_and_lost_instances_are_retried(
+    gw: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    from tests.support import deploy
+
+    spec = {"name": "fragile", "limits": {"timeout_s": 1}, "async": {"max_retries": 2}}
+    status, body = await deploy(http, gw, {"handler.py": FRAGILE}, spec)
+    assert status == 201, body
+    ids = {}
+    for path in ("exit", "slow"):
+        async with http.post(f"{gw.url}/async/fn/fragile/{path}") as r:
+            ids[path] = (await r.json())["id"]
+    for path, id in ids.items():
+        done = await wait_final(http, gw, id)
+        assert done["status"] == "succeeded", (path, done)
+        assert done["attempts"] == 2
+        import json
+
+        assert json.loads(done["response"]["body"]) == {"attempt": "2"}
+    async with http.delete(f"{gw.url}/v1/functions/fragile") as r:
+        assert r.status == 204
