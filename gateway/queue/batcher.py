@@ -16,7 +16,8 @@ log = logging.getLogger("kapal.gateway.queue")
 class GroupCommit(Generic[T, R]):
     """`submit` waits until its item is part of a flushed batch and returns its result.
 
-    `flush` gets a batch and returns one result per item, in order. While `parallel`
+    `flush` gets a batch and returns one result per item, in order (an exception for an
+    item that alone failed). While `parallel`
     batches are being written the next one fills, so batches grow with load and an idle
     system answers in one round trip.
     """
@@ -24,7 +25,7 @@ class GroupCommit(Generic[T, R]):
     def __init__(
         self,
         name: str,
-        flush: Callable[[list[T]], Awaitable[list[R]]],
+        flush: Callable[[list[T]], Awaitable[list[R | BaseException]]],
         *,
         max_batch: int = 500,
         window_s: float = 0.001,
@@ -92,7 +93,11 @@ class GroupCommit(Generic[T, R]):
                     fut.set_exception(e)
         else:
             for (_, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
                     fut.set_result(result)
         finally:
             self._slots.release()

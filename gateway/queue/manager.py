@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
-from collections.abc import Sequence
 
 import asyncpg
 
-from gateway.errors import Conflict, FunctionNotFound, NotFound, Unavailable
+from gateway.errors import BadRequest, Conflict, FunctionNotFound, NotFound, Unavailable
 from gateway.queue.batcher import GroupCommit
 from gateway.queue.models import (
     Headers,
@@ -74,6 +74,8 @@ class QueueManager:
         )
         try:
             return await self._enqueues.submit(item)
+        except asyncpg.DataError as e:
+            raise BadRequest(f"the request cannot be stored: {e}") from e
         except (OSError, asyncpg.PostgresError) as e:
             raise Unavailable(
                 "the queue could not store the invocation; nothing was accepted",
@@ -99,11 +101,21 @@ class QueueManager:
             )
         return await self.get(id)
 
+    async def _write_alone(self, outcome: Outcome) -> bool:
+        """One outcome; a response the database refuses is recorded without its body."""
+        try:
+            return outcome.id in await self.store.finish(self.worker_id, [outcome])
+        except asyncpg.DataError as e:
+            stripped = dataclasses.replace(
+                outcome, result_headers=None, result_body=None, error=f"result not stored: {e}"
+            )
+            return outcome.id in await self.store.finish(self.worker_id, [stripped])
+
     async def record(self, outcome: Outcome) -> bool:
         """Write an attempt's outcome; False when the claim was lost (someone else runs it)."""
         return await self._results.submit(outcome)
 
-    async def _write_outcomes(self, outcomes: list[Outcome]) -> list[bool]:
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> list[bool | BaseException]:
         # Results must not be lost to a blip: retry the write; past that, leases expire
         # and the invocations run again (at least once).
         delay = 0.05
@@ -111,11 +123,10 @@ class QueueManager:
             try:
                 ours = await self.store.finish(self.worker_id, outcomes)
                 return [o.id in ours for o in outcomes]
+            except asyncpg.DataError:
+                return [await self._write_alone(o) for o in outcomes]
             except (OSError, asyncpg.PostgresError) as e:
                 log.warning("writing results failed; retrying", extra={"error": str(e)})
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
         return [False for _ in outcomes]
-
-    async def enqueue_many(self, items: Sequence[NewInvocation]) -> list[uuid.UUID]:
-        return await self.store.enqueue(items)

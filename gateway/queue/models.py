@@ -119,6 +119,15 @@ class InvocationOut(BaseModel):
     callback: str | None
 
 
+def storable(value: str) -> str:
+    """Header text Postgres can store: bytes that were not UTF-8 are kept as Latin-1."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def encode_body(body: bytes) -> tuple[str, str]:
     """A body as JSON-safe text: itself when UTF-8, else base64."""
     try:

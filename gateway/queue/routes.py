@@ -12,7 +12,7 @@ from yarl import URL
 
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.invoke import HOP_BY_HOP
-from gateway.queue.models import Headers
+from gateway.queue.models import Headers, storable
 from gateway.queue.retry import State
 from gateway.queue.service import queue_key
 from gateway.validation import parse_query
@@ -37,7 +37,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def stored_headers(request: web.Request) -> Headers:
-    return [(k, v) for k, v in request.headers.items() if istr(k) not in _NOT_STORED]
+    return [(k, storable(v)) for k, v in request.headers.items() if istr(k) not in _NOT_STORED]
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -32,11 +32,26 @@ class QueueStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def enqueue(self, items: Sequence[NewInvocation]) -> list[uuid.UUID]:
-        """Store a batch in one transaction; returns each item's id (the first one's for a
-        repeated idempotency key) and wakes the workers."""
+    async def enqueue(self, items: Sequence[NewInvocation]) -> list[uuid.UUID | BaseException]:
+        """Store a batch in one statement; returns each item's id (the first one's for a
+        repeated idempotency key) and wakes the workers.
+
+        Should the database refuse an item's data, the items are stored one by one so that
+        only the bad one fails.
+        """
         async with self.pool.acquire() as conn:
-            return await self.enqueue_on(conn, items)
+            try:
+                return list(await self.enqueue_on(conn, items))
+            except asyncpg.DataError:
+                if len(items) == 1:
+                    raise
+            out: list[uuid.UUID | BaseException] = []
+            for item in items:
+                try:
+                    out.extend(await self.enqueue_on(conn, [item]))
+                except asyncpg.DataError as e:
+                    out.append(e)
+            return out
 
     async def enqueue_on(
         self, conn: asyncpg.Connection, items: Sequence[NewInvocation]

@@ -19,7 +19,7 @@ from gateway.invoke import Invoker
 from gateway.queue import lanes
 from gateway.queue.lanes import Lane, parse_payload
 from gateway.queue.manager import QueueManager
-from gateway.queue.models import Claimed, Outcome
+from gateway.queue.models import Claimed, Outcome, storable
 from gateway.queue.retry import AttemptResult, RetryPolicy, State, parse_retry_after
 from gateway.queue.store import CHANNEL, QueueStore
 from gateway.settings import Settings
@@ -176,7 +176,9 @@ class QueueWorker:
                 status=res.status,
                 retry_after_s=parse_retry_after(res.headers.get("Retry-After"), time.time()),
             )
-            result_headers = {k: v for k, v in res.headers.items() if k.lower() not in _DROP}
+            result_headers = {
+                k: storable(v) for k, v in res.headers.items() if k.lower() not in _DROP
+            }
             body = res.body
         except (KapalError, sched.SchedulerError) as e:
             result = attempt_result(e)

@@ -125,6 +125,29 @@ async def test_idempotency_key_returns_the_first_id(
     assert await count_rows(gw, "idempotency_key = $1", "burst") == 1
 
 
+async def test_a_request_with_undecodable_headers_does_not_fail_its_batch(
+    gw: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    async def raw() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(
+            b"POST /async/fn/flaky/x HTTP/1.1\r\nHost: x\r\nX-Odd: \xff\xfe\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def good() -> int:
+        async with http.post(f"{gw.url}/async/fn/flaky/x", data=b"1") as r:
+            return r.status
+
+    odd, *others = await asyncio.gather(raw(), *(good() for _ in range(20)))
+    assert odd.startswith(b"HTTP/1.1 202"), odd[:300]
+    assert others == [202] * 20
+
+
 async def test_binary_response_is_base64(gw: GatewayProcess, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{gw.url}/async/fn/flaky/binary") as r:
         id = (await r.json())["id"]

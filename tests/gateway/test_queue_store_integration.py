@@ -90,3 +90,13 @@ async def test_schema_matches_the_queue_queries(store: QueueStore) -> None:
                     await conn.prepare(sql)
                 except asyncpg.PostgresError as e:
                     raise AssertionError(f"{module.__name__} {name}: {e}") from e
+
+
+async def test_an_item_the_database_refuses_fails_alone(store: QueueStore) -> None:
+    good1, good2 = item(), item()
+    bad = NewInvocation(uuid.uuid4(), "f", "POST", "/", [("X", "\udcff")], b"", 1)
+    out = await store.enqueue([good1, bad, good2])
+    assert out[0] == good1.id and out[2] == good2.id
+    assert isinstance(out[1], asyncpg.DataError)
+    ids = {r["id"] for r in await store.pool.fetch("SELECT id FROM invocations")}
+    assert ids == {good1.id, good2.id}

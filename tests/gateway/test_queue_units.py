@@ -99,3 +99,24 @@ def test_notify_payload_round_trip() -> None:
     assert lanes.payload(Lane(f"f{n:04d}-" + "x" * 50) for n in range(500)) == "*"
     assert lanes.parse_payload("*") is None
     assert lanes.parse_payload("a/not-a-uuid") is None
+
+
+async def test_group_commit_item_failure_reaches_only_its_caller() -> None:
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        return [ValueError(i) if i == 3 else i for i in items]
+
+    stop = asyncio.Event()
+    gc: GroupCommit[int, int] = GroupCommit("t", flush)
+    runner = asyncio.create_task(gc.run(stop))
+    out = await asyncio.gather(*(gc.submit(i) for i in range(5)), return_exceptions=True)
+    assert out[:3] == [0, 1, 2] and out[4] == 4
+    assert isinstance(out[3], ValueError)
+    stop.set()
+    await runner
+
+
+def test_header_values_that_were_not_utf8_become_latin1() -> None:
+    from gateway.queue.models import storable
+
+    assert storable("plain") == "plain"
+    assert storable(b"\xff\xfe".decode("utf-8", "surrogateescape")) == "\xff\xfe"
