@@ -81,6 +81,8 @@ class QueueWorker:
         self.job_limits: dict[uuid.UUID, int | None] = {}
         # Lanes that may hold ready rows: named by notifications, found by depth polls.
         self.ready: set[Lane] = set()
+        # Notifications per lane, so one arriving during a claim is not forgotten with it.
+        self.notices: Counter[Lane] = Counter()
         self.wake = asyncio.Event()
         self.refresh = asyncio.Event()
 
@@ -97,6 +99,7 @@ class QueueWorker:
             self.refresh.set()
         else:
             self.ready |= lanes
+            self.notices.update(lanes)
             self.wake.set()
 
     async def claim_once(self) -> bool:
@@ -119,11 +122,13 @@ class QueueWorker:
         )
         more = False
         for lane, n in steps:
+            notices = self.notices[lane]
             rows = await self.store.claim(lane, n, self.worker_id, self.settings.queue_lease_s)
             for row in rows:
                 self._spawn(row)
-            if len(rows) < n:
+            if len(rows) < n and self.notices[lane] == notices:
                 self.ready.discard(lane)
+                self.notices.pop(lane, None)
             else:
                 more = True
         return more
