@@ -123,11 +123,13 @@ async def deliver(request: web.Request) -> web.Response:
     body = await read_body(request, queue.settings.queue_max_body_bytes)
     verify(hook.verify, hook.secret, request.headers, body, time.time())
     delivery = delivery_id(hook.verify, request.headers, body)
+    headers = stored_headers(request)
+    headers.append(("X-Kapal-Webhook-Id", hook.id))
     id = await queue.manager.enqueue(
         hook.function,
         "POST",
         "/",
-        stored_headers(request),
+        headers,
         body,
         idempotency_key=None if delivery is None else f"webhook:{hook.id}:{delivery}"[:512],
     )

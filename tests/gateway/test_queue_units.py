@@ -120,3 +120,52 @@ def test_header_values_that_were_not_utf8_become_latin1() -> None:
 
     assert storable("plain") == "plain"
     assert storable(b"\xff\xfe".decode("utf-8", "surrogateescape")) == "\xff\xfe"
+
+
+async def test_upkeep_feeds_queue_depth_to_the_scheduler_and_readies_lanes() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from gateway.queue.store import LaneDepth
+    from gateway.queue.worker import QueueWorker
+
+    job = uuid.uuid4()
+    stop = asyncio.Event()
+    backlog: dict[str, int] = {}
+
+    class FakeStore:
+        async def heartbeat(self, worker: str, lease_s: float) -> None: ...
+
+        async def recover_expired(self) -> int:
+            return 0
+
+        async def retain(self, days: int) -> int:
+            return 0
+
+        async def depth(self) -> list[LaneDepth]:
+            stop.set()  # one round is enough
+            return [LaneDepth(Lane("a"), None, 5), LaneDepth(Lane("a", job), 2, 7)]
+
+    scheduler = SimpleNamespace(
+        pools={"a": object(), "b": object()},
+        set_backlog=lambda name, depth: backlog.__setitem__(name, depth),
+    )
+    settings = SimpleNamespace(
+        queue_poll_s=0.01,
+        queue_lease_s=3.0,
+        queue_retry_base_s=1.0,
+        queue_retry_cap_s=5.0,
+        queue_retention_days=7,
+    )
+    worker = QueueWorker(
+        cast(Any, settings),
+        cast(Any, FakeStore()),
+        cast(Any, SimpleNamespace(worker_id="w")),
+        cast(Any, None),
+        cast(Any, scheduler),
+    )
+    await worker.run_upkeep(stop)
+    assert backlog == {"a": 12, "b": 0}
+    assert worker.ready == {Lane("a"), Lane("a", job)}
+    assert worker.job_limits == {job: 2}
+    assert worker.wake.is_set()

@@ -69,6 +69,7 @@ async def test_github_delivery_verified_deduplicated_and_run(
     done = await wait_final(http, gw, ids[0])
     assert done["status"] == "succeeded"
     assert json.loads(done["response"]["body"])["body"] == body.decode()
+    assert done["method"] == "POST" and done["path"] == "/"
 
 
 async def test_stripe_delivery_deduplicated_by_event_id(
