@@ -66,3 +66,51 @@ async def test_job_survives_kill_9_of_the_gateway(
     assert [line["index"] for line in lines] == list(range(ITEMS))
     assert all(line["status"] == "succeeded" for line in lines)
     assert [line["result"] for line in lines] == items
+
+
+SLOW = """
+import time
+
+def handle(event, context):
+    time.sleep(0.3)
+    return event.body
+"""
+
+
+async def test_sigterm_finishes_what_runs_and_hands_back_the_rest(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    import asyncpg
+
+    first = make_gateway(**FAST_QUEUE)
+    spec = {"name": "slow", "scaling": {"max": 1, "concurrency": 4}, "async": {"concurrency": 4}}
+    status, body = await deploy(http, first, {"handler.py": SLOW}, spec)
+    assert status == 201, body
+    items = [{"i": i} for i in range(40)]
+    async with http.post(f"{first.url}/v1/jobs", json={"function": "slow", "items": items}) as r:
+        id = (await r.json())["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = await job_status(http, first, id)
+        if job["counts"]["running"] and job["done"]:
+            break
+        await asyncio.sleep(0.05)
+    assert first.stop() == 0
+
+    conn = await asyncpg.connect(first.database_url)
+    try:
+        rows = await conn.fetch("SELECT status, attempts FROM invocations")
+    finally:
+        await conn.close()
+    assert {r["status"] for r in rows} <= {"succeeded", "queued"}
+    assert all(r["attempts"] == 0 for r in rows if r["status"] == "queued")
+    assert 0 < sum(1 for r in rows if r["status"] == "queued") < 40
+
+    second = make_gateway(database_url=first.database_url, namespace=first.namespace, **FAST_QUEUE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = await job_status(http, second, id)
+        if job["done"] == 40:
+            break
+        await asyncio.sleep(0.1)
+    assert job["counts"]["succeeded"] == 40, job
