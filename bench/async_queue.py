@@ -147,10 +147,14 @@ async def _run(quick: bool) -> dict[str, Any]:
             seconds = 4 if quick else 15
             result: dict[str, Any] = {"scenario": "async", "quick": quick}
             log(f"enqueue burst: wrk, 64 connections, {seconds} s, to a function run 1 at a time")
+            cpu = k.cpu_s()
             burst = _wrk_enqueue(k, "sink", seconds, 64)
+            accepted = burst["per_s"] * seconds
             result["enqueue_per_s"] = burst["per_s"]
             result["enqueue_errors"] = burst["errors"]
             result["enqueue_p50_ms"] = burst["p50_ms"]
+            # CPU per operation is steadier than rates on a shared machine.
+            result["gateway_cpu_us_per_enqueue"] = round((k.cpu_s() - cpu) / accepted * 1e6, 1)
             await _scalar(
                 k.database_url,
                 "UPDATE invocations SET status = 'cancelled' WHERE function = 'sink'"
@@ -164,7 +168,9 @@ async def _run(quick: bool) -> dict[str, Any]:
             log("draining what was enqueued")
             await _drain(k, 120 if quick else 300)
             log("job of 10,000 items")
+            cpu = k.cpu_s()
             result.update(await _complete(k, http, 10_000))
+            result["gateway_cpu_us_per_completion"] = round((k.cpu_s() - cpu) / 10_000 * 1e6, 1)
             log("queue-to-start latency")
             result["p50_queue_to_start_ms"] = await _queue_to_start(k, http, 100 if quick else 300)
             return result

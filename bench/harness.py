@@ -67,7 +67,13 @@ class Kapal:
         return self.pg.url
 
     def __enter__(self) -> Kapal:
-        self.pg = ensure_postgres(self.tmp, log)
+        # Always a throwaway embedded server, never a database named by the environment.
+        external = os.environ.pop("KAPAL_DATABASE_URL", None)
+        try:
+            self.pg = ensure_postgres(self.tmp, log)
+        finally:
+            if external is not None:
+                os.environ["KAPAL_DATABASE_URL"] = external
         env = {
             **os.environ,
             "KAPAL_DATABASE_URL": self.pg.url,
@@ -91,6 +97,12 @@ class Kapal:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         raise RuntimeError("gateway did not start:\n" + self.logs())
+
+    def cpu_s(self) -> float:
+        """CPU seconds the gateway process has used (user + system)."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def logs(self) -> str:
         try:
