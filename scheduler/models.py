@@ -52,7 +52,7 @@ class AsyncPolicy(BaseModel):
 
     # Retries after the first attempt for 5xx, 429, timeouts and lost instances.
     max_retries: Annotated[int, Field(ge=0, le=50)] = 3
-    # Queued invocations of this function run at once (per gateway).
+    # Queued invocations of this function run at once (across gateways).
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
 
 

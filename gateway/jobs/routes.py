@@ -27,7 +27,7 @@ class JobParams(BaseModel):
 
     # Function each item invokes (POST / with the item as its JSON body).
     function: str
-    # Items of this job running at once (per gateway); the function's limit applies too.
+    # Items of this job running at once; the function's async.concurrency applies too.
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] | None = None
     # Retries per item; the function's async.max_retries when absent.
     retries: Annotated[int, Field(ge=0, le=50)] | None = None

@@ -50,6 +50,8 @@ CREATE INDEX invocations_ready ON invocations
     (function, (COALESCE(job_id, '00000000-0000-0000-0000-000000000000'::uuid)), run_at, seq)
     WHERE status = 'queued';
 CREATE INDEX invocations_leased ON invocations (lease_until) WHERE status = 'running';
+-- Counting what runs per function and job, across gateways, for their concurrency limits.
+CREATE INDEX invocations_running ON invocations (function, job_id) WHERE status = 'running';
 CREATE INDEX invocations_job ON invocations (job_id, item_index) WHERE job_id IS NOT NULL;
 CREATE INDEX invocations_dead_letters ON invocations (created_at)
     WHERE status IN ('dead', 'failed');

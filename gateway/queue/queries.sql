@@ -27,6 +27,8 @@ SELECT pg_notify('kapal_queue', $1)
 
 -- name: claim
 -- One lane's oldest ready rows, skipping rows other workers hold, marked running at once.
+-- $1 function, $2 job (or the nil uuid), $3 most rows, $4 worker, $5 lease seconds,
+-- $6 the function's concurrency, $7 the job's (NULL: none).
 UPDATE invocations SET
     status = 'running',
     attempts = attempts + 1,
@@ -40,7 +42,14 @@ WHERE id IN (
         AND COALESCE(job_id, '00000000-0000-0000-0000-000000000000'::uuid) = $2
         AND run_at <= now()
     ORDER BY run_at, seq
-    LIMIT $3
+    -- The function's and the job's limits hold across gateways: what runs anywhere counts.
+    LIMIT LEAST(
+        $3,
+        GREATEST(0, $6 - (
+            SELECT count(*) FROM invocations WHERE status = 'running' AND function = $1)),
+        CASE WHEN $7::int IS NULL THEN $3 ELSE GREATEST(0, $7 - (
+            SELECT count(*) FROM invocations
+            WHERE status = 'running' AND function = $1 AND job_id = $2)) END)
     FOR UPDATE SKIP LOCKED)
 RETURNING id, function, method, path, headers, body, attempts, max_retries, job_id
 

@@ -86,10 +86,26 @@ class QueueStore:
                 out[n] = first[(items[n].function, items[n].idempotency_key)]
         return out
 
-    async def claim(self, lane: Lane, limit: int, worker: str, lease_s: float) -> list[Claimed]:
-        """Up to `limit` ready rows of one lane, now running under this worker's lease."""
+    async def claim(
+        self,
+        lane: Lane,
+        limit: int,
+        worker: str,
+        lease_s: float,
+        function_concurrency: int,
+        job_concurrency: int | None = None,
+    ) -> list[Claimed]:
+        """Up to `limit` ready rows of one lane, now running under this worker's lease;
+        fewer when the function or job already runs its concurrency (on any gateway)."""
         rows = await self.pool.fetch(
-            Q["claim"], lane.function, lane.job or NO_JOB, limit, worker, lease_s
+            Q["claim"],
+            lane.function,
+            lane.job or NO_JOB,
+            limit,
+            worker,
+            lease_s,
+            function_concurrency,
+            job_concurrency,
         )
         return [Claimed.from_row(r) for r in rows]
 

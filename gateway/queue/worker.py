@@ -123,7 +123,14 @@ class QueueWorker:
         more = False
         for lane, n in steps:
             notices = self.notices[lane]
-            rows = await self.store.claim(lane, n, self.worker_id, self.settings.queue_lease_s)
+            rows = await self.store.claim(
+                lane,
+                n,
+                self.worker_id,
+                self.settings.queue_lease_s,
+                self.function_limit(lane.function),
+                None if lane.job is None else self.job_limits.get(lane.job),
+            )
             for row in rows:
                 self._spawn(row)
             if len(rows) < n and self.notices[lane] == notices:

@@ -30,11 +30,11 @@ def item(function: str = "f", key: str | None = None) -> NewInvocation:
 
 async def test_claims_are_exclusive_and_only_the_current_claim_records(store: QueueStore) -> None:
     await store.enqueue([item() for _ in range(5)])
-    first = await store.claim(Lane("f"), 3, "w1", 30)
-    second = await store.claim(Lane("f"), 10, "w2", 30)
+    first = await store.claim(Lane("f"), 3, "w1", 30, 100)
+    second = await store.claim(Lane("f"), 10, "w2", 30, 100)
     assert len(first) == 3 and len(second) == 2
     assert not {c.id for c in first} & {c.id for c in second}
-    assert await store.claim(Lane("f"), 10, "w3", 30) == []
+    assert await store.claim(Lane("f"), 10, "w3", 30, 100) == []
     row = first[0]
     outcome = Outcome(row.id, row.attempt, "succeeded", None, 200, {}, b"ok", None)
     assert await store.finish("w2", [outcome]) == set()  # not w2's claim
@@ -44,10 +44,10 @@ async def test_claims_are_exclusive_and_only_the_current_claim_records(store: Qu
 
 async def test_expired_leases_are_run_again_or_dead(store: QueueStore) -> None:
     await store.enqueue([item()])
-    (claimed,) = await store.claim(Lane("f"), 1, "lost", 30)
+    (claimed,) = await store.claim(Lane("f"), 1, "lost", 30, 100)
     await store.pool.execute("UPDATE invocations SET lease_until = now() - interval '1 s'")
     assert await store.recover_expired() == 1
-    (again,) = await store.claim(Lane("f"), 1, "w2", 30)
+    (again,) = await store.claim(Lane("f"), 1, "w2", 30, 100)
     assert again.id == claimed.id and again.attempt == 2
     await store.pool.execute("UPDATE invocations SET lease_until = now() - interval '1 s'")
     assert await store.recover_expired() == 1
@@ -100,3 +100,28 @@ async def test_an_item_the_database_refuses_fails_alone(store: QueueStore) -> No
     assert isinstance(out[1], asyncpg.DataError)
     ids = {r["id"] for r in await store.pool.fetch("SELECT id FROM invocations")}
     assert ids == {good1.id, good2.id}
+
+
+async def test_concurrency_limits_hold_across_workers(store: QueueStore) -> None:
+    job = uuid.uuid4()
+    await store.pool.execute(
+        "INSERT INTO jobs (id, function, total, max_concurrency, max_retries)"
+        " VALUES ($1, 'f', 4, 2, 0)",
+        job,
+    )
+    await store.enqueue([item() for _ in range(6)])
+    await store.pool.execute(
+        "UPDATE invocations SET job_id = $1"
+        " WHERE id IN (SELECT id FROM invocations ORDER BY seq LIMIT 4)",
+        job,
+    )
+    # Function limit 3: two workers asking for 5 each get 3 between them.
+    a = await store.claim(Lane("f", job), 5, "w1", 30, 3, 2)
+    assert len(a) == 2  # the job's own limit
+    b = await store.claim(Lane("f"), 5, "w2", 30, 3)
+    assert len(b) == 1
+    assert await store.claim(Lane("f"), 5, "w3", 30, 3) == []
+    assert await store.claim(Lane("f", job), 5, "w3", 30, 10, 2) == []  # job still full
+    outcome = Outcome(a[0].id, a[0].attempt, "succeeded", None, 200, {}, b"", None)
+    await store.finish("w1", [outcome])
+    assert len(await store.claim(Lane("f", job), 5, "w3", 30, 10, 2)) == 1
