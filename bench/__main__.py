@@ -9,25 +9,30 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import cold, scale, warm
+from bench.async_queue import run_async
 
 Scenario = Callable[[bool], dict[str, Any]]
-SCENARIOS: dict[str, Scenario] = {"warm": warm.run, "cold": cold.run, "scale": scale.run}
+SCENARIOS: dict[str, Scenario] = {
+    "warm": warm.run,
+    "cold": cold.run,
+    "scale": scale.run,
+    "async": run_async,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--quick", action="store_true", help="finish within about 60 s")
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--quick", action="store_true", help="smaller run, within 60 s")
     args = parser.parse_args(argv)
-    figures = SCENARIOS[args.scenario](args.quick)
-    if args.json:
-        print(json.dumps(figures))
-    else:
-        for key, value in figures.items():
-            print(f"{key:>28}  {value}")
+    result = SCENARIOS[args.scenario](args.quick)
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:>28}: {value}", file=sys.stderr)
+    print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -30,7 +31,13 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
     tmp = Path(tempfile.mkdtemp(prefix="kapal-bench-"))
     engine = ensure_engine(tmp, log=say)
     ensure_base_images(engine.client, REPO, log=say)
-    pg = ensure_postgres(tmp, log=say)
+    # Always a throwaway embedded server, never a database named by the environment.
+    external = os.environ.pop("KAPAL_DATABASE_URL", None)
+    try:
+        pg = ensure_postgres(tmp, log=say)
+    finally:
+        if external is not None:
+            os.environ["KAPAL_DATABASE_URL"] = external
     gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level="WARNING", **env)
     try:
         gw.start()
@@ -69,3 +76,64 @@ def get_function(gw: GatewayProcess, name: str) -> dict[str, Any]:
                 return body
 
     return asyncio.run(go())
+
+
+log = say
+
+
+class Kapal:
+    """`with Kapal(**env) as k:` — k.url, k.database_url, k.headers; removed after."""
+
+    def __init__(self, **env: str) -> None:
+        self._cm = kapal(**env)
+        self.gw: GatewayProcess | None = None
+
+    def __enter__(self) -> Kapal:
+        self.gw = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(None, None, None)
+
+    @property
+    def _gw(self) -> GatewayProcess:
+        assert self.gw is not None
+        return self.gw
+
+    @property
+    def url(self) -> str:
+        return self._gw.url
+
+    @property
+    def database_url(self) -> str:
+        return self._gw.database_url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._gw.headers
+
+    def cpu_s(self) -> float:
+        """CPU seconds the gateway process has used (user + system)."""
+        assert self._gw.proc is not None
+        fields = Path(f"/proc/{self._gw.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def deploy(
+        self, http: aiohttp.ClientSession, code: str, spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        form = aiohttp.FormData()
+        # Public: load generators call it without a key.
+        form.add_field(
+            "spec", json.dumps({"public": True, **spec}), content_type="application/json"
+        )
+        form.add_field(
+            "code",
+            tar_gz({"handler.py": code}),
+            filename="code.tar.gz",
+            content_type="application/gzip",
+        )
+        async with http.post(f"{self.url}/v1/functions", data=form, headers=self.headers) as r:
+            body: dict[str, Any] = await r.json()
+            if r.status != 201:
+                raise RuntimeError(f"deploy failed: {body}")
+            return body

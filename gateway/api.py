@@ -139,6 +139,7 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
         public=spec.public,
         secrets=spec.secrets,
         network=spec.network,
+        async_=spec.async_,
         created_at=row.created_at,
         updated_at=row.updated_at,
         invocations=row.invocations + recorder.pending_count(spec.name),
@@ -149,7 +150,7 @@ def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> 
         instances=[InstanceOut(**vars(i)) for i in scheduler.describe(spec.name)],
         pool=PoolStatus(**vars(status)) if (status := scheduler.status(spec.name)) else None,
     )
-    return out.model_dump(mode="json")
+    return out.model_dump(mode="json", by_alias=True)
 
 
 def _name(request: web.Request) -> str:

@@ -12,13 +12,18 @@ from gateway import api, db, invoke
 from gateway.auth import Gate, auth_middleware, gate_key, keys_key
 from gateway.deploy import Deployer
 from gateway.errors import error_middleware
+from gateway.jobs import routes as job_routes
 from gateway.keys import KeyCache, KeyStore
+from gateway.queue import routes as queue_routes
+from gateway.queue.service import QueueService, queue_key
 from gateway.ratelimit import RateLimiter
 from gateway.records import Recorder
+from gateway.schedules import routes as schedule_routes
 from gateway.settings import Settings
 from gateway.store import FunctionStore
 from gateway.upstream import Upstreams
 from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore, load_key
+from gateway.webhooks import routes as webhook_routes
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
@@ -37,6 +42,10 @@ def create_app(settings: Settings) -> web.Application:
     app[api.settings_key] = settings
     app.cleanup_ctx.append(lifespan)
     api.add_routes(app)
+    queue_routes.add_routes(app)
+    webhook_routes.add_routes(app)
+    job_routes.add_routes(app)
+    schedule_routes.add_routes(app)
     return app
 
 
@@ -90,6 +99,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     )
     key_store = KeyStore(pg)
     keys = KeyCache(key_store, settings.keys_refresh_s)
+    queue: QueueService | None = None
     try:
         if settings.bootstrap_key_file is not None:
             await bootstrap_admin_key(key_store, settings.bootstrap_key_file)
@@ -102,6 +112,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             await secrets.mount(spec)
         await scheduler.start(specs)
         recorder.start()
+        queue = await QueueService.open(settings, scheduler, invoker)
+        await queue.start()
+        app[queue_key] = queue
         app[api.store_key] = store
         app[api.scheduler_key] = scheduler
         app[api.recorder_key] = recorder
@@ -118,6 +131,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
+        if queue is not None:
+            await queue.close()
         await keys.close()
         upstreams.close()
         await scheduler.close()

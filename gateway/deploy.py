@@ -79,6 +79,7 @@ class Deployer:
                     public=spec_in.public,
                     secrets=spec_in.secrets,
                     network=spec_in.network,
+                    async_=spec_in.async_,
                 )
                 try:
                     sha = hashlib.sha256(code).hexdigest()

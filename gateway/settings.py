@@ -73,6 +73,26 @@ class Settings(BaseSettings):
     runtime_uid: int = 10001
     # Reject new connections from function networks to the host (iptables INPUT rules).
     isolate_host: bool = True
+    # Seconds a queue worker's claim on an invocation holds without a heartbeat.
+    queue_lease_s: float = Field(default=30.0, gt=0.5)
+    # Seconds between queue polls when no notification arrives (also retry resolution).
+    queue_poll_s: float = Field(default=1.0, gt=0)
+    # Delay before the first retry of a queued invocation, doubled per attempt (seconds).
+    queue_retry_base_s: float = Field(default=1.0, gt=0)
+    # Longest delay between retries, in seconds.
+    queue_retry_cap_s: float = Field(default=300.0, gt=0)
+    # Queued invocations this gateway runs at once, across functions.
+    queue_concurrency: int = Field(default=512, ge=1)
+    # Rows claimed per round trip.
+    queue_claim_batch: int = Field(default=200, ge=1)
+    # Largest body of an async invocation or webhook delivery, in bytes.
+    queue_max_body_bytes: int = 6 * 1024 * 1024
+    # Days finished async invocations and jobs are kept (dead letters stay until re-driven).
+    queue_retention_days: int = Field(default=7, ge=1)
+    # Seconds a result callback (X-Callback-Url) may take.
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    # Deliveries of a callback before it is given up.
+    callback_max_attempts: int = Field(default=8, ge=1)
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 

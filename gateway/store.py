@@ -58,7 +58,7 @@ class FunctionStore:
         self, spec: FunctionSpec, code: bytes, code_sha256: str, *, create: bool
     ) -> None:
         """Record a new version; `create` for a new function. Atomic."""
-        body = spec.model_dump(exclude={"version", "image", "name"})
+        body = spec.model_dump(exclude={"version", "image", "name"}, by_alias=True)
         async with self.pool.acquire() as conn, conn.transaction():
             if create:
                 inserted = await conn.fetchval(

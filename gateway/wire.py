@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from gateway.keys import Scope
 from scheduler.models import (
@@ -14,6 +21,7 @@ from scheduler.models import (
     NAME_RE,
     RUNTIMES,
     SECRET_NAME_RE,
+    AsyncPolicy,
     Limits,
     Network,
     Scaling,
@@ -56,6 +64,13 @@ class DeploySpec(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError("names must be unique")
         return v
+
+    # Retries and concurrency of queued invocations.
+    async_: AsyncPolicy = Field(
+        default_factory=AsyncPolicy,
+        validation_alias=AliasChoices("async", "async_"),
+        serialization_alias="async",
+    )
 
     @field_validator("name")
     @classmethod
@@ -139,6 +154,7 @@ class FunctionOut(BaseModel):
     public: bool
     secrets: list[str]
     network: Network
+    async_: AsyncPolicy = Field(serialization_alias="async")
     created_at: datetime
     updated_at: datetime
     invocations: int

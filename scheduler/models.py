@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,6 +59,17 @@ class Network(BaseModel):
     outbound: bool = True
 
 
+class AsyncPolicy(BaseModel):
+    """How queued (async, webhook, job, scheduled) invocations of a function run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Retries after the first attempt for 5xx, 429, timeouts and lost instances.
+    max_retries: Annotated[int, Field(ge=0, le=50)] = 3
+    # Queued invocations of this function run at once (across gateways).
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
+
+
 class FunctionSpec(BaseModel):
     """One immutable version of a function, as the scheduler runs it."""
 
@@ -88,3 +99,9 @@ class FunctionSpec(BaseModel):
     secrets: list[str] = Field(default_factory=list)
     # What the instances may reach.
     network: Network = Field(default_factory=Network)
+    # Retries and concurrency of queued invocations ("async" on the wire).
+    async_: AsyncPolicy = Field(
+        default_factory=AsyncPolicy,
+        validation_alias=AliasChoices("async", "async_"),
+        serialization_alias="async",
+    )

@@ -1,0 +1,1 @@
+"""Batch jobs: many items, one queued invocation each, tracked and cancellable."""

@@ -1,0 +1,175 @@
+"""Job routes: create (JSON or JSON Lines), status, streamed results, cancel."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.auth import requires
+from gateway.errors import BadRequest, FunctionNotFound, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.jobs.progress import job_out
+from gateway.keys import Scope
+from gateway.queue.service import queue_key
+from gateway.validation import parse_query, validate
+from scheduler.models import NAME_RE
+
+MAX_ITEMS = 1_000_000
+MAX_JOB_BYTES = 48 * 1024 * 1024
+NDJSON = ("application/x-ndjson", "application/jsonl", "application/json-lines")
+
+
+class JobParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Function each item invokes (POST / with the item as its JSON body).
+    function: str
+    # Items of this job running at once; the function's async.concurrency applies too.
+    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    # Retries per item; the function's async.max_retries when absent.
+    retries: Annotated[int, Field(ge=0, le=50)] | None = None
+
+    @field_validator("function")
+    @classmethod
+    def _function(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be a function name (a lowercase DNS label)")
+        return v
+
+
+class JobIn(JobParams):
+    # The items; each becomes one invocation.
+    items: Annotated[list[Any], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+def _job_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise NotFound(f"job {raw} not found") from None
+
+
+def _ndjson_items(raw: bytes) -> list[bytes]:
+    items: list[bytes] = []
+    for n, line in enumerate(raw.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidRequest(f"items.{len(items)} (line {n + 1}): not valid JSON: {e}") from e
+        items.append(line)
+    if not items:
+        raise InvalidRequest("items: at least one JSON line is required")
+    if len(items) > MAX_ITEMS:
+        raise InvalidRequest(f"items: at most {MAX_ITEMS} items")
+    return items
+
+
+@requires(Scope.INVOKE)
+async def create_job(request: web.Request) -> web.Response:
+    queue = request.app[queue_key]
+    if request.content_length is not None and request.content_length > MAX_JOB_BYTES:
+        raise PayloadTooLarge(f"a job body may hold at most {MAX_JOB_BYTES} bytes")
+    raw = await request.read()
+    params: JobParams
+    items: list[bytes]
+    if request.content_type in NDJSON:
+        params = parse_query(JobParams, request.query)
+        items = _ndjson_items(raw)
+    else:
+        try:
+            data = json.loads(raw) if raw else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"body is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise InvalidRequest("body: must be a JSON object")
+        job = validate(JobIn, data)
+        params = job
+        items = [json.dumps(item).encode() for item in job.items]
+    if queue.manager.scheduler.pool(params.function) is None:
+        raise FunctionNotFound(f"function {params.function} not found")
+    retries = params.retries
+    if retries is None:
+        retries = queue.manager.max_retries(params.function)
+    id = await queue.jobs.create(params.function, items, params.max_concurrency, retries)
+    location = f"/v1/jobs/{id}"
+    return web.json_response(
+        {"id": str(id), "total": len(items), "status_url": location},
+        status=201,
+        headers={"Location": location},
+    )
+
+
+@requires(Scope.INVOKE)
+async def get_job(request: web.Request) -> web.Response:
+    jobs = request.app[queue_key].jobs
+    id = _job_id(request)
+    job = await jobs.get(id)
+    out = job_out(job, await jobs.counts(id), datetime.now(UTC))
+    return web.json_response(text=out.model_dump_json())
+
+
+def result_line(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": row["item_index"], "status": row["status"]}
+    body: bytes | None = row["result_body"]
+    decoded: Any = None
+    if body is not None:
+        try:
+            decoded = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            try:
+                decoded = body.decode()
+            except UnicodeDecodeError:
+                decoded = {"base64": base64.b64encode(body).decode()}
+    if row["status"] == "succeeded":
+        out["result"] = decoded
+    elif row["status"] in ("failed", "dead", "cancelled"):
+        out["error"] = {
+            "status": row["result_status"],
+            "message": row["error"] or row["status"],
+            "body": decoded,
+        }
+    return out
+
+
+@requires(Scope.INVOKE)
+async def job_results(request: web.Request) -> web.StreamResponse:
+    jobs = request.app[queue_key].jobs
+    id = _job_id(request)
+    await jobs.get(id)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    chunk: list[str] = []
+    async for row in jobs.results(id):
+        chunk.append(json.dumps(result_line(row)))
+        if len(chunk) >= 500:
+            await resp.write(("\n".join(chunk) + "\n").encode())
+            chunk = []
+    if chunk:
+        await resp.write(("\n".join(chunk) + "\n").encode())
+    await resp.write_eof()
+    return resp
+
+
+@requires(Scope.INVOKE)
+async def cancel_job(request: web.Request) -> web.Response:
+    jobs = request.app[queue_key].jobs
+    id = _job_id(request)
+    await jobs.cancel(id)
+    out = job_out(await jobs.get(id), await jobs.counts(id), datetime.now(UTC))
+    return web.json_response(text=out.model_dump_json())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/jobs", create_job)
+    app.router.add_get("/v1/jobs/{id}", get_job)
+    app.router.add_get("/v1/jobs/{id}/results", job_results)
+    app.router.add_delete("/v1/jobs/{id}", cancel_job)

@@ -1,0 +1,1 @@
+"""The durable queue: async invocations stored in Postgres, run by workers, retried."""

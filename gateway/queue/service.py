@@ -1,0 +1,82 @@
+"""The queue's parts wired together, opened and closed by the gateway's lifespan."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+
+import asyncpg
+from aiohttp import web
+
+from gateway.invoke import Invoker
+from gateway.jobs.store import JobStore
+from gateway.queue.callbacks import CallbackSender
+from gateway.queue.manager import QueueManager
+from gateway.queue.store import QueueStore
+from gateway.queue.worker import QueueWorker
+from gateway.schedules.store import ScheduleStore
+from gateway.schedules.ticker import Ticker
+from gateway.settings import Settings
+from gateway.supervisor import Supervisor
+from gateway.webhooks.store import WebhookStore
+from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway.queue")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Queue connections never change session state, so skip asyncpg's RESET round trip."""
+
+
+class QueueService:
+    @classmethod
+    async def open(cls, settings: Settings, scheduler: Scheduler, invoker: Invoker) -> QueueService:
+        """The queue on a connection pool of its own (the hot path must not wait on the
+        management API's connections, nor they on it)."""
+        pg = await asyncpg.create_pool(
+            settings.database_url, min_size=2, max_size=12, reset=_keep_session
+        )
+        return cls(settings, pg, scheduler, invoker)
+
+    def __init__(
+        self, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler, invoker: Invoker
+    ) -> None:
+        self.settings = settings
+        self.pg = pg
+        self.scheduler = scheduler
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.store = QueueStore(pg)
+        self.manager = QueueManager(self.store, scheduler, worker_id)
+        self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler)
+        self.callbacks = CallbackSender(settings, self.store)
+        self.webhooks = WebhookStore(pg)
+        self.jobs = JobStore(pg)
+        self.schedules = ScheduleStore(pg, self.store)
+        ticker = Ticker(self.schedules, scheduler, settings.queue_poll_s)
+        # Writers stop last: attempts still finishing need somewhere to record results.
+        self.writers = Supervisor()
+        self.writers.add("kapal-enqueue", self.manager.run_enqueues)
+        self.writers.add("kapal-results", self.manager.run_results)
+        self.loops = Supervisor()
+        self.loops.add("kapal-claims", self.worker.run_claims)
+        self.loops.add("kapal-queue-upkeep", self.worker.run_upkeep)
+        self.loops.add("kapal-queue-listener", self.worker.run_listener)
+        self.loops.add("kapal-callbacks", self.callbacks.run)
+        self.loops.add("kapal-schedules", ticker.run)
+
+    async def start(self) -> None:
+        self.writers.start()
+        self.loops.start()
+        log.info("queue started", extra={"worker": self.manager.worker_id})
+
+    async def close(self) -> None:
+        await self.loops.close()
+        await self.worker.drain(self.settings.stop_grace_s)
+        await self.writers.close()
+        await self.worker.release()
+        await self.pg.close()
+
+
+queue_key = web.AppKey("queue", QueueService)

@@ -1,0 +1,1 @@
+"""Schedules: cron expressions that enqueue one async invocation per tick."""

@@ -1,0 +1,32 @@
+"""The loop that fires due schedules (every gateway runs one; row locks keep it once)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from gateway.schedules.store import ScheduleStore
+from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway.schedules")
+
+
+class Ticker:
+    def __init__(self, store: ScheduleStore, scheduler: Scheduler, every_s: float) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.every_s = every_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            retries = {n: p.spec.async_.max_retries for n, p in self.scheduler.pools.items()}
+            try:
+                while await self.store.fire_due(retries) and not stop.is_set():
+                    pass
+            except (OSError, asyncpg.PostgresError) as e:
+                log.warning("firing schedules failed", extra={"error": str(e)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every_s)

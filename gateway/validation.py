@@ -1,0 +1,49 @@
+"""Reading JSON bodies and query strings into pydantic models; 4xx naming the field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import BadRequest, InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise InvalidRequest(describe(e)) from e
+
+
+def parse_query(model: type[M], query: Mapping[str, str]) -> M:
+    return validate(model, dict(query))
+
+
+async def parse_json(request: web.Request, model: type[M], limit: int = 1 << 20) -> M:
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"body is larger than {limit} bytes")
+    raw = await request.read()
+    if not raw:
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidRequest("body: must be a JSON object")
+    return validate(model, data)

@@ -1,0 +1,1 @@
+"""Webhook endpoints: signed deliveries verified, deduplicated and queued durably."""

@@ -1,0 +1,153 @@
+"""Webhook routes: manage endpoints under /v1/webhooks, receive deliveries at /hooks/{id}."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.auth import OPEN, requires
+from gateway.errors import FunctionNotFound
+from gateway.keys import Scope
+from gateway.queue.routes import accepted, read_body, stored_headers
+from gateway.queue.service import queue_key
+from gateway.validation import parse_json
+from gateway.webhooks.store import Webhook
+from gateway.webhooks.verify import Verify, delivery_id, verify
+from scheduler.models import NAME_RE
+
+Secret = Annotated[str, Field(min_length=8, max_length=256)]
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Function each delivery invokes (POST /, the delivery's headers and body).
+    function: str
+    # How deliveries are signed: github | stripe | hmac-sha256 | none.
+    verify: Verify
+    # Shared secret; generated when absent.
+    secret: Secret | None = None
+
+    @field_validator("function")
+    @classmethod
+    def _function(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be a function name (a lowercase DNS label)")
+        return v
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The new secret; generated when absent.
+    secret: Secret | None = None
+
+
+class WebhookOut(BaseModel):
+    # Id of the endpoint; deliveries go to `url`.
+    id: str
+    function: str
+    verify: Verify
+    # Where the sender POSTs deliveries.
+    url: str
+    created_at: datetime
+    rotated_at: datetime | None
+    # The secret: only in the answer of a creation or a rotation.
+    secret: str | None = None
+
+
+def _out(request: web.Request, hook: Webhook, secret: str | None = None) -> WebhookOut:
+    return WebhookOut(
+        id=hook.id,
+        function=hook.function,
+        verify=hook.verify,
+        url=f"{request.scheme}://{request.host}/hooks/{hook.id}",
+        created_at=hook.created_at,
+        rotated_at=hook.rotated_at,
+        secret=secret,
+    )
+
+
+def _json(out: WebhookOut | list[WebhookOut], status: int = 200) -> web.Response:
+    if isinstance(out, list):
+        text = "[" + ",".join(o.model_dump_json(exclude_none=True) for o in out) + "]"
+        return web.json_response(text='{"webhooks": ' + text + "}", status=status)
+    return web.json_response(text=out.model_dump_json(exclude_none=True), status=status)
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+@requires(Scope.DEPLOY)
+async def create_webhook(request: web.Request) -> web.Response:
+    queue = request.app[queue_key]
+    body = await parse_json(request, WebhookIn)
+    if queue.manager.scheduler.pool(body.function) is None:
+        raise FunctionNotFound(f"function {body.function} not found")
+    secret = body.secret or ("" if body.verify is Verify.NONE else new_secret())
+    hook = await queue.webhooks.create(
+        "wh_" + secrets.token_hex(12), body.function, body.verify, secret
+    )
+    return _json(_out(request, hook, secret or None), status=201)
+
+
+@requires(Scope.DEPLOY)
+async def list_webhooks(request: web.Request) -> web.Response:
+    hooks = await request.app[queue_key].webhooks.all()
+    return _json([_out(request, h) for h in hooks])
+
+
+@requires(Scope.DEPLOY)
+async def get_webhook(request: web.Request) -> web.Response:
+    hook = await request.app[queue_key].webhooks.get(request.match_info["id"])
+    return _json(_out(request, hook))
+
+
+@requires(Scope.DEPLOY)
+async def rotate_webhook(request: web.Request) -> web.Response:
+    body = await parse_json(request, RotateIn)
+    secret = body.secret or new_secret()
+    hook = await request.app[queue_key].webhooks.rotate(request.match_info["id"], secret)
+    return _json(_out(request, hook, secret))
+
+
+@requires(Scope.DEPLOY)
+async def delete_webhook(request: web.Request) -> web.Response:
+    await request.app[queue_key].webhooks.delete(request.match_info["id"])
+    return web.Response(status=204)
+
+
+@requires(OPEN)  # checked by its signature instead
+async def deliver(request: web.Request) -> web.Response:
+    """A delivery: verified, deduplicated by its delivery id, queued; 202 at once."""
+    queue = request.app[queue_key]
+    hook = await queue.webhooks.get(request.match_info["id"])
+    body = await read_body(request, queue.settings.queue_max_body_bytes)
+    verify(hook.verify, hook.secret, request.headers, body, time.time())
+    delivery = delivery_id(hook.verify, request.headers, body)
+    headers = stored_headers(request)
+    headers.append(("X-Kapal-Webhook-Id", hook.id))
+    id = await queue.manager.enqueue(
+        hook.function,
+        "POST",
+        "/",
+        headers,
+        body,
+        idempotency_key=None if delivery is None else f"webhook:{hook.id}:{delivery}"[:512],
+    )
+    return accepted(id)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/webhooks", create_webhook)
+    app.router.add_get("/v1/webhooks", list_webhooks)
+    app.router.add_get("/v1/webhooks/{id}", get_webhook)
+    app.router.add_post("/v1/webhooks/{id}/rotate", rotate_webhook)
+    app.router.add_delete("/v1/webhooks/{id}", delete_webhook)
+    app.router.add_post("/hooks/{id}", deliver)
