@@ -12,12 +12,13 @@ from pydantic import BaseModel, ValidationError
 from gateway import openapi
 from gateway.auth import OPEN, keys_key, requires
 from gateway.deploy import Deployer
-from gateway.errors import BadRequest, InvalidRequest, InvalidSpec, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, InvalidSpec, NotFound, PayloadTooLarge
 from gateway.invoke import Invoker
 from gateway.keys import ApiKey, KeyStore, Scope
 from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.store import FunctionRow, FunctionStore
+from gateway.validation import describe, parse_json
 from gateway.vault import Secrets
 from gateway.wire import (
     DeploySpec,
@@ -49,33 +50,11 @@ OPENAPI = openapi.document()
 M = TypeVar("M", bound=BaseModel)
 
 
-def validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 async def read_json(request: web.Request, model: type[M]) -> M:
     """A JSON body as `model`: 400 when it is not JSON, 422 naming the field when invalid."""
     if request.content_type != "application/json":
         raise BadRequest("the body must be JSON (Content-Type: application/json)")
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"JSON body is larger than {MAX_JSON_BYTES} bytes")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"JSON body is larger than {MAX_JSON_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"body is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise InvalidRequest("body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise InvalidRequest(validation_message(e)) from e
+    return await parse_json(request, model, MAX_JSON_BYTES)
 
 
 async def _read_part(part: BodyPartReader, limit: int, what: str) -> bytes:
@@ -122,7 +101,7 @@ async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeployS
     try:
         return DeploySpec.model_validate(data), code
     except ValidationError as e:
-        raise InvalidSpec(validation_message(e)) from e
+        raise InvalidSpec(describe(e)) from e
 
 
 def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import BadRequest, InvalidRequest
+from gateway.errors import BadRequest, InvalidRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,9 +34,12 @@ def parse_query(model: type[M], query: Mapping[str, str]) -> M:
 
 
 async def parse_json(request: web.Request, model: type[M], limit: int = 1 << 20) -> M:
+    """A JSON body as `model`: 413 past `limit`, 400 when not JSON, 422 naming the field."""
     if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(f"body is larger than {limit} bytes")
-    raw = await request.read()
+        raise PayloadTooLarge(f"body is larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"body is larger than {limit} bytes")
     if not raw:
         data: Any = {}
     else:
