@@ -92,7 +92,7 @@ def cmd_up(_: list[str]) -> int:
             f"The CLI uses the admin API key in {key_file} (or $KAPAL_API_KEY).\n"
             "First things to try:\n"
             f"  curl http://{listen}/healthz\n"
-            f"  kapal deploy examples/hello && curl 'http://{listen}/fn/hello?name=kapal'\n",
+            f"  kapal deploy examples/hello --public && curl 'http://{listen}/fn/hello?name=kapal'\n",
             flush=True,
         )
         run()
