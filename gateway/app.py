@@ -80,6 +80,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             buffer_size=settings.buffer_size,
             stop_grace_s=settings.stop_grace_s,
             pause=settings.pause_standbys,
+            target_utilization=settings.autoscale_target_utilization,
         ),
         AutoscalerConfig(
             target_utilization=settings.autoscale_target_utilization,

@@ -1,11 +1,13 @@
 """The scaling decision, in the spirit of Knative's KPA: a pure function of inputs and `now`.
 
 Observed concurrency (requests in flight + waiting + queued) is averaged over a stable
-window and a short panic window. Desired instances = ceil(observed / (concurrency x
-target utilization)), bounded by the function's min and max. When the panic window asks
-for at least `panic_threshold` times what is ready, the decider panics: it scales up at
-once and never down until the stable window has passed without panic. Scale-down is at
-most by `max_scale_down_rate` per decision.
+window and a short panic window; the latest observation also counts for the panic view,
+so a step up is answered at the next decision rather than as the window fills.
+Desired instances = ceil(observed / (concurrency x target utilization)), bounded by the
+function's min and max. When the panic view asks for at least `panic_threshold` times
+what is ready, the decider panics: it scales up at once and never down until the stable
+window has passed without panic. Scale-down is at most by `max_scale_down_rate` per
+decision.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class ConcurrencyWindow:
             n += 1
         return total / n if n else 0.0
 
+    def latest(self) -> float:
+        return self.samples[-1][1] if self.samples else 0.0
+
     def peak(self, now: float, window_s: float) -> float:
         return max((v for t, v in self.samples if t > now - window_s), default=0.0)
 
@@ -62,6 +67,8 @@ class ScaleInputs:
     stable_concurrency: float
     # Average observed concurrency over the panic window.
     panic_concurrency: float
+    # The latest observation: a step up counts at once, not as it fills the window.
+    current_concurrency: float
     # Instances ready to serve (current version).
     ready: int
     # Requests one instance serves at once.
@@ -90,7 +97,8 @@ def decide(
 ) -> ScaleDecision:
     per_instance = inputs.concurrency * config.target_utilization
     want_stable = math.ceil(inputs.stable_concurrency / per_instance)
-    want_panic = math.ceil(inputs.panic_concurrency / per_instance)
+    burst = max(inputs.panic_concurrency, inputs.current_concurrency)
+    want_panic = math.ceil(burst / per_instance)
     ready = max(1, inputs.ready)
 
     panic_since = state.panic_since

@@ -89,6 +89,8 @@ class PoolConfig:
     stop_grace_s: float = 5.0
     # Scaled-down instances are paused as standbys (else removed at once).
     pause: bool = True
+    # Fraction of concurrency slots on-demand starts aim to fill (the autoscaler's target).
+    target_utilization: float = 0.7
 
 
 @dataclass
@@ -271,20 +273,17 @@ class Pool:
         return sum(1 for i in self.instances.values() if i.state is state and i.version == version)
 
     def _scale_for_waiters(self) -> None:
-        """The first requests that find no slot start capacity now, not at the next tick."""
+        """Requests that find no slot start capacity now, not at the next decision.
+
+        Enough instances for what is in flight and waiting at the autoscaler's target
+        utilization (the same count its next decision would ask for in a burst).
+        """
         if self.closed:
             return
         scaling = self.spec.scaling
-        active = self.active()
-        starting_slots = sum(
-            scaling.concurrency for i in active if i.state is InstanceState.STARTING
-        )
-        ready_free = sum(max(0, i.free_slots) for i in active if i.state is InstanceState.READY)
-        deficit = len(self._waiters) - starting_slots - ready_free
-        if deficit <= 0:
-            return
-        room = scaling.max - len(active)
-        for _ in range(min(room, math.ceil(deficit / scaling.concurrency))):
+        per_instance = scaling.concurrency * self.config.target_utilization
+        wanted = min(scaling.max, math.ceil(self.observed() / per_instance))
+        for _ in range(wanted - len(self.active())):
             self.add_instance()
 
     def scale_to(self, desired: int) -> None:

@@ -71,9 +71,9 @@ class PrewarmPool:
         ready = self.ready.get(spec.runtime)
         if not ready or not can_specialize(spec):
             return None
-        running = ready.popleft()
-        self.refill()
-        return running
+        # Refilled by the scaling loop once no instance is starting: during a burst the
+        # engine's time goes to the instances that requests wait for.
+        return ready.popleft()
 
     async def specialize(self, running: Running, spec: FunctionSpec) -> None:
         code = await self.code.code(spec.name, spec.version)

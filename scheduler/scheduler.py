@@ -146,7 +146,8 @@ class Scheduler:
                     pool.reap()
                 except Exception:
                     log.exception("scaling failed", extra={"function": name})
-            if self.prewarm is not None:
+            starting = any(p.count(InstanceState.STARTING) for p in self.pools.values())
+            if self.prewarm is not None and not starting:
                 self.prewarm.refill()
 
     def _decide(self, now: float, pool: Pool, scaled: _Scaled) -> None:
@@ -155,6 +156,7 @@ class Scheduler:
         inputs = ScaleInputs(
             stable_concurrency=scaled.window.average(now, cfg.stable_window_s),
             panic_concurrency=scaled.window.average(now, cfg.panic_window_s),
+            current_concurrency=scaled.window.latest(),
             ready=pool.count(InstanceState.READY),
             concurrency=scaling.concurrency,
             min_instances=scaling.min,

@@ -15,9 +15,15 @@ CONFIG = AutoscalerConfig()
 
 
 def inputs(
-    stable: float, panic: float, ready: int, concurrency: int = 10, lo: int = 0, hi: int = 100
+    stable: float,
+    panic: float,
+    ready: int,
+    concurrency: int = 10,
+    lo: int = 0,
+    hi: int = 100,
+    current: float = 0.0,
 ) -> ScaleInputs:
-    return ScaleInputs(stable, panic, ready, concurrency, lo, hi)
+    return ScaleInputs(stable, panic, current, ready, concurrency, lo, hi)
 
 
 def test_desired_is_observed_over_target_utilization() -> None:
@@ -73,3 +79,9 @@ def test_window_averages_only_recent_samples() -> None:
     assert w.peak(59.0, 60.0) == 10.0
     w.record(200.0, 1.0)
     assert len(w.samples) == 1
+
+
+def test_a_step_counts_at_once_through_the_latest_observation() -> None:
+    # The panic window has barely seen the step (average 8), the latest sample says 64.
+    d = decide(0.0, inputs(stable=1, panic=8, ready=1, current=64), ScalerState(), CONFIG)
+    assert d.panic and d.desired == 10  # ceil(64 / 7)

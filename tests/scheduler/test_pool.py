@@ -66,7 +66,9 @@ def spec(version: int = 1, **scaling: int | float) -> FunctionSpec:
 
 
 def make_pool(backend: FakeBackend, s: FunctionSpec | None = None, **cfg: float) -> Pool:
-    return Pool(s or spec(), backend, ready_at_once, PoolConfig(**cfg))  # type: ignore[arg-type]
+    # Every slot counts, unless a test says otherwise: the slot arithmetic stays exact.
+    config = PoolConfig(**{"target_utilization": 1.0, **cfg})  # type: ignore[arg-type]
+    return Pool(s or spec(), backend, ready_at_once, config)  # type: ignore[arg-type]
 
 
 async def test_first_request_starts_an_instance_and_is_cold() -> None:
@@ -279,3 +281,13 @@ def test_only_functions_a_generic_container_can_be_are_prewarmable() -> None:
     assert not can_specialize(base.model_copy(update={"has_dependencies": True}))
     assert not can_specialize(base.model_copy(update={"secrets": ["token"]}))
     assert not can_specialize(base.model_copy(update={"network": Network(outbound=False)}))
+
+
+async def test_waiting_requests_start_instances_for_the_target_utilization() -> None:
+    backend = FakeBackend(start_delay=0.01)
+    pool = make_pool(backend, spec(concurrency=4, max=50), target_utilization=0.5)
+    waiters = [asyncio.create_task(pool.acquire(10**9)) for _ in range(16)]
+    await asyncio.sleep(0)
+    # 16 requests at 4 slots x 0.5: 8 instances at once, not one at a time.
+    assert len(pool.active()) == 8
+    await asyncio.gather(*waiters)
