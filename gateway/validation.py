@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from gateway.errors import BadRequest, InvalidRequest, PayloadTooLarge
+from scheduler.models import NAME_RE
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _function_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError("must be a function name (a lowercase DNS label)")
+    return v
+
+
+# A field naming a function: a lowercase DNS label, 422 naming the field otherwise.
+FunctionName = Annotated[str, AfterValidator(_function_name)]
 
 
 def describe(e: ValidationError) -> str:

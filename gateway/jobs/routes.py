@@ -9,15 +9,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import requires
 from gateway.errors import BadRequest, FunctionNotFound, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.jobs.progress import job_out
 from gateway.keys import Scope
 from gateway.queue.service import queue_key
-from gateway.validation import parse_query, validate
-from scheduler.models import NAME_RE
+from gateway.validation import FunctionName, parse_query, validate
 
 MAX_ITEMS = 1_000_000
 MAX_JOB_BYTES = 48 * 1024 * 1024
@@ -28,18 +27,11 @@ class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Function each item invokes (POST / with the item as its JSON body).
-    function: str
+    function: FunctionName
     # Items of this job running at once; the function's async.concurrency applies too.
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] | None = None
     # Retries per item; the function's async.max_retries when absent.
     retries: Annotated[int, Field(ge=0, le=50)] | None = None
-
-    @field_validator("function")
-    @classmethod
-    def _function(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("must be a function name (a lowercase DNS label)")
-        return v
 
 
 class JobIn(JobParams):

@@ -16,28 +16,20 @@ from gateway.keys import Scope
 from gateway.queue.service import queue_key
 from gateway.schedules.cron import Cron, CronError
 from gateway.schedules.store import ScheduleRow
-from gateway.validation import parse_json
-from scheduler.models import NAME_RE
+from gateway.validation import FunctionName, parse_json
 
 
 class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Function each tick invokes (POST / with the payload as JSON body).
-    function: str
+    function: FunctionName
     # Five fields: minute hour day-of-month month day-of-week (or @hourly, @daily, ...).
     cron: str
     # JSON body of each invocation.
     payload: Any = None
     # IANA time zone the cron fields are read in.
     timezone: str = "UTC"
-
-    @field_validator("function")
-    @classmethod
-    def _function(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("must be a function name (a lowercase DNS label)")
-        return v
 
     @field_validator("cron")
     @classmethod
@@ -60,7 +52,7 @@ class ScheduleIn(BaseModel):
 
 class ScheduleOut(BaseModel):
     id: uuid.UUID
-    function: str
+    function: FunctionName
     cron: str
     timezone: str
     payload: Any

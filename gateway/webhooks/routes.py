@@ -8,17 +8,16 @@ from datetime import datetime
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import OPEN, requires
 from gateway.errors import FunctionNotFound
 from gateway.keys import Scope
 from gateway.queue.routes import accepted, read_body, stored_headers
 from gateway.queue.service import queue_key
-from gateway.validation import parse_json
+from gateway.validation import FunctionName, parse_json
 from gateway.webhooks.store import Webhook
 from gateway.webhooks.verify import Verify, delivery_id, verify
-from scheduler.models import NAME_RE
 
 Secret = Annotated[str, Field(min_length=8, max_length=256)]
 
@@ -27,18 +26,11 @@ class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Function each delivery invokes (POST /, the delivery's headers and body).
-    function: str
+    function: FunctionName
     # How deliveries are signed: github | stripe | hmac-sha256 | none.
     verify: Verify
     # Shared secret; generated when absent.
     secret: Secret | None = None
-
-    @field_validator("function")
-    @classmethod
-    def _function(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("must be a function name (a lowercase DNS label)")
-        return v
 
 
 class RotateIn(BaseModel):
@@ -51,7 +43,7 @@ class RotateIn(BaseModel):
 class WebhookOut(BaseModel):
     # Id of the endpoint; deliveries go to `url`.
     id: str
-    function: str
+    function: FunctionName
     verify: Verify
     # Where the sender POSTs deliveries.
     url: str
