@@ -1,15 +1,15 @@
 """Starting the Python runtime as the container does (`python3 -m kapal_runtime`), on the host."""
 
 import base64
-import io
 import os
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from infra.local import tar_gz
 
 RUNTIME_DIR = Path(__file__).resolve().parents[2] / "runtimes" / "python"
 
@@ -95,12 +95,4 @@ def write_files(root: Path, files: dict[str, str]) -> Path:
 
 def tar_gz_b64(files: dict[str, str | bytes]) -> str:
     """A base64 .tar.gz of the given files, as /_/init expects it."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, content in files.items():
-            data = content.encode() if isinstance(content, str) else content
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(tar_gz(files)).decode()
