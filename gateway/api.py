@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway import openapi
 from gateway.auth import OPEN, keys_key, requires
+from gateway.catalog import Catalog
 from gateway.deploy import Deployer
 from gateway.errors import BadRequest, InvalidSpec, NotFound, PayloadTooLarge
 from gateway.invoke import Invoker
@@ -45,6 +46,7 @@ settings_key = web.AppKey("settings", Settings)
 invoker_key = web.AppKey("invoker", Invoker)
 key_store_key = web.AppKey("key_store", KeyStore)
 secrets_key = web.AppKey("secrets", Secrets)
+catalog_key = web.AppKey("catalog", Catalog)
 MAX_JSON_BYTES = 64 * 1024
 OPENAPI = openapi.document()
 M = TypeVar("M", bound=BaseModel)
@@ -229,7 +231,8 @@ async def revoke_key(request: web.Request) -> web.Response:
 @requires(Scope.ADMIN)
 async def put_secret(request: web.Request) -> web.Response:
     body = await read_json(request, SecretPut)
-    created = await request.app[secrets_key].put(body.name, body.value)
+    created = await request.app[secrets_key].store.put(body.name, body.value)
+    await request.app[catalog_key].remount_secrets()
     return web.json_response({"name": body.name}, status=201 if created else 200)
 
 

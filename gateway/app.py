@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +12,8 @@ from aiohttp import web
 
 from gateway import api, db, invoke
 from gateway.auth import Gate, auth_middleware, gate_key, keys_key
+from gateway.catalog import Catalog
+from gateway.cluster import Cluster
 from gateway.deploy import Deployer
 from gateway.errors import error_middleware
 from gateway.jobs import routes as job_routes
@@ -21,6 +25,7 @@ from gateway.records import Recorder
 from gateway.schedules import routes as schedule_routes
 from gateway.settings import Settings
 from gateway.store import FunctionStore
+from gateway.supervisor import Supervisor
 from gateway.upstream import Upstreams
 from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore, load_key
 from gateway.webhooks import routes as webhook_routes
@@ -32,6 +37,9 @@ from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway")
+
+# Serializes creating the function networks between gateways of one namespace.
+NETWORK_LOCK = "kapal-network:"
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -62,7 +70,16 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         secrets_root=settings.secrets_root,
         isolate_host=settings.isolate_host,
     )
-    await backend.ensure_network()
+    async with pg.acquire() as conn:  # gateways starting together create it once
+        await conn.execute(
+            "SELECT pg_advisory_lock(hashtext($1))", NETWORK_LOCK + settings.namespace
+        )
+        try:
+            await backend.ensure_network()
+        finally:
+            await conn.execute(
+                "SELECT pg_advisory_unlock(hashtext($1))", NETWORK_LOCK + settings.namespace
+            )
     store = FunctionStore(pg)
     prewarm = None
     if settings.prewarm_python:
@@ -73,6 +90,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             store,
             settings.start_timeout_s,
         )
+    limiter = RateLimiter()
+    cluster = Cluster(settings.database_url, settings.namespace, limiter)
     scheduler = Scheduler(
         backend,
         PoolConfig(
@@ -80,7 +99,6 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             buffer_size=settings.buffer_size,
             stop_grace_s=settings.stop_grace_s,
             pause=settings.pause_standbys,
-            target_utilization=settings.autoscale_target_utilization,
         ),
         AutoscalerConfig(
             target_utilization=settings.autoscale_target_utilization,
@@ -88,7 +106,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             panic_window_s=settings.autoscale_panic_window_s,
         ),
         prewarm,
+        peers=cluster,
     )
+    cluster.scheduler = scheduler
     recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
     builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
     upstreams = Upstreams()
@@ -99,19 +119,27 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         SecretStore(pg, SecretCipher(key)), SecretFiles(settings.secrets_root, settings.runtime_uid)
     )
     key_store = KeyStore(pg)
-    keys = KeyCache(key_store, settings.keys_refresh_s)
+    keys = KeyCache(key_store)
+    catalog = Catalog(store, scheduler, secrets, keys, settings.catalog_refresh_s)
+    secrets.users_of = catalog.users_of
+    catalog.on_change.append(lambda specs: limiter.forget_missing(specs))
+    loops = Supervisor()
+    loops.add("kapal-catalog", lambda stop: catalog.run(settings.database_url, stop))
+    loops.add("kapal-cluster", cluster.run)
     queue: QueueService | None = None
+    started = False
     try:
         if settings.bootstrap_key_file is not None:
             await bootstrap_admin_key(key_store, settings.bootstrap_key_file)
-        await keys.start()
+        specs = await catalog.load()
         app[api.key_store_key] = key_store
         app[keys_key] = keys
-        app[gate_key] = Gate(keys, RateLimiter(), settings.key_rps)
-        specs = await store.current_specs()
-        for spec in specs:
-            await secrets.mount(spec)
+        app[gate_key] = Gate(keys, limiter, settings.key_rps)
         await scheduler.start(specs)
+        started = True
+        loops.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cluster.tried.wait(), 10.0)
         recorder.start()
         queue = await QueueService.open(settings, scheduler, invoker)
         await queue.start()
@@ -121,29 +149,36 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         app[api.recorder_key] = recorder
         app[api.invoker_key] = invoker
         app[api.secrets_key] = secrets
-        app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend, secrets)
+        app[api.catalog_key] = catalog
+        app[api.deployer_key] = Deployer(settings, store, builder, backend, secrets, catalog)
         log.info(
             "gateway started",
             extra={
                 "listen": settings.listen,
                 "functions": len(specs),
                 "namespace": settings.namespace,
+                "gateway": cluster.id,
             },
         )
         yield
     finally:
         if queue is not None:
             await queue.close()
-        await keys.close()
         upstreams.close()
-        await scheduler.close()
+        # Decided before the cluster loop stops: are other gateways staying?
+        last = not cluster.others()
+        if started:
+            await scheduler.close()
+        await loops.close()
         await recorder.close()
-        secrets.files.clear()
+        if last:
+            secrets.files.clear()
         await pg.close()
-        try:
-            await backend.remove_network()
-        except Exception as e:  # still in use by containers we do not own
-            log.warning("network not removed", extra={"error": str(e)})
+        if last:
+            try:
+                await backend.remove_network()
+            except Exception as e:  # still in use by containers we do not own
+                log.warning("network not removed", extra={"error": str(e)})
         backend.close()
         log.info("gateway stopped")
 

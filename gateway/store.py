@@ -146,6 +146,9 @@ class FunctionStore:
             deleted = await conn.fetchval(
                 "DELETE FROM functions WHERE name = $1 RETURNING name", name
             )
+            # Nothing of the function is left: its endpoints and schedules go with it.
+            await conn.execute("DELETE FROM webhooks WHERE function = $1", name)
+            await conn.execute("DELETE FROM schedules WHERE function = $1", name)
         if deleted is None:
             raise FunctionNotFound(f"function {name} not found")
         return [r["image"] for r in images]

@@ -37,7 +37,7 @@ async def deploying(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def app() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], KeyCache]]:
-    cache = KeyCache(store=None, refresh_s=1.0)  # type: ignore[arg-type]
+    cache = KeyCache(store=None)  # type: ignore[arg-type]
     app = web.Application(middlewares=[error_middleware, auth_middleware])
     app[gate_key] = Gate(cache, RateLimiter(clock=lambda: 0.0), 0.0)
     app.router.add_get("/unmarked", unmarked)
