@@ -13,6 +13,7 @@ from gateway.api import function_out
 from gateway.store import FunctionRow, VersionRow
 from gateway.validation import describe
 from gateway.wire import DeploySpec, FunctionOut, InstanceOut, PoolStatus
+from kapal.spec import Manifest
 from scheduler.models import FunctionConfig, FunctionSpec
 from scheduler.scheduler import InstanceView, PoolView
 
@@ -23,9 +24,10 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 def test_every_model_of_a_function_has_the_config_fields() -> None:
     config = set(FunctionConfig.model_fields)
     assert config == {*CONFIG, "async_"}
-    for model in (DeploySpec, FunctionSpec, FunctionOut):
+    for model in (DeploySpec, FunctionSpec, FunctionOut, Manifest):
         assert config <= set(model.model_fields), model
     assert set(DeploySpec.model_fields) - config == {"name"}
+    assert set(Manifest.model_fields) - config == {"name"}
     assert set(FunctionSpec.model_fields) - config == {
         "name",
         "version",
