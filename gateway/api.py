@@ -109,18 +109,7 @@ async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeployS
 def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
     spec = row.spec
     out = FunctionOut(
-        name=spec.name,
-        version=spec.version,
-        runtime=spec.runtime,
-        handler=spec.handler,
-        image=spec.image,
-        env=spec.env,
-        limits=spec.limits,
-        scaling=spec.scaling,
-        public=spec.public,
-        secrets=spec.secrets,
-        network=spec.network,
-        async_=spec.async_,
+        **spec.model_dump(include=set(FunctionOut.model_fields)),
         created_at=row.created_at,
         updated_at=row.updated_at,
         invocations=row.invocations + recorder.pending_count(spec.name),

@@ -19,7 +19,7 @@ from gateway.vault import Secrets
 from gateway.wire import DeploySpec
 from scheduler.builder import ImageBuilder, image_repository
 from scheduler.docker_backend import DockerBackend
-from scheduler.models import FunctionSpec
+from scheduler.models import FunctionConfig, FunctionSpec
 
 log = logging.getLogger("kapal.gateway.deploy")
 
@@ -67,19 +67,11 @@ class Deployer:
 
                 image = await self.builder.build(name, version, spec_in.runtime, root, progress)
                 spec = FunctionSpec(
+                    **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
                     name=name,
                     version=version,
-                    runtime=spec_in.runtime,
-                    handler=spec_in.handler,
                     image=image,
-                    env=spec_in.env,
-                    limits=spec_in.limits,
-                    scaling=spec_in.scaling,
                     has_dependencies=has_dependencies,
-                    public=spec_in.public,
-                    secrets=spec_in.secrets,
-                    network=spec_in.network,
-                    async_=spec_in.async_,
                 )
                 try:
                     sha = hashlib.sha256(code).hexdigest()
