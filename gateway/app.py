@@ -168,8 +168,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         # Decided before the cluster loop stops: are other gateways staying?
         last = not cluster.others()
         if started:
-            await scheduler.close()
+            await scheduler.close(last=last)
         await loops.close()
+        await cluster.leave(pg)
         await recorder.close()
         if last:
             secrets.files.clear()

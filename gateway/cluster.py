@@ -80,6 +80,12 @@ class Cluster:
         now = time.monotonic()
         return sum(1 for at in self._seen.values() if now - at <= PEER_TTL_S)
 
+    async def leave(self, pool: asyncpg.Pool) -> None:
+        """Tell the others this gateway is gone (after `run` has stopped)."""
+        payload = json.dumps({"t": "bye", "g": self.id})
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+
     # -- receiving ---------------------------------------------------------------------
 
     def _received(self, payload: str) -> None:
@@ -89,6 +95,10 @@ class Cluster:
         except (ValueError, KeyError, TypeError):
             return
         if sender == self.id:
+            return
+        if message.get("t") == "bye":  # it stopped cleanly: not counted as staying
+            self._seen.pop(sender, None)
+            self._demand.pop(sender, None)
             return
         now = time.monotonic()
         self._seen[sender] = now

@@ -426,7 +426,7 @@ class Scheduler:
             panic=pool.panic,
         )
 
-    async def close(self) -> None:
+    async def close(self, *, last: bool | None = None) -> None:
         """Stop the loop. The last gateway stops every instance (nothing is left running);
         one that leaves others behind leaves the instances to them."""
         self._stop.set()
@@ -437,9 +437,13 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        last = self.leading and not self.peers.others()
+        if last is None:
+            last = not self.peers.others()
         pools, self.pools = list(self.pools.values()), {}
         grace = self.pool_config.stop_grace_s
         await asyncio.gather(*(p.close(grace_s=grace, stop=last) for p in pools))
         if self.prewarm is not None:
             await self.prewarm.close(remove=last)
+        if last:  # whatever other gateways started and left behind
+            leftovers = await self.backend.list_managed()
+            await asyncio.gather(*(self.backend.remove(c.id) for c in leftovers))
