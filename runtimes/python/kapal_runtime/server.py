@@ -9,7 +9,6 @@ import platform
 import site
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -19,6 +18,7 @@ from kapal_runtime.deadlines import DeadlineWatch
 from kapal_runtime.event import Context, Event, InvalidJSONBody
 from kapal_runtime.handler import LoadedHandler, load_handler
 from kapal_runtime.log import describe, log_event, log_traceback
+from kapal_runtime.threads import HandlerThreads
 
 REQUEST_ID = "X-Kapal-Request-Id"
 DEADLINE = "X-Kapal-Deadline"
@@ -62,7 +62,7 @@ class Runtime:
         self.handler: LoadedHandler | None = None
         # (code, one-line message) answered by health and invocations once FAILED.
         self.failure: tuple[str, str] = ("handler_load_failed", "")
-        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="kapal-handler")
+        self.threads = HandlerThreads(config.threads)
         self.deadlines = DeadlineWatch()
 
     def load(self, spec: str) -> bool:
@@ -117,7 +117,7 @@ class Runtime:
         assert task is not None
         self.deadlines.watch(task, deadline)
         try:
-            reply = await handler.run(event, context, self.executor)
+            reply = await handler.run(event, context, self.threads)
         except asyncio.CancelledError:
             if not self.deadlines.release(task):
                 raise  # shutting down, not late
@@ -159,13 +159,10 @@ class Runtime:
         # Claimed before the first await, so two concurrent inits cannot both proceed.
         self.state = State.INITIALIZING
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
             raw = await _read_at_most(request, self.config.max_init_bytes)
-            spec = await loop.run_in_executor(self.executor, parse_init, raw)
-            await loop.run_in_executor(
-                self.executor, install, spec, self.config.code_dir, self.config.deps_dir
-            )
+            spec = await self.threads.run(parse_init, raw)
+            await self.threads.run(install, spec, self.config.code_dir, self.config.deps_dir)
         except BodyTooLarge:
             self.state = State.PREWARM
             limit = self.config.max_init_bytes
@@ -232,7 +229,7 @@ class Runtime:
         sweeper.cancel()
         # Requests have drained by now (bounded by the shutdown timeout); a thread still
         # running a handler past its deadline is not waited for.
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.close()
         log_event("stopped")
 
 
