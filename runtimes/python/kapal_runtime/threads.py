@@ -27,10 +27,12 @@ class HandlerThreads:
         # Jobs handed out whose thread has not finished them, counted on the loop only, so
         # a thread still running a handler past its deadline keeps its slot.
         self._busy = 0
+        # Of those, jobs whose caller stopped waiting (a deadline passed) but still run.
+        self._late = 0
 
     @property
-    def busy(self) -> int:
-        return self._busy
+    def late(self) -> int:
+        return self._late
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) on one of the threads; its result, or what it raised, on the loop."""
@@ -39,7 +41,11 @@ class HandlerThreads:
         if self._busy > self._started and self._started < self._limit:
             self._start_thread()
         self._jobs.put((fn, args, future))
-        result, exc = await future
+        try:
+            result, exc = await future
+        except asyncio.CancelledError:
+            self._late += 1
+            raise
         if exc is not None:
             raise exc
         return result
@@ -73,5 +79,7 @@ class HandlerThreads:
 
     def _done(self, future: "asyncio.Future[_Outcome]", outcome: _Outcome) -> None:
         self._busy -= 1
-        if not future.done():  # cancelled when the invocation passed its deadline
+        if future.cancelled():  # the invocation passed its deadline and was answered
+            self._late -= 1
+        else:
             future.set_result(outcome)
