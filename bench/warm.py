@@ -1,6 +1,7 @@
-"""`warm`: a no-op function hit directly (its container address) and through the gateway.
+"""`warm`: a no-op function hit directly (its container address) and through the gateway,
+and the same no-op as a plain `def` beside the `async def` one, on the same settings.
 
-Both are measured in the same run, alternating, so the ratio holds on a noisy machine.
+All are measured in the same run, alternating, so the ratios hold on a noisy machine.
 """
 
 from __future__ import annotations
@@ -12,24 +13,32 @@ from bench.harness import deploy, get_function, kapal, say
 from bench.wrk import WrkResult, wrk
 
 NOOP = "async def handle(event, context):\n    return 'ok'\n"
+SYNC_NOOP = "def handle(event, context):\n    return 'ok'\n"
+SCALING = {"scaling": {"min": 1, "max": 1, "concurrency": 1000}}
 
 
 def run(quick: bool) -> dict[str, Any]:
     seconds = 4 if quick else 10
     rounds = 1 if quick else 3
     with kapal() as gw:
-        deploy(gw, "noop", NOOP, {"scaling": {"min": 1, "max": 1, "concurrency": 1000}})
-        url = f"{gw.url}/fn/noop"
+        deploy(gw, "noop", NOOP, SCALING)
+        deploy(gw, "noop-sync", SYNC_NOOP, SCALING)
+        url, sync_url = f"{gw.url}/fn/noop", f"{gw.url}/fn/noop-sync"
         wrk(url, 4, 1)  # warm up: instance started, connections open
+        wrk(sync_url, 16, 1)
         address = get_function(gw, "noop")["instances"][0]["address"]
         direct_url = f"http://{address}/"
-        runs: dict[str, list[WrkResult]] = {k: [] for k in ("d1", "g1", "d64", "g64")}
+        keys = ("d1", "g1", "d64", "g64", "s1", "g16", "s16")
+        runs: dict[str, list[WrkResult]] = {k: [] for k in keys}
         for i in range(rounds):
             say(f"round {i + 1}/{rounds}")
             runs["d1"].append(wrk(direct_url, 1, seconds, threads=1))
             runs["g1"].append(wrk(url, 1, seconds, threads=1))
             runs["d64"].append(wrk(direct_url, 64, seconds))
             runs["g64"].append(wrk(url, 64, seconds))
+            runs["s1"].append(wrk(sync_url, 1, seconds, threads=1))
+            runs["g16"].append(wrk(url, 16, seconds))
+            runs["s16"].append(wrk(sync_url, 16, seconds))
 
     def med(key: str, attr: str) -> float:
         return float(statistics.median(getattr(r, attr) for r in runs[key]))
@@ -49,5 +58,10 @@ def run(quick: bool) -> dict[str, Any]:
         "direct_rps_c1": round(med("d1", "rps")),
         "gateway_rps_c1": round(med("g1", "rps")),
         "gateway_p99_us_c64": med("g64", "p99_us"),
+        # Both handler styles through the gateway, on instances of the same settings.
+        "async_p50_us_c1": g_p50,
+        "sync_p50_us_c1": med("s1", "p50_us"),
+        "async_rps_c16": round(med("g16", "rps")),
+        "sync_rps_c16": round(med("s16", "rps")),
         "errors": sum(r.errors + r.non2xx for rs in runs.values() for r in rs),
     }
