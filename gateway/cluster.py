@@ -59,6 +59,7 @@ class Cluster:
         self.scheduler: Scheduler | None = None
         self.leading = False
         self._seen: dict[str, float] = {}
+        self._gone: set[str] = set()
         self._demand: dict[str, tuple[float, dict[str, int]]] = {}
         self._outbox: deque[str] = deque()
         self._send = asyncio.Event()
@@ -94,9 +95,11 @@ class Cluster:
             sender = str(message["g"])
         except (ValueError, KeyError, TypeError):
             return
-        if sender == self.id:
+        if sender == self.id or sender in self._gone:
             return
         if message.get("t") == "bye":  # it stopped cleanly: not counted as staying
+            # Its earlier messages went out on another connection and may come later.
+            self._gone.add(sender)
             self._seen.pop(sender, None)
             self._demand.pop(sender, None)
             return
