@@ -51,6 +51,7 @@ class Cluster:
         report_s: float = 0.25,
     ) -> None:
         self.database_url = database_url
+        self.namespace = namespace
         self.lock_name = f"kapal-leader:{namespace}"
         self.limiter = limiter
         self.id = gateway_id or new_gateway_id()
@@ -70,7 +71,7 @@ class Cluster:
     # -- the scheduler's Peers ---------------------------------------------------------
 
     def publish(self, message: dict[str, Any]) -> None:
-        payload = json.dumps({**message, "g": self.id}, separators=(",", ":"))
+        payload = json.dumps({**message, "g": self.id, "n": self.namespace}, separators=(",", ":"))
         if len(payload) > MAX_PAYLOAD:
             log.warning("peer message too large; dropped", extra={"bytes": len(payload)})
             return
@@ -83,7 +84,7 @@ class Cluster:
 
     async def leave(self, pool: asyncpg.Pool) -> None:
         """Tell the others this gateway is gone (after `run` has stopped)."""
-        payload = json.dumps({"t": "bye", "g": self.id})
+        payload = json.dumps({"t": "bye", "g": self.id, "n": self.namespace})
         with contextlib.suppress(OSError, asyncpg.PostgresError):
             await pool.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
 
@@ -95,7 +96,8 @@ class Cluster:
             sender = str(message["g"])
         except (ValueError, KeyError, TypeError):
             return
-        if sender == self.id or sender in self._gone:
+        # Gateways of other namespaces may share the database: not our peers.
+        if sender == self.id or sender in self._gone or message.get("n") != self.namespace:
             return
         if message.get("t") == "bye":  # it stopped cleanly: not counted as staying
             # Its earlier messages went out on another connection and may come later.
