@@ -9,8 +9,10 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import BadRequest, InvalidSpec, NotFound, PayloadTooLarge
+from gateway.auth import bearer
+from gateway.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge
 from gateway.keys import ApiKey, Scope
+from gateway.keys import parse as parse_key
 from gateway.records import Recorder
 from gateway.routing import OPEN, Content, Route
 from gateway.services import Services
@@ -208,6 +210,10 @@ async def list_keys(request: web.Request, svc: Services) -> web.Response:
 
 async def revoke_key(request: web.Request, svc: Services) -> web.Response:
     key_id = request.match_info["id"]
+    own = parse_key(bearer(request.headers.get("Authorization")) or "")
+    if own is not None and own[0] == key_id:
+        # Revoking the key in hand would lock out whoever holds only that one.
+        raise Conflict("a key cannot revoke itself; use another admin key")
     if not await svc.key_store.revoke(key_id):
         raise NotFound(f"no active API key {key_id!r}")
     await svc.keys.refresh()
@@ -316,7 +322,14 @@ ROUTES = (
         errors=(400, 413, 422),
     ),
     Route("GET", "/v1/keys", list_keys, "list API keys", response=KeyList),
-    Route("DELETE", "/v1/keys/{id}", revoke_key, "revoke an API key", status=204, errors=(404,)),
+    Route(
+        "DELETE",
+        "/v1/keys/{id}",
+        revoke_key,
+        "revoke an API key (not the one making the request)",
+        status=204,
+        errors=(404, 409),
+    ),
     Route(
         "POST",
         "/v1/secrets",
