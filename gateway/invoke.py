@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.errors import FunctionNotFound, PayloadTooLarge, UpstreamFailed, UpstreamTimeout
+from gateway.errors import (
+    FunctionNotFound,
+    OutOfMemory,
+    PayloadTooLarge,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from gateway.http1 import Request
 from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
@@ -67,7 +73,8 @@ class Invoker:
         """Run `req` on an instance of `name`; returns the cold-start tier ("" when warm).
 
         Raises FunctionNotFound, PayloadTooLarge, scheduler errors (no capacity, start
-        failed), UpstreamTimeout (instance replaced) and UpstreamFailed (instance replaced).
+        failed), UpstreamTimeout (instance replaced) and UpstreamFailed (instance replaced;
+        OutOfMemory when it was killed for its memory).
         """
         pool = self.scheduler.pool(name)
         if pool is None:
@@ -185,12 +192,10 @@ class Invoker:
                 log.warning("instance not inspected", extra={"function": name, "error": str(why)})
         pool.discard(inst, "out of memory" if oom else f"request failed: {e}")
         if oom:
-            err = UpstreamFailed(
+            return OutOfMemory(
                 f"function {name} ran out of memory (limit {inst.spec.limits.memory_mb} MiB)"
                 " and was killed; the instance has been replaced"
             )
-            err.code = "out_of_memory"
-            return err
         return UpstreamFailed(
             f"instance of {name} failed during the request ({inst.exit_reason or e});"
             " it has been replaced"

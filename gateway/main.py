@@ -18,12 +18,12 @@ import uvloop
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import api, logs
+from gateway import logs
 from gateway.app import create_app
-from gateway.auth import gate_key
 from gateway.front import Front
 from gateway.http1 import ClientConnection
 from gateway.server import GatewayRunner
+from gateway.services import Services
 from gateway.settings import Settings
 from gateway.vault import SecretKeyError, load_key
 
@@ -40,52 +40,52 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def check_secret_key(settings: Settings) -> None:
-    """Fail at once, naming the setting, when the secrets key is unusable."""
+def load_secret_key(settings: Settings) -> bytes:
+    """The secrets key; fails at once, naming the setting, when it is unusable."""
     raw = settings.secret_key.get_secret_value() if settings.secret_key else None
     try:
-        load_key(raw, settings.key_file())
+        return load_key(raw, settings.key_file())
     except (SecretKeyError, OSError) as e:
         print(f"kapal: bad secrets key: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def serve(settings: Settings, secret_key: bytes, stop: asyncio.Event) -> None:
     """Serve until `stop` is set, then drain in-flight work and close everything."""
     loop = asyncio.get_running_loop()
-    app = create_app(settings)
-    # Requests aiohttp cannot parse get a JSON error too (see gateway.server).
-    runner = GatewayRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.stop_grace_s
-    )
-    with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
-        socket_path = str(Path(tmp) / "management.sock")
-        await runner.setup()
-        try:
-            await web.UnixSite(runner, socket_path).start()
-            invoker = app[api.invoker_key]
-            front = Front(
-                settings, invoker, app[gate_key], invoker.upstreams, f"unix:{socket_path}"
-            )
-            server = await loop.create_server(
-                lambda: ClientConnection(front),
-                settings.host,
-                settings.port,
-                reuse_address=True,
-                backlog=4096,
-            )
-            log.info("listening", extra={"listen": settings.listen})
-            await stop.wait()
-            log.info("stopping: draining in-flight requests")
-            server.close()
-            await front.drain(settings.stop_grace_s)
-        finally:
-            await runner.cleanup()
+    async with Services.open(settings, secret_key) as svc:
+        # Requests aiohttp cannot parse get a JSON error too (see gateway.server).
+        runner = GatewayRunner(
+            create_app(svc),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.stop_grace_s,
+        )
+        with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
+            socket_path = str(Path(tmp) / "management.sock")
+            await runner.setup()
+            try:
+                await web.UnixSite(runner, socket_path).start()
+                front = Front(svc, f"unix:{socket_path}")
+                server = await loop.create_server(
+                    lambda: ClientConnection(front),
+                    settings.host,
+                    settings.port,
+                    reuse_address=True,
+                    backlog=4096,
+                )
+                log.info("listening", extra={"listen": settings.listen})
+                await stop.wait()
+                log.info("stopping: draining in-flight requests")
+                server.close()
+                await front.drain(settings.stop_grace_s)
+            finally:
+                await runner.cleanup()
 
 
 def run() -> None:
     settings = load_settings()
-    check_secret_key(settings)
+    secret_key = load_secret_key(settings)
     logs.setup(settings.log_level)
 
     async def main() -> None:
@@ -93,7 +93,7 @@ def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
+        await serve(settings, secret_key, stop)
 
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())

@@ -132,6 +132,15 @@ async def test_create_list_revoke(gw: GatewayProcess, http: aiohttp.ClientSessio
         assert key_id not in {k["id"] for k in (await r.json())["keys"]}
 
 
+async def test_a_key_cannot_revoke_itself(gw: GatewayProcess, http: aiohttp.ClientSession) -> None:
+    admin_id = str(gw.admin_key).split("_")[1]
+    async with http.delete(f"{gw.url}/v1/keys/{admin_id}", headers=gw.headers) as r:
+        assert r.status == 409
+        assert (await r.json())["error"]["code"] == "conflict"
+    async with http.get(f"{gw.url}/v1/keys", headers=gw.headers) as r:
+        assert r.status == 200
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
