@@ -17,6 +17,7 @@ import asyncpg
 
 from gateway.keys import KeyCache
 from gateway.store import FunctionStore
+from gateway.supervisor import either
 from gateway.vault import Secrets
 from scheduler.models import FunctionSpec
 from scheduler.scheduler import Scheduler
@@ -109,7 +110,7 @@ class Catalog:
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.refresh_s)
+                    await asyncio.wait_for(either(self._wake, stop), self.refresh_s)
                 self._wake.clear()
                 dirty, self._dirty = self._dirty or {FUNCTIONS, KEYS}, set()
                 if stop.is_set():

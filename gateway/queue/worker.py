@@ -23,6 +23,7 @@ from gateway.queue.models import Claimed, Outcome, storable
 from gateway.queue.retry import AttemptResult, RetryPolicy, State, parse_retry_after
 from gateway.queue.store import CHANNEL, QueueStore
 from gateway.settings import Settings
+from gateway.supervisor import either
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.queue")
@@ -32,15 +33,6 @@ ATTEMPT = "X-Kapal-Attempt"
 # Response headers not worth keeping with a result.
 RETENTION_EVERY_S = 3600.0
 _DROP = frozenset({"x-kapal-request-id", "date", "server"})
-
-
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 class QueueWorker:
@@ -252,7 +244,7 @@ class QueueWorker:
                 if self.ready:
                     self.wake.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(stop, self.refresh), every)
+                await asyncio.wait_for(either(stop, self.refresh), every)
 
     async def run_listener(self, stop: asyncio.Event) -> None:
         """Wake the claim loop on NOTIFY; polling covers the gaps while reconnecting."""
