@@ -97,6 +97,69 @@ async def test_a_second_gateway_removes_nothing_and_both_serve(
     assert seen == {cid[:12] for cid in before}
 
 
+async def test_deploy_update_delete_through_either_gateway(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    a, b = pair(make_gateway)
+    spec = {"name": "f", "public": True}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    took = await until(http, f"{b.url}/fn/f", (200, "v1"))
+    print(f"deploy on A served by B after {took:.3f} s")
+
+    status, body = await deploy(http, b, {"handler.py": V2}, spec, name="f", update=True)
+    assert status == 200, body
+    await until(http, f"{a.url}/fn/f", (200, "v2"))
+
+    async with http.post(
+        f"{b.url}/v1/webhooks", json={"function": "f", "verify": "none"}, headers=b.headers
+    ) as r:
+        assert r.status == 201
+        hook = (await r.json())["id"]
+    async with http.post(
+        f"{b.url}/v1/schedules", json={"function": "f", "cron": "0 0 1 1 *"}, headers=b.headers
+    ) as r:
+        assert r.status == 201
+    async with http.delete(f"{a.url}/v1/functions/f", headers=a.headers) as r:
+        assert r.status == 204
+    # (Without a key, an unknown function looks like a private one: 401.)
+    await until(http, f"{b.url}/fn/f", 404, headers=b.headers)
+    async with http.get(f"{b.url}/v1/webhooks/{hook}", headers=b.headers) as r:
+        assert r.status == 404
+    async with http.get(f"{b.url}/v1/schedules", headers=b.headers) as r:
+        assert (await r.json())["schedules"] == []
+    for _ in range(100):
+        if not [c for c in managed_containers(docker_client, a.namespace) if "-f-" in c.name]:
+            break
+        await asyncio.sleep(0.1)
+    assert not [c.name for c in managed_containers(docker_client, a.namespace) if "-f-" in c.name]
+
+
+async def test_async_work_queued_on_a_killed_gateway_runs_on_the_other(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway, KAPAL_QUEUE_LEASE_S="2")
+    spec = {"name": "slow", "public": True}
+    status, body = await deploy(http, a, {"handler.py": SLOW}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/slow", (200, "ok"))
+    ids = []
+    for _ in range(5):
+        async with http.post(f"{a.url}/async/fn/slow") as r:
+            assert r.status == 202
+            ids.append((await r.json())["id"])
+    a.kill()
+    for _ in range(300):
+        states = []
+        for id in ids:
+            async with http.get(f"{b.url}/v1/invocations/{id}", headers=b.headers) as r:
+                states.append((await r.json())["status"])
+        if all(s == "succeeded" for s in states):
+            break
+        await asyncio.sleep(0.1)
+    assert states == ["succeeded"] * 5
+
+
 async def test_a_burst_through_both_starts_what_one_gateway_would(
     make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
 ) -> None:
