@@ -60,6 +60,15 @@ class Health(BaseModel):
     status: str
 
 
+class ClusterOut(BaseModel):
+    # The gateway that answered (host, process, random suffix).
+    gateway: str
+    # Whether it is the one that scales the pools of this namespace.
+    leading: bool
+    # The other gateways of this namespace heard from in the last seconds.
+    peers: list[str]
+
+
 async def read_json(request: web.Request, model: type[M]) -> M:
     """A JSON body as `model`: 400 when it is not JSON, 422 naming the field when invalid."""
     if request.content_type != "application/json":
@@ -178,6 +187,12 @@ async def healthz(request: web.Request, svc: Services) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def cluster(request: web.Request, svc: Services) -> web.Response:
+    c = svc.cluster
+    out = ClusterOut(gateway=c.id, leading=c.leading, peers=c.peers())
+    return web.json_response(out.model_dump())
+
+
 def key_out(key: ApiKey) -> KeyOut:
     return KeyOut(
         id=key.id, name=key.name, scopes=sorted(key.scopes), rps=key.rps, created_at=key.created_at
@@ -251,6 +266,14 @@ DEPLOY_ERRORS = (400, 404, 409, 413, 422)
 
 ROUTES = (
     Route("GET", "/healthz", healthz, "the gateway is up", scope=OPEN, response=Health),
+    Route(
+        "GET",
+        "/v1/cluster",
+        cluster,
+        "the gateway that answered and its peers",
+        scope=Scope.ADMIN,
+        response=ClusterOut,
+    ),
     Route(
         "POST",
         "/v1/functions",

@@ -79,8 +79,12 @@ class Cluster:
         self._send.set()
 
     def others(self) -> int:
+        return len(self.peers())
+
+    def peers(self) -> list[str]:
+        """The other gateways of this namespace heard from lately."""
         now = time.monotonic()
-        return sum(1 for at in self._seen.values() if now - at <= PEER_TTL_S)
+        return sorted(g for g, at in self._seen.items() if now - at <= PEER_TTL_S)
 
     async def leave(self, pool: asyncpg.Pool) -> None:
         """Tell the others this gateway is gone (after `run` has stopped)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -18,7 +19,7 @@ import uvloop
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import logs
+from gateway import logs, workers
 from gateway.app import create_app
 from gateway.front import Front
 from gateway.http1 import ClientConnection
@@ -50,8 +51,13 @@ def load_secret_key(settings: Settings) -> bytes:
         raise SystemExit(2) from None
 
 
-async def serve(settings: Settings, secret_key: bytes, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then drain in-flight work and close everything."""
+async def serve(
+    settings: Settings, secret_key: bytes, stop: asyncio.Event, *, reuse_port: bool = False
+) -> None:
+    """Serve until `stop` is set, then drain in-flight work and close everything.
+
+    `reuse_port`: one of several workers listening on the same port (`gateway.workers`).
+    """
     loop = asyncio.get_running_loop()
     async with Services.open(settings, secret_key) as svc:
         # Requests aiohttp cannot parse get a JSON error too (see gateway.server).
@@ -72,6 +78,7 @@ async def serve(settings: Settings, secret_key: bytes, stop: asyncio.Event) -> N
                     settings.host,
                     settings.port,
                     reuse_address=True,
+                    reuse_port=reuse_port,
                     backlog=4096,
                 )
                 log.info("listening", extra={"listen": settings.listen})
@@ -83,17 +90,53 @@ async def serve(settings: Settings, secret_key: bytes, stop: asyncio.Event) -> N
                 await runner.cleanup()
 
 
+def worker_index(argv: list[str]) -> int | None:
+    """`--worker I`: this process is worker I of a `KAPAL_WORKERS` group."""
+    if len(argv) == 2 and argv[0] == "--worker" and argv[1].isdigit():
+        return int(argv[1])
+    if argv:
+        print(
+            f"kapal: unexpected arguments {' '.join(argv)!r} (settings are KAPAL_*)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return None
+
+
+async def watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died stops too (nothing else would ever stop it)."""
+    while not stop.is_set():
+        if workers.orphaned(parent):
+            log.warning("worker supervisor gone; stopping")
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
 def run() -> None:
     settings = load_settings()
     secret_key = load_secret_key(settings)
     logs.setup(settings.log_level)
+    index = worker_index(sys.argv[1:])
+    if index is None and settings.workers > 1:
+        # Time to drain, then to remove what the last one leaves.
+        raise SystemExit(workers.supervise(settings.workers, settings.stop_grace_s + 60.0))
+    parent = os.getppid()
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, secret_key, stop)
+        if index is None:
+            await serve(settings, secret_key, stop)
+            return
+        watcher = asyncio.create_task(watch_parent(parent, stop))
+        try:
+            await serve(settings, secret_key, stop, reuse_port=True)
+        finally:
+            watcher.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())
