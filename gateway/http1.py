@@ -153,6 +153,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, front: RequestHandler) -> None:
         self.front = front
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set when connected
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
         self.queue: deque[Request] = deque()
@@ -180,7 +181,9 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
         self.front.connections.add(self)
-        self._task = asyncio.get_running_loop().create_task(self._serve())
+        # Kept: each asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -290,7 +293,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             while not self.gone:
                 if not self.queue:
-                    self._waiter = asyncio.get_running_loop().create_future()
+                    self._waiter = self._loop.create_future()
                     await self._waiter
                     continue
                 req = self.queue.popleft()

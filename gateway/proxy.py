@@ -129,7 +129,7 @@ async def exchange(
 
     Raises TimeoutError past `timeout_s`, UpstreamLost or OSError when the upstream fails.
     """
-    loop = asyncio.get_running_loop()
+    loop = upstreams.loop
     deadline = loop.time() + timeout_s
     head_only = req.method == b"HEAD"
     # A small body that has fully arrived goes out with the head in one write, and the

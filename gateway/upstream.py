@@ -64,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, address: str) -> None:
         self.address = address
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set when connected
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reusable = True
@@ -82,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # once, not per exchange (a getpid() each)
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
@@ -181,7 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._started = False
         self.used += 1
-        self._done = asyncio.get_running_loop().create_future()
+        self._done = self._loop.create_future()
         return self._done
 
     def write(self, data: bytes) -> None:
@@ -216,6 +218,14 @@ class Upstreams:
 
     def __init__(self) -> None:
         self.idle: defaultdict[str, list[UpstreamConnection]] = defaultdict(list)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the exchanges run on (looked up once: a getpid() per lookup)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def take(self, address: str) -> UpstreamConnection | None:
         """A kept-alive idle connection to `address` (it may turn out stale), if any."""
