@@ -13,7 +13,9 @@ NOWHERE = "postgresql://kapal@127.0.0.1:1/kapal"
 
 
 def spec(name: str, version: int = 1, secrets: list[str] | None = None) -> FunctionSpec:
-    return FunctionSpec(name=name, version=version, image=f"{name}:{version}", secrets=secrets or [])
+    return FunctionSpec(
+        name=name, version=version, image=f"{name}:{version}", secrets=secrets or []
+    )
 
 
 class Store:
