@@ -12,6 +12,7 @@ import docker
 import pytest
 
 from tests.conftest import GatewayFactory
+from tests.gateway.queue_support import FAST_QUEUE, wait_final
 from tests.support import GatewayProcess, deploy, managed_containers
 
 pytestmark = pytest.mark.integration
@@ -188,6 +189,32 @@ async def test_an_instance_never_runs_more_than_its_concurrency(
     results = await asyncio.gather(*(get(http, f"{(a, b)[n % 2].url}/fn/count") for n in range(40)))
     assert all(status == 200 for status, _ in results), results
     assert max(int(text) for _, text in results) <= 2
+
+
+async def test_async_concurrency_holds_across_both_gateways(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway, **FAST_QUEUE)
+    spec = {
+        "name": "acount",
+        "public": True,
+        # One instance with room for more: only the async limit holds the calls back.
+        "scaling": {"concurrency": 8, "min": 1, "max": 1},
+        "async": {"concurrency": 2},
+    }
+    status, body = await deploy(http, a, {"handler.py": COUNTING}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/acount", 200)
+    ids = []
+    for n in range(24):
+        async with http.post(f"{(a, b)[n % 2].url}/async/fn/acount") as r:
+            assert r.status == 202, await r.text()
+            ids.append((await r.json())["id"])
+    async with aiohttp.ClientSession(headers=a.headers) as admin:
+        done = [await wait_final(admin, a, id) for id in ids]
+    assert all(d["status"] == "succeeded" for d in done), done
+    # Each answer is the most handlers the instance ran at once, so far.
+    assert max(int(d["response"]["body"]) for d in done) <= 2
 
 
 async def granted_rate(
