@@ -23,6 +23,29 @@ def handle(event, context):
 """
 
 
+# Blocks until a later request releases it: if a blocked handler stalled the instance's
+# event loop, the requests that look at its state and release it would never be answered.
+HELD = """
+import threading
+
+holding = threading.Event()
+release = threading.Event()
+
+def handle(event, context):
+    if event.path == "/hold":
+        holding.set()
+        released = release.wait(20)
+        holding.clear()
+        release.clear()
+        return "released" if released else "not released"
+    if event.path == "/state":
+        return "holding" if holding.is_set() else "idle"
+    if event.path == "/release":
+        release.set()
+    return "ok"
+"""
+
+
 async def instance_ids(http: aiohttp.ClientSession, gw: GatewayProcess, name: str) -> set[str]:
     async with http.get(f"{gw.url}/v1/functions/{name}", headers=gw.headers) as r:
         return {i["id"] for i in (await r.json())["instances"]}
@@ -66,3 +89,32 @@ async def test_a_sync_handler_past_its_deadline_is_504_and_replaced(
     assert before and not (before & after)
     async with http.get(f"{url}/", headers=gw.headers) as r:
         assert r.status == 200
+
+
+async def test_a_sync_handler_blocking_after_fast_calls_stalls_no_other_request(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    # Fast calls first: a runtime that learned "this handler is quick" and ran it on its
+    # event loop would have nothing left to answer /state or /release while it blocks.
+    gw = make_gateway()
+    spec = {"name": "held", "scaling": {"min": 1, "max": 1, "concurrency": 4}}
+    status, body = await deploy(http, gw, {"handler.py": HELD}, spec)
+    assert status == 201, body
+    url = f"{gw.url}/fn/held"
+    for _ in range(50):
+        async with http.get(f"{url}/", headers=gw.headers) as r:
+            assert r.status == 200
+    held = asyncio.create_task(http.get(f"{url}/hold", headers=gw.headers))
+    state = "idle"
+    for _ in range(500):
+        async with http.get(f"{url}/state", headers=gw.headers) as r:
+            state = await r.text()
+        if state == "holding" or held.done():
+            break
+        await asyncio.sleep(0.01)
+    assert state == "holding"  # a second request answered while the first one blocks
+    async with http.get(f"{url}/release", headers=gw.headers) as r:
+        assert r.status == 200
+    async with await held as r:
+        assert (r.status, await r.text()) == (200, "released")
+    assert len(await instance_ids(http, gw, "held")) == 1

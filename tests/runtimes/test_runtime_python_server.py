@@ -25,8 +25,20 @@ from runtime_python_support import (
 HANDLER = """
 import base64
 import sys
+import threading
 import time
 from pathlib import Path
+
+holding = threading.Event()
+release = threading.Event()
+
+
+def _hold(event, context):
+    holding.set()
+    released = release.wait(20)
+    holding.clear()
+    release.clear()
+    return "released" if released else "not released"
 
 
 def _sleep(event, context):
@@ -56,6 +68,9 @@ ROUTES = {
     },
     "/json": lambda e, c: {"got": e.json()},
     "/sleep": _sleep,
+    "/hold": _hold,
+    "/hold/state": lambda e, c: "holding" if holding.is_set() else "idle",
+    "/hold/release": lambda e, c: release.set(),
     "/exit": lambda e, c: sys.exit(3),
     "/ret/str": lambda e, c: "hello ü",
     "/ret/bytes": lambda e, c: bytes([0, 1, 2, 255]),
@@ -446,6 +461,33 @@ async def test_sync_handlers_run_concurrently(
     statuses = await asyncio.gather(*(call() for _ in range(20)))
     assert statuses == [200] * 20
     assert time.monotonic() - started < 5  # one after another would take 10 s
+
+
+async def test_a_sync_handler_blocking_after_fast_calls_stalls_no_other_request(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # Its own runtime, so the fast calls are the whole history of this handler.
+    code = write_files(tmp_path / "function", {"handler.py": HANDLER})
+    process = start_runtime(code, {"KAPAL_CODE_DIR": str(code), "KAPAL_CONCURRENCY": "4"})
+    try:
+        for _ in range(50):
+            async with http.get(f"{process.url}/ret/str") as resp:
+                assert resp.status == 200
+        held = asyncio.create_task(http.get(f"{process.url}/hold"))
+        state = "idle"
+        for _ in range(500):
+            async with http.get(f"{process.url}/hold/state") as resp:
+                state = await resp.text()
+            if state == "holding" or held.done():
+                break
+            await asyncio.sleep(0.01)
+        assert state == "holding"  # answered while the blocked handler holds its thread
+        async with http.get(f"{process.url}/hold/release") as resp:
+            assert resp.status == 204
+        async with await held as resp:
+            assert (resp.status, await resp.text()) == (200, "released")
+    finally:
+        process.stop()
 
 
 # --- concurrency limit -----------------------------------------------------------------
