@@ -13,6 +13,7 @@ import aiohttp
 import docker
 import pytest
 
+from infra.images import ensure_base_images
 from tests.support import GatewayProcess, cleanup_namespace, new_namespace
 
 BASE_IMAGE = "kapal/runtime-python:latest"
@@ -75,12 +76,9 @@ def postgres() -> Iterator[PostgresServer]:
 def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     client.ping()
-    try:
-        client.images.get(BASE_IMAGE)
-    except docker.errors.ImageNotFound:
-        from infra.images import ensure_base_images
-
-        ensure_base_images(client, Path(__file__).resolve().parent.parent)
+    # Rebuilt when the runtime's files changed (instant when not): functions run the
+    # runtime of this checkout, not whatever an earlier run left under the tag.
+    ensure_base_images(client, Path(__file__).resolve().parent.parent)
     yield client
     client.close()
 

@@ -31,6 +31,16 @@ from pathlib import Path
 
 holding = threading.Event()
 release = threading.Event()
+# Passed only by handlers running at the same time (one after another, it breaks).
+together = threading.Barrier(20)
+
+
+def _together(event, context):
+    try:
+        together.wait(30)
+        return "together"
+    except threading.BrokenBarrierError:
+        return "alone"
 
 
 def _hold(event, context):
@@ -68,6 +78,7 @@ ROUTES = {
     },
     "/json": lambda e, c: {"got": e.json()},
     "/sleep": _sleep,
+    "/together": _together,
     "/hold": _hold,
     "/hold/state": lambda e, c: "holding" if holding.is_set() else "idle",
     "/hold/release": lambda e, c: release.set(),
@@ -116,8 +127,22 @@ def handle(event, context):
 ASYNC_HANDLER = """
 import asyncio
 
+arrived = 0
+everyone = None
+
 
 async def handle(event, context):
+    global arrived, everyone
+    together = int(event.query.get("together", "0"))
+    if together:  # wait until that many calls run at once
+        everyone = everyone or asyncio.Event()
+        arrived += 1
+        if arrived >= together:
+            everyone.set()
+        try:
+            await asyncio.wait_for(everyone.wait(), 30)
+        except asyncio.TimeoutError:
+            return {"alone": True}
     await asyncio.sleep(float(event.query.get("s", "0")))
     return {"async": True, "path": event.path, "request_id": context.request_id}
 """
@@ -452,15 +477,12 @@ async def test_handler_calling_sys_exit_does_not_stop_the_server(
 async def test_sync_handlers_run_concurrently(
     runtime: RuntimeProcess, http: aiohttp.ClientSession
 ) -> None:
-    started = time.monotonic()
+    async def call() -> tuple[int, str]:
+        async with http.get(f"{runtime.url}/together") as resp:
+            return resp.status, await resp.text()
 
-    async def call() -> int:
-        async with http.get(f"{runtime.url}/sleep?s=0.5") as resp:
-            return resp.status
-
-    statuses = await asyncio.gather(*(call() for _ in range(20)))
-    assert statuses == [200] * 20
-    assert time.monotonic() - started < 5  # one after another would take 10 s
+    # All 20 wait at one barrier: run one after another, none would get past it.
+    assert await asyncio.gather(*(call() for _ in range(20))) == [(200, "together")] * 20
 
 
 async def test_a_sync_handler_blocking_after_fast_calls_stalls_no_other_request(
@@ -599,16 +621,15 @@ async def test_async_handler_in_a_dotted_module(
     )
     process = start_runtime(code, {"KAPAL_CODE_DIR": str(code), "KAPAL_HANDLER": "pkg.fns.handle"})
     try:
-        started = time.monotonic()
 
         async def call(i: int) -> object:
             headers = {"X-Kapal-Request-Id": f"r{i}"}
-            async with http.get(f"{process.url}/x/{i}?s=0.5", headers=headers) as resp:
+            async with http.get(f"{process.url}/x/{i}?together=20", headers=headers) as resp:
                 assert resp.status == 200
                 return await resp.json()
 
+        # All 20 wait for each other: run one after another, none would finish.
         bodies = await asyncio.gather(*(call(i) for i in range(20)))
-        assert time.monotonic() - started < 5
         assert bodies == [
             {"async": True, "path": f"/x/{i}", "request_id": f"r{i}"} for i in range(20)
         ]
