@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from gateway import api, logs
 from gateway.app import create_app
 from gateway.auth import gate_key
+from gateway.connections import ConnectionLimits, ConnectionTable
 from gateway.front import Front
 from gateway.http1 import ClientConnection
 from gateway.server import GatewayRunner
@@ -67,8 +68,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             front = Front(
                 settings, invoker, app[gate_key], invoker.upstreams, f"unix:{socket_path}"
             )
+            table: ConnectionTable[ClientConnection] = ConnectionTable(
+                ConnectionLimits.from_settings(settings)
+            )
             server = await loop.create_server(
-                lambda: ClientConnection(front),
+                lambda: ClientConnection(front, table),
                 settings.host,
                 settings.port,
                 reuse_address=True,

@@ -11,7 +11,7 @@ import re
 from typing import Protocol
 
 from gateway.errors import PayloadTooLarge
-from gateway.http1 import BODY_HIGH_WATER, Request
+from gateway.request import BODY_HIGH_WATER, Request
 from gateway.upstream import HOP_BY_HOP, Sink, UpstreamConnection, UpstreamLost, Upstreams
 
 KEY_RE = re.compile(rb"^kpl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
