@@ -19,6 +19,7 @@ from infra.engine import ensure_engine, stop_engine
 from infra.images import ensure_base_images
 from infra.local import REPO, GatewayProcess, cleanup_namespace, new_namespace, tar_gz
 from infra.postgres import ensure_postgres
+from infra.processes import descendants
 
 
 def say(line: str) -> None:
@@ -49,6 +50,39 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
         if engine.started_by_us:
             stop_engine(engine, log=say)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def beside(gw: GatewayProcess, **env: str) -> Iterator[GatewayProcess]:
+    """Another gateway on `gw`'s database and namespace (a peer); stopped first, so that
+    `gw`, stopping last, is the one that removes what they shared."""
+    other = GatewayProcess(
+        gw.database_url,
+        gw.namespace,
+        gw.log_path.parent,
+        log_level="WARNING",
+        admin_key=gw.admin_key,
+        **env,
+    )
+    try:
+        other.start()
+        yield other
+    finally:
+        other.stop()
+
+
+def cpu_s(gw: GatewayProcess) -> float:
+    """CPU seconds (user + system) used so far by the gateway and its worker processes."""
+    assert gw.proc is not None
+    total = 0
+    for pid in (gw.proc.pid, *descendants(gw.proc.pid)):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def deploy(gw: GatewayProcess, name: str, handler: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -113,10 +147,7 @@ class Kapal:
         return self._gw.headers
 
     def cpu_s(self) -> float:
-        """CPU seconds the gateway process has used (user + system)."""
-        assert self._gw.proc is not None
-        fields = Path(f"/proc/{self._gw.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_s(self._gw)
 
     async def deploy(
         self, http: aiohttp.ClientSession, code: str, spec: dict[str, Any]

@@ -1,4 +1,4 @@
-"""Management API routes: deploy, update, list, get, delete, health."""
+"""Management API routes: functions (deploy, update, list, get, delete), keys, secrets, health."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from gateway import openapi
-from gateway.auth import OPEN, keys_key, requires
-from gateway.deploy import Deployer
-from gateway.errors import BadRequest, InvalidSpec, NotFound, PayloadTooLarge
-from gateway.invoke import Invoker
-from gateway.keys import ApiKey, KeyStore, Scope
+from gateway.auth import bearer
+from gateway.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge
+from gateway.keys import ApiKey, Scope
+from gateway.keys import parse as parse_key
 from gateway.records import Recorder
-from gateway.settings import Settings
-from gateway.store import FunctionRow, FunctionStore
+from gateway.routing import OPEN, Content, Route
+from gateway.services import Services
+from gateway.store import FunctionRow
 from gateway.validation import describe, parse_json
-from gateway.vault import Secrets
 from gateway.wire import (
     DeploySpec,
     FunctionOut,
@@ -36,18 +34,39 @@ from scheduler.models import NAME_RE
 from scheduler.scheduler import Scheduler
 
 MAX_SPEC_BYTES = 256 * 1024
-
-deployer_key = web.AppKey("deployer", Deployer)
-store_key = web.AppKey("store", FunctionStore)
-scheduler_key = web.AppKey("scheduler", Scheduler)
-recorder_key = web.AppKey("recorder", Recorder)
-settings_key = web.AppKey("settings", Settings)
-invoker_key = web.AppKey("invoker", Invoker)
-key_store_key = web.AppKey("key_store", KeyStore)
-secrets_key = web.AppKey("secrets", Secrets)
 MAX_JSON_BYTES = 64 * 1024
-OPENAPI = openapi.document()
 M = TypeVar("M", bound=BaseModel)
+
+
+class FunctionList(BaseModel):
+    functions: list[FunctionOut]
+
+
+class KeyList(BaseModel):
+    keys: list[KeyOut]
+
+
+class SecretList(BaseModel):
+    secrets: list[SecretOut]
+
+
+class SecretName(BaseModel):
+    # The secret created or replaced.
+    name: str
+
+
+class Health(BaseModel):
+    # Always "ok": the gateway answers.
+    status: str
+
+
+class ClusterOut(BaseModel):
+    # The gateway that answered (host, process, random suffix).
+    gateway: str
+    # Whether it is the one that scales the pools of this namespace.
+    leading: bool
+    # The other gateways of this namespace heard from in the last seconds.
+    peers: list[str]
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
@@ -107,18 +126,7 @@ async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeployS
 def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
     spec = row.spec
     out = FunctionOut(
-        name=spec.name,
-        version=spec.version,
-        runtime=spec.runtime,
-        handler=spec.handler,
-        image=spec.image,
-        env=spec.env,
-        limits=spec.limits,
-        scaling=spec.scaling,
-        public=spec.public,
-        secrets=spec.secrets,
-        network=spec.network,
-        async_=spec.async_,
+        **spec.model_dump(include=set(FunctionOut.model_fields)),
         created_at=row.created_at,
         updated_at=row.updated_at,
         invocations=row.invocations + recorder.pending_count(spec.name),
@@ -139,59 +147,50 @@ def _name(request: web.Request) -> str:
     return name
 
 
-@requires(Scope.DEPLOY)
-async def create_function(request: web.Request) -> web.Response:
-    app = request.app
-    spec, code = await read_deploy_body(request, app[settings_key].max_code_bytes)
+async def create_function(request: web.Request, svc: Services) -> web.Response:
+    spec, code = await read_deploy_body(request, svc.settings.max_code_bytes)
     if spec.name is None:
         raise InvalidSpec("name: field required")
-    await app[deployer_key].deploy(spec.name, spec, code, create=True)
-    row = await app[store_key].get(spec.name)
-    return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]), status=201)
+    await svc.deployer.deploy(spec.name, spec, code, create=True)
+    row = await svc.functions.get(spec.name)
+    return web.json_response(function_out(row, svc.scheduler, svc.recorder), status=201)
 
 
-@requires(Scope.DEPLOY)
-async def update_function(request: web.Request) -> web.Response:
-    app = request.app
+async def update_function(request: web.Request, svc: Services) -> web.Response:
     name = _name(request)
-    spec, code = await read_deploy_body(request, app[settings_key].max_code_bytes)
+    spec, code = await read_deploy_body(request, svc.settings.max_code_bytes)
     if spec.name is not None and spec.name != name:
         raise InvalidSpec(f"name: spec names {spec.name!r} but the URL names {name!r}")
-    await app[deployer_key].deploy(name, spec, code, create=False)
-    row = await app[store_key].get(name)
-    return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]))
+    await svc.deployer.deploy(name, spec, code, create=False)
+    row = await svc.functions.get(name)
+    return web.json_response(function_out(row, svc.scheduler, svc.recorder))
 
 
-@requires(Scope.DEPLOY)
-async def list_functions(request: web.Request) -> web.Response:
-    app = request.app
-    rows = await app[store_key].all()
+async def list_functions(request: web.Request, svc: Services) -> web.Response:
+    rows = await svc.functions.all()
     return web.json_response(
-        {"functions": [function_out(r, app[scheduler_key], app[recorder_key]) for r in rows]}
+        {"functions": [function_out(r, svc.scheduler, svc.recorder) for r in rows]}
     )
 
 
-@requires(Scope.DEPLOY)
-async def get_function(request: web.Request) -> web.Response:
-    app = request.app
-    row = await app[store_key].get(_name(request))
-    return web.json_response(function_out(row, app[scheduler_key], app[recorder_key]))
+async def get_function(request: web.Request, svc: Services) -> web.Response:
+    row = await svc.functions.get(_name(request))
+    return web.json_response(function_out(row, svc.scheduler, svc.recorder))
 
 
-@requires(Scope.DEPLOY)
-async def delete_function(request: web.Request) -> web.Response:
-    await request.app[deployer_key].delete(_name(request))
+async def delete_function(request: web.Request, svc: Services) -> web.Response:
+    await svc.deployer.delete(_name(request))
     return web.Response(status=204)
 
 
-@requires(OPEN)
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
-
-
-@requires(OPEN)
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: web.Request, svc: Services) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def cluster(request: web.Request, svc: Services) -> web.Response:
+    c = svc.cluster
+    out = ClusterOut(gateway=c.id, leading=c.leading, peers=c.peers())
+    return web.json_response(out.model_dump())
 
 
 def key_out(key: ApiKey) -> KeyOut:
@@ -200,65 +199,168 @@ def key_out(key: ApiKey) -> KeyOut:
     )
 
 
-@requires(Scope.ADMIN)
-async def create_key(request: web.Request) -> web.Response:
+async def create_key(request: web.Request, svc: Services) -> web.Response:
     body = await read_json(request, KeyCreate)
-    key, token = await request.app[key_store_key].create(
-        body.name, frozenset(body.scopes), body.rps
-    )
-    await request.app[keys_key].refresh()
+    key, token = await svc.key_store.create(body.name, frozenset(body.scopes), body.rps)
+    await svc.keys.refresh()
     out = KeyCreated(**key_out(key).model_dump(), key=token)
     return web.json_response(out.model_dump(mode="json"), status=201)
 
 
-@requires(Scope.ADMIN)
-async def list_keys(request: web.Request) -> web.Response:
-    keys = await request.app[key_store_key].active()
+async def list_keys(request: web.Request, svc: Services) -> web.Response:
+    keys = await svc.key_store.active()
     return web.json_response({"keys": [key_out(k).model_dump(mode="json") for k in keys]})
 
 
-@requires(Scope.ADMIN)
-async def revoke_key(request: web.Request) -> web.Response:
+async def revoke_key(request: web.Request, svc: Services) -> web.Response:
     key_id = request.match_info["id"]
-    if not await request.app[key_store_key].revoke(key_id):
+    own = parse_key(bearer(request.headers.get("Authorization")) or "")
+    if own is not None and own[0] == key_id:
+        # Revoking the key in hand would lock out whoever holds only that one.
+        raise Conflict("a key cannot revoke itself; use another admin key")
+    if not await svc.key_store.revoke(key_id):
         raise NotFound(f"no active API key {key_id!r}")
-    await request.app[keys_key].refresh()
+    await svc.keys.refresh()
     return web.Response(status=204)
 
 
-@requires(Scope.ADMIN)
-async def put_secret(request: web.Request) -> web.Response:
+async def put_secret(request: web.Request, svc: Services) -> web.Response:
     body = await read_json(request, SecretPut)
-    created = await request.app[secrets_key].put(body.name, body.value)
+    created = await svc.secrets.store.put(body.name, body.value)
+    await svc.catalog.remount_secrets()
     return web.json_response({"name": body.name}, status=201 if created else 200)
 
 
-@requires(Scope.ADMIN)
-async def list_secrets(request: web.Request) -> web.Response:
-    listed = await request.app[secrets_key].store.all()
+async def list_secrets(request: web.Request, svc: Services) -> web.Response:
+    listed = await svc.secrets.store.all()
     out = [SecretOut(**vars(s)).model_dump(mode="json") for s in listed]
     return web.json_response({"secrets": out})
 
 
-@requires(Scope.ADMIN)
-async def delete_secret(request: web.Request) -> web.Response:
+async def delete_secret(request: web.Request, svc: Services) -> web.Response:
     name = request.match_info["name"]
-    if not await request.app[secrets_key].delete(name):
+    if not await svc.secrets.delete(name):
         raise NotFound(f"no secret {name!r}")
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_post("/v1/functions", create_function)
-    app.router.add_get("/v1/functions", list_functions)
-    app.router.add_get("/v1/functions/{name}", get_function)
-    app.router.add_put("/v1/functions/{name}", update_function)
-    app.router.add_delete("/v1/functions/{name}", delete_function)
-    app.router.add_post("/v1/keys", create_key)
-    app.router.add_get("/v1/keys", list_keys)
-    app.router.add_delete("/v1/keys/{id}", revoke_key)
-    app.router.add_post("/v1/secrets", put_secret)
-    app.router.add_get("/v1/secrets", list_secrets)
-    app.router.add_delete("/v1/secrets/{name}", delete_secret)
+NAME = {"name": {"type": "string", "pattern": NAME_RE.pattern}}
+DEPLOY_BODY = Content(
+    {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["spec", "code"],
+                "properties": {
+                    "spec": {"$ref": "#/components/schemas/DeploySpec"},
+                    "code": {"type": "string", "format": "binary"},
+                },
+            },
+            "encoding": {"spec": {"contentType": "application/json"}},
+        }
+    },
+    models=(DeploySpec,),
+    description="spec: the function spec (JSON); code: a .zip or .tar.gz of its folder",
+)
+DEPLOY_ERRORS = (400, 404, 409, 413, 422)
+
+ROUTES = (
+    Route("GET", "/healthz", healthz, "the gateway is up", scope=OPEN, response=Health),
+    Route(
+        "GET",
+        "/v1/cluster",
+        cluster,
+        "the gateway that answered and its peers",
+        scope=Scope.ADMIN,
+        response=ClusterOut,
+    ),
+    Route(
+        "POST",
+        "/v1/functions",
+        create_function,
+        "deploy a new function",
+        scope=Scope.DEPLOY,
+        body=DEPLOY_BODY,
+        response=FunctionOut,
+        status=201,
+        errors=DEPLOY_ERRORS,
+    ),
+    Route(
+        "GET",
+        "/v1/functions",
+        list_functions,
+        "list functions",
+        scope=Scope.DEPLOY,
+        response=FunctionList,
+    ),
+    Route(
+        "GET",
+        "/v1/functions/{name}",
+        get_function,
+        "one function",
+        scope=Scope.DEPLOY,
+        response=FunctionOut,
+        errors=(400, 404),
+        params=NAME,
+    ),
+    Route(
+        "PUT",
+        "/v1/functions/{name}",
+        update_function,
+        "deploy a new version",
+        scope=Scope.DEPLOY,
+        body=DEPLOY_BODY,
+        response=FunctionOut,
+        errors=DEPLOY_ERRORS,
+        params=NAME,
+    ),
+    Route(
+        "DELETE",
+        "/v1/functions/{name}",
+        delete_function,
+        "delete a function",
+        scope=Scope.DEPLOY,
+        status=204,
+        errors=(400, 404),
+        params=NAME,
+    ),
+    Route(
+        "POST",
+        "/v1/keys",
+        create_key,
+        "create an API key (shown once)",
+        body=KeyCreate,
+        response=KeyCreated,
+        status=201,
+        errors=(400, 413, 422),
+    ),
+    Route("GET", "/v1/keys", list_keys, "list API keys", response=KeyList),
+    Route(
+        "DELETE",
+        "/v1/keys/{id}",
+        revoke_key,
+        "revoke an API key (not the one making the request)",
+        status=204,
+        errors=(404, 409),
+    ),
+    Route(
+        "POST",
+        "/v1/secrets",
+        put_secret,
+        "create (201) or replace (200) a secret",
+        body=SecretPut,
+        response=SecretName,
+        status=201,
+        also=(200,),
+        errors=(400, 413, 422),
+    ),
+    Route("GET", "/v1/secrets", list_secrets, "list secrets (names only)", response=SecretList),
+    Route(
+        "DELETE",
+        "/v1/secrets/{name}",
+        delete_secret,
+        "delete a secret",
+        status=204,
+        errors=(404, 409),
+    ),
+)

@@ -1,161 +1,46 @@
-"""The gateway application and its one lifespan: resources opened in order, closed in reverse."""
+"""The management application: every feature's routes, bound to the services."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 from aiohttp import web
 
-from gateway import api, db, invoke
-from gateway.auth import Gate, auth_middleware, gate_key, keys_key
-from gateway.deploy import Deployer
+from gateway import api, front, openapi
+from gateway.auth import auth_middleware
 from gateway.errors import error_middleware
-from gateway.jobs import routes as job_routes
-from gateway.keys import KeyCache, KeyStore
-from gateway.queue import routes as queue_routes
-from gateway.queue.service import QueueService, queue_key
-from gateway.ratelimit import RateLimiter
-from gateway.records import Recorder
-from gateway.schedules import routes as schedule_routes
-from gateway.settings import Settings
-from gateway.store import FunctionStore
-from gateway.upstream import Upstreams
-from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore, load_key
-from gateway.webhooks import routes as webhook_routes
-from scheduler.autoscaler import AutoscalerConfig
-from scheduler.builder import ImageBuilder
-from scheduler.docker_backend import DockerBackend
-from scheduler.pool import PoolConfig
-from scheduler.prewarm import PrewarmPool
-from scheduler.scheduler import Scheduler
-
-log = logging.getLogger("kapal.gateway")
+from gateway.jobs import routes as jobs
+from gateway.queue import routes as queue
+from gateway.routing import OPEN, Route, bind
+from gateway.schedules import routes as schedules
+from gateway.services import Services
+from gateway.webhooks import routes as webhooks
 
 
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
-        client_max_size=settings.max_code_bytes + (1 << 20),
-    )
-    app[api.settings_key] = settings
-    app.cleanup_ctx.append(lifespan)
-    api.add_routes(app)
-    queue_routes.add_routes(app)
-    webhook_routes.add_routes(app)
-    job_routes.add_routes(app)
-    schedule_routes.add_routes(app)
+async def openapi_json(request: web.Request, svc: Services) -> web.Response:
+    return web.json_response(DOCUMENT)
+
+
+# Every route the management application serves.
+ROUTES: tuple[Route, ...] = (
+    *api.ROUTES,
+    Route(
+        "GET",
+        "/openapi.json",
+        openapi_json,
+        "this document",
+        scope=OPEN,
+        response=openapi.DOCUMENT_BODY,
+    ),
+    *queue.ROUTES,
+    *webhooks.ROUTES,
+    *jobs.ROUTES,
+    *schedules.ROUTES,
+)
+# What the gateway serves on its public port: the front server's routes and these.
+DOCUMENT = openapi.document((*front.ROUTES, *ROUTES))
+
+
+def create_app(svc: Services) -> web.Application:
+    app = web.Application(client_max_size=svc.settings.max_code_bytes + (1 << 20))
+    routes = bind(app, ROUTES, svc)
+    app.middlewares.extend([error_middleware, auth_middleware(svc.gate, routes)])
     return app
-
-
-async def lifespan(app: web.Application) -> AsyncIterator[None]:
-    settings = app[api.settings_key]
-    pg = await db.connect(settings.database_url)
-    key = load_key(
-        settings.secret_key.get_secret_value() if settings.secret_key else None,
-        settings.key_file(),
-    )
-    backend = DockerBackend(
-        settings.namespace,
-        settings.network,
-        secrets_root=settings.secrets_root,
-        isolate_host=settings.isolate_host,
-    )
-    await backend.ensure_network()
-    store = FunctionStore(pg)
-    prewarm = None
-    if settings.prewarm_python:
-        prewarm = PrewarmPool(
-            backend,
-            {"python": settings.runtime_image_python},
-            settings.prewarm_python,
-            store,
-            settings.start_timeout_s,
-        )
-    scheduler = Scheduler(
-        backend,
-        PoolConfig(
-            start_timeout_s=settings.start_timeout_s,
-            buffer_size=settings.buffer_size,
-            stop_grace_s=settings.stop_grace_s,
-            pause=settings.pause_standbys,
-            target_utilization=settings.autoscale_target_utilization,
-        ),
-        AutoscalerConfig(
-            target_utilization=settings.autoscale_target_utilization,
-            stable_window_s=settings.autoscale_stable_window_s,
-            panic_window_s=settings.autoscale_panic_window_s,
-        ),
-        prewarm,
-    )
-    recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
-    builder = ImageBuilder(backend.api, settings.namespace, settings.base_images())
-    upstreams = Upstreams()
-    invoker = invoke.Invoker(
-        settings, scheduler, recorder, upstreams, oom_killed=backend.oom_killed
-    )
-    secrets = Secrets(
-        SecretStore(pg, SecretCipher(key)), SecretFiles(settings.secrets_root, settings.runtime_uid)
-    )
-    key_store = KeyStore(pg)
-    keys = KeyCache(key_store, settings.keys_refresh_s)
-    queue: QueueService | None = None
-    try:
-        if settings.bootstrap_key_file is not None:
-            await bootstrap_admin_key(key_store, settings.bootstrap_key_file)
-        await keys.start()
-        app[api.key_store_key] = key_store
-        app[keys_key] = keys
-        app[gate_key] = Gate(keys, RateLimiter(), settings.key_rps)
-        specs = await store.current_specs()
-        for spec in specs:
-            await secrets.mount(spec)
-        await scheduler.start(specs)
-        recorder.start()
-        queue = await QueueService.open(settings, scheduler, invoker)
-        await queue.start()
-        app[queue_key] = queue
-        app[api.store_key] = store
-        app[api.scheduler_key] = scheduler
-        app[api.recorder_key] = recorder
-        app[api.invoker_key] = invoker
-        app[api.secrets_key] = secrets
-        app[api.deployer_key] = Deployer(settings, store, scheduler, builder, backend, secrets)
-        log.info(
-            "gateway started",
-            extra={
-                "listen": settings.listen,
-                "functions": len(specs),
-                "namespace": settings.namespace,
-            },
-        )
-        yield
-    finally:
-        if queue is not None:
-            await queue.close()
-        await keys.close()
-        upstreams.close()
-        await scheduler.close()
-        await recorder.close()
-        secrets.files.clear()
-        await pg.close()
-        try:
-            await backend.remove_network()
-        except Exception as e:  # still in use by containers we do not own
-            log.warning("network not removed", extra={"error": str(e)})
-        backend.close()
-        log.info("gateway stopped")
-
-
-async def bootstrap_admin_key(store: KeyStore, path: Path) -> None:
-    """The first admin key, when there is none: written to `path`, shown once on stdout."""
-    token = await store.bootstrap(path)
-    if token is None:
-        return
-    # Deliberately not a log record: logs are kept and shipped, this is shown once.
-    print(
-        f"kapal: created the first admin API key (saved to {path}, mode 0600):\n  {token}",
-        flush=True,
-    )
-    log.info("bootstrap admin key created", extra={"path": str(path)})

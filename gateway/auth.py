@@ -1,36 +1,24 @@
 """Who may call what: Bearer API keys with scopes, checked in one middleware.
 
-Every route needs an `admin` key unless it says otherwise with `@requires(...)`:
-locked down by default. The invocation route checks for itself (`SELF`), since a public
-function needs no key at all.
+Every route needs an `admin` key unless its `Route` says otherwise (`gateway.routing`):
+locked down by default. The invocation routes check for themselves (`SELF`), since a
+public function needs no key at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from gateway.errors import Forbidden, RateLimited, Unauthorized
 from gateway.keys import ApiKey, KeyCache, Scope
 from gateway.ratelimit import RateLimiter, retry_after
+from gateway.routing import OPEN, SELF, Route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Route markers besides a Scope.
-OPEN: Final = "open"
-SELF: Final = "self"
-
-
-def requires(scope: Scope | str) -> Callable[[Handler], Handler]:
-    """Mark a handler with the scope it needs (or OPEN, or SELF)."""
-
-    def mark(handler: Handler) -> Handler:
-        handler.kapal_scope = scope  # type: ignore[attr-defined]
-        return handler
-
-    return mark
 
 
 def bearer(value: str | None) -> str | None:
@@ -81,23 +69,17 @@ class Gate:
         return key
 
 
-gate_key = web.AppKey("gate", Gate)
-keys_key = web.AppKey("keys", KeyCache)
+def auth_middleware(gate: Gate, routes: Mapping[AbstractRoute, Route]) -> Middleware:
+    """Checks each request against its route's scope (admin for a route not in `routes`)."""
 
-
-def authenticate(request: web.Request) -> ApiKey | None:
-    return request.app[gate_key].authenticate(request.headers.get("Authorization"))
-
-
-def authorize(request: web.Request, scope: Scope) -> ApiKey:
-    return request.app[gate_key].authorize(request.headers.get("Authorization"), scope)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.match_info.http_exception is not None:  # no route: 404/405 as usual
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.http_exception is not None:  # no route: 404/405 as usual
+            return await handler(request)
+        route = routes.get(request.match_info.route)
+        scope = route.scope if route is not None else Scope.ADMIN
+        if scope not in (OPEN, SELF):
+            gate.authorize(request.headers.get("Authorization"), Scope(scope))
         return await handler(request)
-    scope = getattr(request.match_info.handler, "kapal_scope", Scope.ADMIN)
-    if scope not in (OPEN, SELF):
-        authorize(request, Scope(scope))
-    return await handler(request)
+
+    return check

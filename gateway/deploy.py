@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from gateway import archive
+from gateway.catalog import Catalog
 from gateway.errors import FunctionExists, FunctionNotFound
 from gateway.settings import Settings
 from gateway.store import FunctionStore
@@ -18,8 +19,7 @@ from gateway.vault import Secrets
 from gateway.wire import DeploySpec
 from scheduler.builder import ImageBuilder, image_repository
 from scheduler.docker_backend import DockerBackend
-from scheduler.models import FunctionSpec
-from scheduler.scheduler import Scheduler
+from scheduler.models import FunctionConfig, FunctionSpec
 
 log = logging.getLogger("kapal.gateway.deploy")
 
@@ -29,15 +29,15 @@ class Deployer:
         self,
         settings: Settings,
         store: FunctionStore,
-        scheduler: Scheduler,
         builder: ImageBuilder,
         backend: DockerBackend,
         secrets: Secrets,
+        catalog: Catalog,
     ) -> None:
+        self.catalog = catalog
         self.secrets = secrets
         self.settings = settings
         self.store = store
-        self.scheduler = scheduler
         self.builder = builder
         self.backend = backend
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -67,19 +67,11 @@ class Deployer:
 
                 image = await self.builder.build(name, version, spec_in.runtime, root, progress)
                 spec = FunctionSpec(
+                    **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
                     name=name,
                     version=version,
-                    runtime=spec_in.runtime,
-                    handler=spec_in.handler,
                     image=image,
-                    env=spec_in.env,
-                    limits=spec_in.limits,
-                    scaling=spec_in.scaling,
                     has_dependencies=has_dependencies,
-                    public=spec_in.public,
-                    secrets=spec_in.secrets,
-                    network=spec_in.network,
-                    async_=spec_in.async_,
                 )
                 try:
                     sha = hashlib.sha256(code).hexdigest()
@@ -87,8 +79,8 @@ class Deployer:
                 except BaseException:
                     await self.backend.remove_image(image)
                     raise
-                await self.secrets.mount(spec)
-                await self.scheduler.deploy(spec)
+                # Every gateway hears of it (catalog notification); this one at once.
+                await self.catalog.reload_functions()
                 log.info(
                     "deployed",
                     extra={
@@ -102,7 +94,9 @@ class Deployer:
     async def delete(self, name: str) -> None:
         async with self._locks[name]:
             await self.store.delete(name)
-            await self.scheduler.remove(name)
-            self.secrets.forget(name)
+            await self.catalog.reload_functions()
+            # Whoever deletes stops what runs (other gateways only forget it), then the
+            # images can go.
+            await self.backend.remove_function(name)
             await self.backend.remove_images(image_repository(self.settings.namespace, name))
         self._locks.pop(name, None)

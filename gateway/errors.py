@@ -1,9 +1,16 @@
-"""The gateway's errors, and the one place that maps every error to a JSON response."""
+"""The gateway's errors, and the one place that maps any error to what the caller sees.
+
+Status and code are class attributes (the scheduler's errors carry them too); `problem`
+finds how to render an error by walking its class's MRO, as Starlette does, and both
+servers answer with what it returns.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -73,10 +80,6 @@ class Conflict(KapalError):
     status, code = 409, "conflict"
 
 
-class BuildError(KapalError):
-    status, code = 422, "build_failed"
-
-
 class UpstreamTimeout(KapalError):
     status, code = 504, "timeout"
 
@@ -85,30 +88,76 @@ class UpstreamFailed(KapalError):
     status, code = 502, "instance_failed"
 
 
+class OutOfMemory(UpstreamFailed):
+    status, code = 502, "out_of_memory"
+
+
 class Unavailable(KapalError):
     status, code = 503, "unavailable"
 
 
-def from_scheduler(e: sched.SchedulerError) -> KapalError:
-    """Scheduler errors, by kind, as the error the caller sees."""
-    if isinstance(e, sched.NoCapacity):
-        return Unavailable(str(e), headers={"Retry-After": str(max(1, round(e.retry_after_s)))})
-    if isinstance(e, sched.StartFailed):
-        err = UpstreamFailed(str(e))
-        err.code = "start_failed"
-        return err
-    if isinstance(e, sched.BuildFailed):
-        return BuildError(str(e))
-    if isinstance(e, sched.UnknownFunction):
-        return FunctionNotFound(f"function {e} not found")
-    return KapalError(f"scheduler: {e}")
+@dataclass(frozen=True)
+class Problem:
+    """An error as the caller sees it."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+    # Seconds to wait before trying again, when the error says so.
+    retry_after_s: float | None = None
+    # Not one of ours: a bug, worth a traceback in the logs.
+    unexpected: bool = False
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
+INTERNAL = Problem(500, "internal", "internal error; see the gateway's logs", unexpected=True)
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _kapal(e: KapalError) -> Problem:
+    return Problem(e.status, e.code, e.message, e.headers)
+
+
+def _scheduler(e: sched.SchedulerError) -> Problem:
+    return Problem(e.status, e.code, str(e))
+
+
+def _no_capacity(e: sched.NoCapacity) -> Problem:
+    wait = str(max(1, round(e.retry_after_s)))
+    return Problem(e.status, e.code, str(e), {"Retry-After": wait}, e.retry_after_s)
+
+
+def _http(e: web.HTTPException) -> Problem:
+    headers = {"Allow": e.headers.get("Allow", "")} if e.status == 405 else {}
+    return Problem(e.status, HTTP_CODES.get(e.status, "http_error"), e.reason, headers)
+
+
+def _internal(e: BaseException) -> Problem:
+    return INTERNAL
+
+
+# The renderer of an error is that of the nearest class in its MRO listed here.
+RENDERERS: dict[type[BaseException], Callable[[Any], Problem]] = {
+    KapalError: _kapal,
+    sched.SchedulerError: _scheduler,
+    sched.NoCapacity: _no_capacity,
+    web.HTTPException: _http,
+    BaseException: _internal,
+}
+
+
+def problem(exc: BaseException) -> Problem:
+    """What the caller sees of `exc`."""
+    for cls in type(exc).__mro__:
+        render = RENDERERS.get(cls)
+        if render is not None:
+            return render(exc)
+    return INTERNAL
+
+
+def error_response(p: Problem) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
+        {"error": {"code": p.code, "message": p.message}}, status=p.status, headers=p.headers
     )
 
 
@@ -118,25 +167,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if isinstance(request.match_info.http_exception, web.HTTPNotFound):
+            raise NotFound(f"no route for {request.method} {request.path}")
         return await handler(request)
-    except sched.SchedulerError as e:
-        err = from_scheduler(e)
-        return error_response(err.status, err.code, err.message, err.headers)
-    except KapalError as e:
-        return error_response(e.status, e.code, e.message, e.headers)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            e.status, "http_error"
-        )
-        message = e.reason if e.status != 404 else f"no route for {request.method} {request.path}"
-        return error_response(
-            e.status,
-            code,
-            message,
-            {"Allow": e.headers.get("Allow", "")} if e.status == 405 else None,
-        )
-    except Exception:
-        log.exception("unhandled error", extra={"method": request.method, "path": request.path})
-        return error_response(500, "internal", "internal error; see the gateway's logs")
+    except Exception as e:
+        if isinstance(e, web.HTTPException) and e.status < 400:
+            raise  # a redirect, not an error
+        p = problem(e)
+        if p.unexpected:
+            log.exception("unhandled error", extra={"method": request.method, "path": request.path})
+        return error_response(p)

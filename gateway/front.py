@@ -2,7 +2,8 @@
 
 `/fn/{name}[/{path}]` runs through the `Invoker`, the instance's response written
 straight through to the client. Every other request (the management API) is forwarded
-to the aiohttp application listening on a private unix socket.
+to the aiohttp application listening on a private unix socket. `ROUTES` describes what
+is served here, for the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import contextlib
 import logging
 import os
 
-from gateway.auth import Gate
-from gateway.errors import KapalError, RateLimited, from_scheduler
-from gateway.http1 import ClientConnection, Request
-from gateway.invoke import Invoker
+from gateway.connections import ConnectionLimits, ConnectionTable
+from gateway.errors import KapalError, RateLimited, problem
+from gateway.http1 import ClientConnection
 from gateway.keys import Scope
 from gateway.proxy import exchange, request_head
 from gateway.ratelimit import retry_after
-from gateway.settings import Settings
-from gateway.upstream import UpstreamLost, Upstreams
+from gateway.request import Request
+from gateway.routing import ANY_METHOD, SELF, Content, Route
+from gateway.services import Services
+from gateway.upstream import UpstreamLost
 from scheduler.errors import SchedulerError
 
 log = logging.getLogger("kapal.gateway.front")
 
 MANAGEMENT_TIMEOUT_S = 3600.0
+PREFIX = b"/fn/"
 
 
 def split_fn_url(url: bytes) -> tuple[str, bytes]:
@@ -43,20 +46,18 @@ def split_fn_url(url: bytes) -> tuple[str, bytes]:
 
 
 class Front:
-    def __init__(
-        self,
-        settings: Settings,
-        invoker: Invoker,
-        gate: Gate,
-        upstreams: Upstreams,
-        management_address: str,
-    ) -> None:
+    def __init__(self, svc: Services, management_address: str) -> None:
+        settings = svc.settings
         self.settings = settings
-        self.invoker = invoker
-        self.gate = gate
-        self.upstreams = upstreams
+        self.invoker = svc.invoker
+        self.gate = svc.gate
+        self.upstreams = svc.upstreams
         self.management_address = management_address
         self.connections: set[ClientConnection] = set()
+        # Who may open one more connection (the caps and timeouts of the public port).
+        self.table: ConnectionTable[ClientConnection] = ConnectionTable(
+            ConnectionLimits.from_settings(settings)
+        )
         self.closing = False
         self.max_header_bytes = settings.max_header_bytes
         self.max_headers = settings.max_headers
@@ -66,7 +67,7 @@ class Front:
     async def handle(self, conn: ClientConnection, req: Request) -> None:
         self.in_flight += 1
         try:
-            if req.url.startswith(b"/fn/"):
+            if req.url.startswith(PREFIX):
                 await self.invoke(conn, req)
             else:
                 await self.forward(conn, req)
@@ -82,10 +83,8 @@ class Front:
             self._admit(req, name)
             await self.invoker.invoke(conn, req, name, target, conn.peer, request_id, True)
             return
-        except SchedulerError as e:
-            err = from_scheduler(e)
-        except KapalError as e:
-            err = e
+        except (KapalError, SchedulerError) as e:
+            err = problem(e)
         req.body.discard = True
         conn.upstream = None
         if conn.response_started:
@@ -142,3 +141,23 @@ class Front:
         for conn in list(self.connections):
             conn.close()
         self.upstreams.close()
+
+
+def _invoke_route(path: str) -> Route:
+    return Route(
+        ANY_METHOD,
+        path,
+        None,
+        "invoke a function, its answer streamed back (public functions need no key)",
+        scope=SELF,
+        body=Content(
+            {"*/*": {"schema": {}}}, description="passed to the function as sent", required=False
+        ),
+        response=Content({"*/*": {"schema": {}}}, description="the function's answer"),
+        status="default",
+        errors=(404, 413, 502, 503, 504),
+    )
+
+
+# What this server answers itself; everything else is the management app's.
+ROUTES = (_invoke_route("/fn/{name}"), _invoke_route("/fn/{name}/{path:.*}"))

@@ -20,8 +20,7 @@ import httptools
 
 from gateway.connections import ConnectionTable, Verdict
 from gateway.flow import BODY_BUFFERED, PIPELINED, STOPPED, FlowControl
-from gateway.request import BodyIncomplete, Failure, TooLarge
-from gateway.request import Request as Request  # the front server takes it from here
+from gateway.request import BodyIncomplete, Failure, Request, TooLarge
 from gateway.upstream import HOP_BY_HOP, UpstreamConnection
 
 log = logging.getLogger("kapal.gateway.http1")

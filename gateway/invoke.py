@@ -15,13 +15,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.errors import FunctionNotFound, PayloadTooLarge, UpstreamFailed, UpstreamTimeout
-from gateway.http1 import Request
+from gateway.errors import (
+    FunctionNotFound,
+    OutOfMemory,
+    PayloadTooLarge,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
+from gateway.request import Request
 from gateway.settings import Settings
-from gateway.upstream import UpstreamLost, Upstreams
-from scheduler.pool import Instance, Pool
+from gateway.upstream import InstanceBusy, UpstreamLost, Upstreams
+from scheduler.errors import NoCapacity
+from scheduler.pool import Acquired, Instance, Pool
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.invoke")
@@ -66,7 +73,8 @@ class Invoker:
         """Run `req` on an instance of `name`; returns the cold-start tier ("" when warm).
 
         Raises FunctionNotFound, PayloadTooLarge, scheduler errors (no capacity, start
-        failed), UpstreamTimeout (instance replaced) and UpstreamFailed (instance replaced).
+        failed), UpstreamTimeout (instance replaced) and UpstreamFailed (instance replaced;
+        OutOfMemory when it was killed for its memory).
         """
         pool = self.scheduler.pool(name)
         if pool is None:
@@ -75,8 +83,57 @@ class Invoker:
         if req.content_length is not None and req.content_length > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
         wall_start, t0 = time.time(), time.monotonic()
-        acquired = await pool.acquire(t0 + self.settings.queue_timeout_s)
+        wait_until = t0 + self.settings.queue_timeout_s
+        while True:
+            acquired = await pool.acquire(wait_until)
+            inst = acquired.instance
+            try:
+                status = await self._exchange(
+                    sink, req, name, target, peer, request_id, strip_key, pool, acquired
+                )
+            except InstanceBusy:
+                # Its slots are taken by other gateways: another instance, or a wait.
+                pool.release(inst)
+                pool.busy(inst)
+                if not req.replayable or time.monotonic() >= wait_until:
+                    raise NoCapacity(
+                        f"every instance of {name} is busy", retry_after_s=1.0
+                    ) from None
+                continue
+            except BaseException as e:
+                status = getattr(e, "status", 502)
+                pool.release(inst)
+                self._record(
+                    req,
+                    name,
+                    target,
+                    request_id,
+                    inst,
+                    status if isinstance(status, int) else 502,
+                    acquired,
+                    wall_start,
+                    t0,
+                )
+                raise
+            pool.release(inst)
+            self._record(req, name, target, request_id, inst, status, acquired, wall_start, t0)
+            return acquired.tier
+
+    async def _exchange(
+        self,
+        sink: ExchangeSink,
+        req: Request,
+        name: str,
+        target: bytes,
+        peer: bytes,
+        request_id: bytes,
+        strip_key: bool,
+        pool: Pool,
+        acquired: Acquired,
+    ) -> int:
+        """One exchange with the acquired instance; its status. Raises as `invoke`."""
         inst = acquired.instance
+        limit = self.settings.max_body_bytes
         timeout = inst.spec.limits.timeout_s
         extra = b"X-Kapal-Request-Id: " + request_id + b"\r\n"
         if acquired.cold:
@@ -85,40 +142,44 @@ class Invoker:
         deadline = b"%.3f" % (time.time() + timeout)
         ours = b"x-kapal-request-id: " + request_id + b"\r\nx-kapal-deadline: " + deadline + b"\r\n"
         head = request_head(req, target, peer, ours, strip_key)
-        status = 502
         try:
             await exchange(self.upstreams, sink, req, inst.address, head, extra, timeout, limit)
-            status = sink.status
-            if sink.runtime_timeout:
-                # The handler is still running inside (a thread cannot be killed).
-                pool.discard(inst, "timeout reported by the runtime")
         except TimeoutError:
-            status = 504
             pool.discard(inst, "timeout")
             raise UpstreamTimeout(f"function {name} did not answer within {timeout:g}s") from None
-        except PayloadTooLarge:
-            status = 413
-            raise
         except (UpstreamLost, OSError) as e:
-            status = 502
             raise await self._lost(pool, inst, e) from None
-        finally:
-            pool.release(inst)
-            self.recorder.add(
-                InvocationRecord(
-                    uuid.UUID(request_id.decode()),
-                    name,
-                    inst.version,
-                    req.method.decode(),
-                    target.split(b"?", 1)[0][:512].decode("latin-1"),
-                    status,
-                    acquired.cold,
-                    inst.id,
-                    datetime.fromtimestamp(wall_start, UTC),
-                    (time.monotonic() - t0) * 1000,
-                )
+        if sink.runtime_timeout:
+            # The handler is still running inside (a thread cannot be killed).
+            pool.discard(inst, "timeout reported by the runtime")
+        return sink.status
+
+    def _record(
+        self,
+        req: Request,
+        name: str,
+        target: bytes,
+        request_id: bytes,
+        inst: Instance,
+        status: int,
+        acquired: Acquired,
+        wall_start: float,
+        t0: float,
+    ) -> None:
+        self.recorder.add(
+            InvocationRecord(
+                uuid.UUID(request_id.decode()),
+                name,
+                inst.version,
+                req.method.decode(),
+                target.split(b"?", 1)[0][:512].decode("latin-1"),
+                status,
+                acquired.cold,
+                inst.id,
+                datetime.fromtimestamp(wall_start, UTC),
+                (time.monotonic() - t0) * 1000,
             )
-        return acquired.tier
+        )
 
     async def _lost(self, pool: Pool, inst: Instance, e: Exception) -> UpstreamFailed:
         """The error for an instance that failed mid-request; it is replaced."""
@@ -131,12 +192,10 @@ class Invoker:
                 log.warning("instance not inspected", extra={"function": name, "error": str(why)})
         pool.discard(inst, "out of memory" if oom else f"request failed: {e}")
         if oom:
-            err = UpstreamFailed(
+            return OutOfMemory(
                 f"function {name} ran out of memory (limit {inst.spec.limits.memory_mb} MiB)"
                 " and was killed; the instance has been replaced"
             )
-            err.code = "out_of_memory"
-            return err
         return UpstreamFailed(
             f"instance of {name} failed during the request ({inst.exit_reason or e});"
             " it has been replaced"

@@ -1,14 +1,11 @@
 """API keys: `kpl_<id>_<secret>`, stored as a sha256 of the secret, checked from memory.
 
 The invocation path never queries Postgres for a key: `KeyCache` holds every active key
-and is refreshed on create/revoke and every few seconds (for keys changed by another
-gateway on the same database).
+and is refreshed on create/revoke, by any gateway (see `gateway.catalog`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -150,14 +147,12 @@ def write_private(path: Path, text: str) -> None:
 
 
 class KeyCache:
-    """Every active key by id, in memory; `verify` is the hot-path check."""
+    """Every active key by id, in memory; `verify` is the hot-path check. Kept current by
+    the catalog (reloaded when any gateway changes a key)."""
 
-    def __init__(self, store: KeyStore, refresh_s: float) -> None:
+    def __init__(self, store: KeyStore) -> None:
         self.store = store
-        self.refresh_s = refresh_s
         self.keys: dict[str, ApiKey] = {}
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def verify(self, token: str) -> ApiKey | None:
         parsed = parse(token)
@@ -170,23 +165,3 @@ class KeyCache:
 
     async def refresh(self) -> None:
         self.keys = {k.id: k for k in await self.store.active()}
-
-    async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.create_task(self._loop(), name="kapal-keys-refresh")
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.refresh_s)
-            if self._stop.is_set():
-                return
-            try:
-                await self.refresh()
-            except Exception as e:  # keep serving with the keys we have
-                log.warning("key refresh failed", extra={"error": str(e)})
-
-    async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task

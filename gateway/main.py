@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -18,13 +19,12 @@ import uvloop
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import api, logs
+from gateway import logs, workers
 from gateway.app import create_app
-from gateway.auth import gate_key
-from gateway.connections import ConnectionLimits, ConnectionTable
 from gateway.front import Front
 from gateway.http1 import ClientConnection
 from gateway.server import GatewayRunner
+from gateway.services import Services
 from gateway.settings import Settings
 from gateway.vault import SecretKeyError, load_key
 
@@ -41,63 +41,102 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def check_secret_key(settings: Settings) -> None:
-    """Fail at once, naming the setting, when the secrets key is unusable."""
+def load_secret_key(settings: Settings) -> bytes:
+    """The secrets key; fails at once, naming the setting, when it is unusable."""
     raw = settings.secret_key.get_secret_value() if settings.secret_key else None
     try:
-        load_key(raw, settings.key_file())
+        return load_key(raw, settings.key_file())
     except (SecretKeyError, OSError) as e:
         print(f"kapal: bad secrets key: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then drain in-flight work and close everything."""
+async def serve(
+    settings: Settings, secret_key: bytes, stop: asyncio.Event, *, reuse_port: bool = False
+) -> None:
+    """Serve until `stop` is set, then drain in-flight work and close everything.
+
+    `reuse_port`: one of several workers listening on the same port (`gateway.workers`).
+    """
     loop = asyncio.get_running_loop()
-    app = create_app(settings)
-    # Requests aiohttp cannot parse get a JSON error too (see gateway.server).
-    runner = GatewayRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.stop_grace_s
-    )
-    with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
-        socket_path = str(Path(tmp) / "management.sock")
-        await runner.setup()
-        try:
-            await web.UnixSite(runner, socket_path).start()
-            invoker = app[api.invoker_key]
-            front = Front(
-                settings, invoker, app[gate_key], invoker.upstreams, f"unix:{socket_path}"
-            )
-            table: ConnectionTable[ClientConnection] = ConnectionTable(
-                ConnectionLimits.from_settings(settings)
-            )
-            server = await loop.create_server(
-                lambda: ClientConnection(front, table),
-                settings.host,
-                settings.port,
-                reuse_address=True,
-                backlog=4096,
-            )
-            log.info("listening", extra={"listen": settings.listen})
-            await stop.wait()
-            log.info("stopping: draining in-flight requests")
-            server.close()
-            await front.drain(settings.stop_grace_s)
-        finally:
-            await runner.cleanup()
+    async with Services.open(settings, secret_key) as svc:
+        # Requests aiohttp cannot parse get a JSON error too (see gateway.server).
+        runner = GatewayRunner(
+            create_app(svc),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.stop_grace_s,
+        )
+        with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
+            socket_path = str(Path(tmp) / "management.sock")
+            await runner.setup()
+            try:
+                await web.UnixSite(runner, socket_path).start()
+                front = Front(svc, f"unix:{socket_path}")
+                server = await loop.create_server(
+                    lambda: ClientConnection(front, front.table),
+                    settings.host,
+                    settings.port,
+                    reuse_address=True,
+                    reuse_port=reuse_port,
+                    backlog=4096,
+                )
+                log.info("listening", extra={"listen": settings.listen})
+                await stop.wait()
+                log.info("stopping: draining in-flight requests")
+                server.close()
+                await front.drain(settings.stop_grace_s)
+            finally:
+                await runner.cleanup()
+
+
+def worker_index(argv: list[str]) -> int | None:
+    """`--worker I`: this process is worker I of a `KAPAL_WORKERS` group."""
+    if len(argv) == 2 and argv[0] == "--worker" and argv[1].isdigit():
+        return int(argv[1])
+    if argv:
+        print(
+            f"kapal: unexpected arguments {' '.join(argv)!r} (settings are KAPAL_*)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return None
+
+
+async def watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died stops too (nothing else would ever stop it)."""
+    while not stop.is_set():
+        if workers.orphaned(parent):
+            log.warning("worker supervisor gone; stopping")
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def run() -> None:
     settings = load_settings()
-    check_secret_key(settings)
+    secret_key = load_secret_key(settings)
     logs.setup(settings.log_level)
+    index = worker_index(sys.argv[1:])
+    if index is None and settings.workers > 1:
+        # Time to drain, then to remove what the last one leaves.
+        raise SystemExit(workers.supervise(settings.workers, settings.stop_grace_s + 60.0))
+    parent = os.getppid()
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
+        if index is None:
+            await serve(settings, secret_key, stop)
+            return
+        watcher = asyncio.create_task(watch_parent(parent, stop))
+        try:
+            await serve(settings, secret_key, stop, reuse_port=True)
+        finally:
+            watcher.cancel()
 
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())

@@ -11,8 +11,15 @@ import re
 from typing import Protocol
 
 from gateway.errors import PayloadTooLarge
-from gateway.request import BODY_HIGH_WATER, Request
-from gateway.upstream import HOP_BY_HOP, Sink, UpstreamConnection, UpstreamLost, Upstreams
+from gateway.request import Request
+from gateway.upstream import (
+    HOP_BY_HOP,
+    InstanceBusy,
+    Sink,
+    UpstreamConnection,
+    UpstreamLost,
+    Upstreams,
+)
 
 KEY_RE = re.compile(rb"^kpl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 OURS = frozenset((b"x-kapal-request-id", b"x-kapal-deadline", b"x-forwarded-for"))
@@ -127,7 +134,7 @@ async def exchange(
     head_only = req.method == b"HEAD"
     # A small body that has fully arrived goes out with the head in one write, and the
     # exchange may be retried on a fresh connection when a kept-alive one was stale.
-    whole = req.body.complete and not req.chunked and req.body.size <= BODY_HIGH_WATER
+    whole = req.replayable
     payload = head + b"".join(req.body.chunks) if whole else head
     up = upstreams.take(address)
     reused = up is not None
@@ -153,6 +160,12 @@ async def exchange(
                 up, reused = None, False
             finally:
                 timer.cancel()
+    except InstanceBusy:
+        # The answer was complete: the connection is good for the next exchange.
+        sink.upstream = None
+        if up is not None:
+            upstreams.put(up)
+        raise
     except BaseException:
         if sink.upstream is not None:
             sink.upstream.abort()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
@@ -44,21 +44,45 @@ def retry_after(wait_s: float) -> str:
 
 
 class RateLimiter:
-    """Buckets by key (`key:<id>`, `fn:<name>`); a changed rate starts a fresh bucket."""
+    """Buckets by key (`key:<id>`, `fn:<name>`).
+
+    With several gateways, each enforces its `share` of a limit (set from every
+    gateway's demand, see `gateway.cluster`), so the limit holds across all of them.
+    """
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
         self.buckets: dict[str, TokenBucket] = {}
+        # This gateway's fraction of each limit (absent: all of it).
+        self.shares: dict[str, float] = {}
+        # Requests that asked for a token, per key, since `take_demand` was last called.
+        self.demand: dict[str, int] = {}
 
     def take(self, key: str, rate: float | None) -> float:
         """0.0 when allowed (or `rate` is None: unlimited), else seconds to wait."""
         if rate is None:
             return 0.0
+        self.demand[key] = self.demand.get(key, 0) + 1
+        rate *= self.shares.get(key, 1.0)
         now = self.clock()
         bucket = self.buckets.get(key)
-        if bucket is None or bucket.rate != rate:
+        if bucket is None:
             bucket = self.buckets[key] = TokenBucket.full(rate, burst_for(rate), now)
+        elif bucket.rate != rate:
+            # A new share or a changed limit: tokens saved so far stay, within the new burst.
+            bucket.tokens += (now - bucket.updated) * bucket.rate
+            bucket.updated, bucket.rate, bucket.burst = now, rate, burst_for(rate)
+            bucket.tokens = min(bucket.tokens, bucket.burst)
         return bucket.take(now)
+
+    def take_demand(self) -> dict[str, int]:
+        demand, self.demand = self.demand, {}
+        return demand
 
     def forget(self, key: str) -> None:
         self.buckets.pop(key, None)
+
+    def forget_missing(self, functions: Collection[str]) -> None:
+        """Drop the buckets of functions that no longer exist."""
+        for key in [k for k in self.buckets if k.startswith("fn:") and k[3:] not in functions]:
+            del self.buckets[key]

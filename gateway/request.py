@@ -131,6 +131,12 @@ class Request:
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
+    @property
+    def replayable(self) -> bool:
+        """Its whole body is here and small: it can be sent again (another instance, or a
+        fresh connection) without the client sending it again."""
+        return self.body.complete and not self.chunked and self.body.size <= BODY_HIGH_WATER
+
     @classmethod
     def buffered(
         cls, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], data: bytes

@@ -13,7 +13,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
-from gateway.errors import error_response
+from gateway.errors import Problem, error_response
 
 log = logging.getLogger("kapal.gateway")
 
@@ -46,7 +46,7 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
             return super().handle_error(request, status, exc, message)
         status, code, text = parse_error(exc)
         log.info("unparsable request", extra={"status": status, "peer": request.remote})
-        resp = error_response(status, code, text)
+        resp = error_response(Problem(status, code, text))
         resp.force_close()
         return resp
 

@@ -71,8 +71,11 @@ class Settings(BaseSettings):
     records_retention_days: int = 7
     # Where the first admin key is written (0600) when the database has none; unset: never.
     bootstrap_key_file: Path | None = None
-    # Seconds between reloads of the in-memory API keys (keys changed by other gateways).
-    keys_refresh_s: float = Field(default=5.0, gt=0)
+    # Seconds between full reloads of the catalog (functions, keys, secrets), which
+    # otherwise follows notifications: a missed one heals within this.
+    catalog_refresh_s: float = Field(default=2.0, gt=0)
+    # Gateway processes serving the port on this host (SO_REUSEPORT), each a full gateway.
+    workers: int = Field(default=1, ge=1, le=64)
     # Requests a second one API key may make, unless the key sets its own; 0: unlimited.
     key_rps: float = Field(default=1000.0, ge=0)
     # Invocations a second of a function without `limits.rps`; 0: unlimited.

@@ -30,6 +30,7 @@ class FunctionRow:
 
 
 def _spec(row: asyncpg.Record) -> FunctionSpec:
+    """A `function_versions` row (name, version, spec, image) as the scheduler's spec."""
     data: dict[str, Any] = json.loads(row["spec"])
     return FunctionSpec(**data, name=row["name"], version=row["version"], image=row["image"])
 
@@ -110,19 +111,13 @@ class FunctionStore:
             if f is None:
                 raise FunctionNotFound(f"function {name} not found")
             versions = await conn.fetch(
-                "SELECT version, spec, image, created_at FROM function_versions"
+                "SELECT name, version, spec, image, created_at FROM function_versions"
                 " WHERE name = $1 ORDER BY version",
                 name,
             )
         current = next(v for v in versions if v["version"] == f["current_version"])
-        spec = FunctionSpec(
-            **json.loads(current["spec"]),
-            name=name,
-            version=current["version"],
-            image=current["image"],
-        )
         return FunctionRow(
-            spec,
+            _spec(current),
             f["invocations"],
             f["created_at"],
             f["updated_at"],
@@ -146,6 +141,9 @@ class FunctionStore:
             deleted = await conn.fetchval(
                 "DELETE FROM functions WHERE name = $1 RETURNING name", name
             )
+            # Nothing of the function is left: its endpoints and schedules go with it.
+            await conn.execute("DELETE FROM webhooks WHERE function = $1", name)
+            await conn.execute("DELETE FROM schedules WHERE function = $1", name)
         if deleted is None:
             raise FunctionNotFound(f"function {name} not found")
         return [r["image"] for r in images]

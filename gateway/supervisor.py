@@ -12,6 +12,16 @@ log = logging.getLogger("kapal.gateway.supervisor")
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
+async def either(a: asyncio.Event, b: asyncio.Event) -> None:
+    """Until `a` or `b` is set (a loop's wake-up or its stop)."""
+    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
 class Supervisor:
     """Runs each loop as a named task; a loop that raises is logged and restarted."""
 

@@ -40,6 +40,14 @@ class UpstreamLost(Exception):
         self.response_started = response_started
 
 
+class InstanceBusy(Exception):
+    """The instance turned the request away before running it: all its slots are taken
+    (by other gateways). Nothing reached the sink; the request may go elsewhere."""
+
+
+BUSY = b"busy"
+
+
 class Sink(Protocol):
     def start(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
@@ -67,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._started = False
+        self._busy = False
         self._write_paused: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -111,6 +120,14 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:  # an interim response (100 Continue): not the answer
             self._headers, self._reason = [], b""
             return
+        if status == 503 and any(
+            n.lower() == b"x-kapal-error" and v == BUSY for n, v in self._headers
+        ):
+            self._busy = True  # answered to us, not to the client
+            if self._head_only:
+                self.reusable = False
+                self._finish()
+            return
         has_length = any(n.lower() == b"content-length" for n, _ in self._headers)
         self._started = True
         if self._sink is not None:
@@ -122,7 +139,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
-        if self._sink is not None:
+        if self._sink is not None and not self._busy:
             self._sink.body(body)
 
     def on_message_complete(self) -> None:
@@ -133,14 +150,19 @@ class UpstreamConnection(asyncio.Protocol):
     # -- exchanges ---------------------------------------------------------------------
 
     def _finish(self) -> None:
-        sink, done = self._sink, self._done
+        sink, done, busy = self._sink, self._done, self._busy
         self._reset()
+        if busy:
+            if done is not None and not done.done():
+                done.set_exception(InstanceBusy())
+            return
         if sink is not None:
             sink.end()
         if done is not None and not done.done():
             done.set_result(None)
 
     def _reset(self) -> None:
+        self._busy = False
         self._sink = None
         self._done = None
         self._headers = []

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -142,7 +142,7 @@ class SecretFiles:
             if old.name not in values:
                 old.unlink()
         for name, value in values.items():
-            tmp = folder / f".{name}.tmp"
+            tmp = folder / f".{name}.{os.getpid()}.tmp"  # gateways on one host may race
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
             try:
                 os.write(fd, value.encode())
@@ -173,13 +173,13 @@ class SecretFiles:
 
 
 class Secrets:
-    """What the API and the deployer do with secrets: check, store, mount, forget."""
+    """What the API and the catalog do with secrets: check, store, mount, forget."""
 
     def __init__(self, store: SecretStore, files: SecretFiles) -> None:
         self.store = store
         self.files = files
-        # The current spec of every function that uses secrets, by name.
-        self.users: dict[str, FunctionSpec] = {}
+        # Which functions mount a secret now (the catalog's answer; set when it exists).
+        self.users_of: Callable[[str], list[str]] = lambda name: []
 
     async def check(self, names: Iterable[str]) -> None:
         missing = await self.store.missing(names)
@@ -193,21 +193,12 @@ class Secrets:
             return
         values = await self.store.values(spec.secrets)
         self.files.write(spec.name, values)
-        self.users[spec.name] = spec
 
     def forget(self, function: str) -> None:
-        self.users.pop(function, None)
         self.files.remove(function)
 
-    async def put(self, name: str, value: str) -> bool:
-        created = await self.store.put(name, value)
-        for spec in list(self.users.values()):
-            if name in spec.secrets:
-                await self.mount(spec)
-        return created
-
     async def delete(self, name: str) -> bool:
-        users = sorted(f for f, spec in self.users.items() if name in spec.secrets)
+        users = self.users_of(name)
         if users:
             raise Conflict(f"secret {name!r} is used by: {', '.join(users)}")
         return await self.store.delete(name)

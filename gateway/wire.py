@@ -5,107 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.dataclasses import dataclass
 
 from gateway.keys import Scope
-from scheduler.models import (
-    ENV_NAME_RE,
-    HANDLER_RE,
-    NAME_RE,
-    RUNTIMES,
-    SECRET_NAME_RE,
-    AsyncPolicy,
-    Limits,
-    Network,
-    Scaling,
-)
-
-MAX_ENV = 200
-MAX_ENV_VALUE = 32 * 1024
+from scheduler.models import SECRET_NAME_RE, FunctionConfig, FunctionName, FunctionVersion
+from scheduler.scheduler import InstanceView, PoolView
 
 
-class DeploySpec(BaseModel):
-    """The `spec` part of a deploy or update."""
+class DeploySpec(FunctionConfig):
+    """The `spec` part of a deploy or update: the function's config, and maybe its name."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    # Lowercase DNS label (a-z, 0-9, '-', at most 63 characters).
-    name: str | None = None
-    # Runtime family.
-    runtime: str = "python"
-    # "module.function" inside the code folder.
-    handler: str = "handler.handle"
-    # Environment variables of every instance.
-    env: dict[str, str] = Field(default_factory=dict)
-    # Per-instance limits.
-    limits: Limits = Field(default_factory=Limits)
-    # Pool sizing.
-    scaling: Scaling = Field(default_factory=Scaling)
-    # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
-    public: bool = False
-    # Names of secrets (POST /v1/secrets) mounted read-only under /run/secrets/<name>.
-    secrets: list[str] = Field(default_factory=list, max_length=50)
-    # What the instances may reach: {"outbound": false} cuts internet access.
-    network: Network = Field(default_factory=Network)
-
-    @field_validator("secrets")
-    @classmethod
-    def _secrets(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not SECRET_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a valid secret name")
-        if len(set(v)) != len(v):
-            raise ValueError("names must be unique")
-        return v
-
-    # Retries and concurrency of queued invocations.
-    async_: AsyncPolicy = Field(
-        default_factory=AsyncPolicy,
-        validation_alias=AliasChoices("async", "async_"),
-        serialization_alias="async",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and not NAME_RE.match(v):
-            raise ValueError("must be a lowercase DNS label: a-z, 0-9 and '-', at most 63 long")
-        return v
-
-    @field_validator("runtime")
-    @classmethod
-    def _runtime(cls, v: str) -> str:
-        if v not in RUNTIMES:
-            raise ValueError(f"unknown runtime {v!r}; known: {', '.join(RUNTIMES)}")
-        return v
-
-    @field_validator("handler")
-    @classmethod
-    def _handler(cls, v: str) -> str:
-        if not HANDLER_RE.match(v):
-            raise ValueError("must look like module.function, e.g. handler.handle")
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > MAX_ENV:
-            raise ValueError(f"at most {MAX_ENV} variables")
-        for key, value in v.items():
-            if not ENV_NAME_RE.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if key.startswith("KAPAL_"):
-                raise ValueError(f"{key!r}: names starting with KAPAL_ are reserved")
-            if len(value) > MAX_ENV_VALUE or "\x00" in value:
-                raise ValueError(f"{key!r}: value too long or holds a NUL byte")
-        return v
+    # Lowercase DNS label (a-z, 0-9, '-', at most 63 characters); PUT takes it from the URL.
+    name: FunctionName | None = None
 
 
 class VersionOut(BaseModel):
@@ -114,49 +26,33 @@ class VersionOut(BaseModel):
     created_at: datetime
 
 
-class InstanceOut(BaseModel):
-    id: str
-    version: int
-    state: str
-    in_flight: int
-    address: str
-    # Short id of its container.
-    container: str
-    # How it was brought up: new (container from the image), prewarm, or paused.
-    tier: str
+@dataclass(frozen=True)
+class InstanceOut(InstanceView):
+    """One instance as the scheduler describes it; `container` is a short container id,
+    `tier` how it was brought up: new (container from the image), prewarm, or paused."""
 
 
-class PoolStatus(BaseModel):
-    # Instances the autoscaler wants for the current version.
-    desired: int
-    ready: int
-    starting: int
-    paused: int
-    draining: int
-    # Requests being served, and waiting for a slot.
-    in_flight: int
-    waiting: int
-    # Requests answered 503 since start-up (wait buffer full, or no slot in time).
-    rejected: int
-    # The autoscaler is in panic mode (a burst).
-    panic: bool
+@dataclass(frozen=True)
+class PoolStatus(PoolView):
+    """A pool's counts: `desired` is what the autoscaler wants for the current version,
+    `in_flight` requests are being served and `waiting` wait for a slot, `rejected` were
+    answered 503 since start-up (wait buffer full, or no slot in time), `panic` means the
+    autoscaler sees a burst."""
 
 
-class FunctionOut(BaseModel):
-    name: str
-    version: int
-    runtime: str
-    handler: str
-    image: str
-    env: dict[str, str]
-    limits: Limits
-    scaling: Scaling
-    public: bool
-    secrets: list[str]
-    network: Network
-    async_: AsyncPolicy = Field(serialization_alias="async")
+class FunctionOut(FunctionVersion):
+    """A function as the API shows it: its current version's spec, history and pool."""
+
+    # Documented as sent: every field present (defaults too), `async` by its wire name.
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_mode_override="serialization",
+        json_schema_serialization_defaults_required=True,
+    )
+
     created_at: datetime
     updated_at: datetime
+    # Invocations recorded so far (including those not yet flushed to Postgres).
     invocations: int
     versions: list[VersionOut]
     instances: list[InstanceOut]

@@ -1,7 +1,8 @@
 """A function's deploy spec: its folder's optional `kapal.toml` plus command-line overrides.
 
-The gateway is the authority on values (name syntax, limit ranges, defaults); this module
-only checks shape and types, so a typo in `kapal.toml` fails here, naming the key.
+Checked with the gateway's own definition of a function's config (`FunctionConfig`), so a
+typo or a bad value in `kapal.toml` fails here, naming the file and the field. Only what
+the user gave is sent: the gateway's defaults apply to the rest.
 """
 
 import tomllib
@@ -9,44 +10,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
 from kapal.errors import SpecError
+from scheduler.models import FunctionConfig, FunctionName
 
 SPEC_FILE = "kapal.toml"
-SECTIONS = ("env", "limits", "scaling", "network")
 
 
-class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Manifest(FunctionConfig):
+    """`kapal.toml` and the command-line options: the function's config and its name."""
 
-    timeout_s: float | None = None  # seconds one invocation may run
-    memory_mb: int | None = None  # memory limit of each instance
-    cpus: float | None = None  # CPU share of each instance
-    rps: float | None = None  # invocations a second across all instances
-
-
-class Scaling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min: int | None = None  # instances kept warm even when idle
-    max: int | None = None  # instances never exceeded
-    concurrency: int | None = None  # in-flight requests per instance
-    idle_timeout_s: float | None = None  # idle seconds before an instance is stopped
-
-
-class FunctionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str  # lowercase DNS label
-    runtime: str | None = None  # language runtime; gateway default "python"
-    handler: str | None = None  # module.function; gateway default "handler.handle"
-    env: dict[str, str] = {}  # environment of the function's containers
-    limits: Limits = Limits()  # resource limits
-    scaling: Scaling = Scaling()  # autoscaling bounds
-    public: bool | None = None  # anyone may invoke it (default: an invoke key is needed)
-    secrets: list[str] | None = None  # secrets mounted under /run/secrets/<name>
-    network: dict[str, Any] | None = None  # {"outbound": false} cuts internet access
+    # Lowercase DNS label; default: the folder's name.
+    name: FunctionName
 
     @field_validator("env", mode="before")
     @classmethod
@@ -85,18 +61,17 @@ def read_spec_file(folder: Path) -> dict[str, Any]:
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`overrides` on top of `base`; sections merge key by key; None means "not given"."""
+    """`overrides` on top of `base`; tables merge key by key; None means "not given"."""
     merged = dict(base)
     for key, value in overrides.items():
         if value is None:
             continue
-        section = merged.get(key)
-        if key in SECTIONS and isinstance(value, Mapping) and isinstance(section, Mapping):
-            merged[key] = merge(section, value)
-        elif key in SECTIONS and isinstance(value, Mapping):
-            merged[key] = {k: v for k, v in value.items() if v is not None}
-        else:
-            merged[key] = value
+        if isinstance(value, Mapping):
+            section = merged.get(key)
+            value = merge(section if isinstance(section, Mapping) else {}, value)
+            if not value and key not in merged:
+                continue  # a table of options none of which was given
+        merged[key] = value
     return merged
 
 
@@ -107,10 +82,10 @@ def load_spec(folder: Path, overrides: Mapping[str, Any] | None = None) -> dict[
     raw = merge(read_spec_file(folder), overrides or {})
     raw.setdefault("name", default_name(folder))
     try:
-        spec = FunctionSpec.model_validate(raw)
+        spec = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(_describe(folder / SPEC_FILE, exc)) from exc
-    return spec.model_dump(exclude_none=True)
+    return spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

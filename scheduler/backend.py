@@ -14,11 +14,18 @@ class Running:
     """A container the backend started or found, as pools see it."""
 
     id: str
-    # host:port the instance's runtime server listens on.
+    # host:port the instance's runtime server listens on ("" when it does not run).
     address: str
     function: str
     version: int
     labels: dict[str, str] = field(default_factory=dict)
+    # Frozen by the engine (a paused standby).
+    paused: bool = False
+
+
+# What `watch` reports: a container was created and started, ended, frozen, thawed,
+# renamed (a prewarmed container now serving a function) or removed.
+EVENTS = ("start", "die", "oom", "pause", "unpause", "rename", "destroy")
 
 
 class ContainerBackend(Protocol):
@@ -36,8 +43,17 @@ class ContainerBackend(Protocol):
 
     async def unpause(self, container_id: str) -> None: ...
 
-    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
-        """Report containers that die (`on_exit(id, "die" | "oom")`); returns a stop function."""
+    async def claim(self, container_id: str, spec: FunctionSpec, instance_id: str) -> None:
+        """Mark a prewarmed container as serving `spec` (so any gateway can find it)."""
+        ...
+
+    def watch(self, on_event: Callable[[str, str], None]) -> Callable[[], None]:
+        """Report container events (`on_event(id, action)`, action in EVENTS); returns a
+        stop function."""
+        ...
+
+    async def inspect(self, container_id: str) -> Running | None:
+        """One container of this namespace as it is now; None when it is gone."""
         ...
 
     async def list_managed(self) -> list[Running]:

@@ -20,7 +20,7 @@ import docker.errors
 from docker import APIClient
 
 from scheduler import firewall, lease
-from scheduler.backend import Running
+from scheduler.backend import EVENTS, Running
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import PREWARM_NAME, FunctionSpec
 
@@ -35,8 +35,30 @@ LABEL_NAMESPACE = "kapal.namespace"
 LABEL_FUNCTION = "kapal.function"
 LABEL_VERSION = "kapal.version"
 LABEL_INSTANCE = "kapal.instance"
+LABEL_RUNTIME = "kapal.runtime"
 # On a network: the lock file its namespace's live gateways hold (see scheduler.lease).
 LABEL_LEASE = "kapal.lease"
+
+
+def instance_name(namespace: str, function: str, version: int, instance_id: str) -> str:
+    """A container's name; it also says what the container serves (see `identity`)."""
+    return f"{namespace}-{function}-{version}-{instance_id}"
+
+
+def identity(namespace: str, labels: dict[str, str], name: str) -> tuple[str, int]:
+    """(function, version) a container serves.
+
+    Labels are fixed at creation, so a prewarmed container (labelled as such) that was
+    specialized is renamed instead: its name then says which function it serves.
+    """
+    function = labels.get(LABEL_FUNCTION, "")
+    version = int(labels.get(LABEL_VERSION, "0") or 0)
+    if function == PREWARM_NAME:
+        rest = name.lstrip("/").removeprefix(f"{namespace}-")
+        parts = rest.rsplit("-", 2)
+        if len(parts) == 3 and parts[0] != PREWARM_NAME and parts[1].isdigit():
+            return parts[0], int(parts[1])
+    return function, version
 
 
 def instance_labels(namespace: str, spec: FunctionSpec, instance_id: str) -> dict[str, str]:
@@ -46,6 +68,7 @@ def instance_labels(namespace: str, spec: FunctionSpec, instance_id: str) -> dic
         LABEL_FUNCTION: spec.name,
         LABEL_VERSION: str(spec.version),
         LABEL_INSTANCE: instance_id,
+        LABEL_RUNTIME: spec.runtime,
     }
 
 
@@ -79,6 +102,8 @@ def container_config(
         "KAPAL_VERSION": str(spec.version),
         "KAPAL_HANDLER": spec.handler,
         "KAPAL_TIMEOUT_S": str(spec.limits.timeout_s),
+        # The runtime turns away requests past this ("busy"), whichever gateway sends them.
+        "KAPAL_CONCURRENCY": "0" if spec.name == PREWARM_NAME else str(spec.scaling.concurrency),
     }
     memory = spec.limits.memory_mb * 1024 * 1024
     tmpfs = {"/tmp": "rw,nosuid,nodev,size=64m"}
@@ -95,7 +120,7 @@ def container_config(
         network = internal_network_name(network)
     return {
         "image": spec.image,
-        "name": f"{namespace}-{spec.name}-{spec.version}-{instance_id}",
+        "name": instance_name(namespace, spec.name, spec.version, instance_id),
         "labels": instance_labels(namespace, spec, instance_id),
         "environment": env,
         "host_config": {
@@ -288,6 +313,42 @@ class DockerBackend:
     async def unpause(self, container_id: str) -> None:
         await self._run(self.api.unpause, container_id)
 
+    async def claim(self, container_id: str, spec: FunctionSpec, instance_id: str) -> None:
+        name = instance_name(self.namespace, spec.name, spec.version, instance_id)
+        await self._run(self.api.rename, container_id, name)
+
+    def _running(
+        self, cid: str, name: str, labels: dict[str, str], nets: dict[str, Any], state: str
+    ) -> Running:
+        net = nets.get(self.network) or nets.get(self.internal_network) or {}
+        ip = net.get("IPAddress") or ""
+        up = state in ("running", "paused")
+        function, version = identity(self.namespace, labels, name)
+        return Running(
+            cid,
+            f"{ip}:{RUNTIME_PORT}" if ip and up else "",
+            function,
+            version,
+            labels,
+            paused=state == "paused",
+        )
+
+    async def inspect(self, container_id: str) -> Running | None:
+        def inspect() -> Running | None:
+            try:
+                info = self.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+            labels = info["Config"].get("Labels") or {}
+            if labels.get(LABEL_NAMESPACE) != self.namespace:
+                return None
+            state = info["State"]
+            status = "paused" if state.get("Paused") else state.get("Status", "")
+            nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
+            return self._running(info["Id"], info.get("Name", ""), labels, nets, status)
+
+        return await self._run(inspect)
+
     async def oom_killed(self, container_id: str, wait_s: float = 2.0) -> bool:
         """Whether the kernel killed the container for passing its memory limit.
 
@@ -316,28 +377,21 @@ class DockerBackend:
                 all=True,
                 filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"]},
             )
-            out = []
-            for c in found:
-                labels = c.get("Labels") or {}
-                nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
-                net = nets.get(self.network) or nets.get(self.internal_network) or {}
-                ip = net.get("IPAddress") or ""
-                running = c.get("State") == "running"
-                out.append(
-                    Running(
-                        c["Id"],
-                        f"{ip}:{RUNTIME_PORT}" if ip and running else "",
-                        labels.get(LABEL_FUNCTION, ""),
-                        int(labels.get(LABEL_VERSION, "0") or 0),
-                        labels,
-                    )
+            return [
+                self._running(
+                    c["Id"],
+                    (c.get("Names") or [""])[0],
+                    c.get("Labels") or {},
+                    (c.get("NetworkSettings") or {}).get("Networks") or {},
+                    c.get("State", ""),
                 )
-            return out
+                for c in found
+            ]
 
         return await self._run(list_)
 
-    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
-        """Call `on_exit(container_id, action)` on the loop when a container of ours dies.
+    def watch(self, on_event: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call `on_event(container_id, action)` on the loop for each container event.
 
         Returns a function that stops watching. The engine's event stream is read on a
         thread of its own.
@@ -347,7 +401,7 @@ class DockerBackend:
             decode=True,
             filters={
                 "type": "container",
-                "event": ["die", "oom"],
+                "event": list(EVENTS),
                 "label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"],
             },
         )
@@ -356,13 +410,18 @@ class DockerBackend:
             try:
                 for event in stream:
                     cid, action = event.get("id", ""), event.get("Action", "")
-                    loop.call_soon_threadsafe(on_exit, cid, action)
+                    loop.call_soon_threadsafe(on_event, cid, action)
             except Exception as e:  # the stream closes when we stop, or the engine goes
                 log.debug("event stream ended", extra={"error": str(e)})
 
         thread = threading.Thread(target=read, name="kapal-docker-events", daemon=True)
         thread.start()
         return stream.close
+
+    async def remove_function(self, function: str) -> None:
+        """Remove every container serving `function` (a deleted function)."""
+        found = [c for c in await self.list_managed() if c.function == function]
+        await asyncio.gather(*(self.remove(c.id) for c in found))
 
     async def remove_images(self, repository: str) -> None:
         """Remove every tag of a function's image repository."""

@@ -1,12 +1,21 @@
-"""Errors raised by the scheduler; the gateway maps each to an HTTP status."""
+"""Errors raised by the scheduler, each with the status and code a caller sees.
+
+Plain ints and strings: the scheduler knows nothing of HTTP servers; the gateway turns
+any error into a response in one place (`gateway.errors.problem`).
+"""
 
 
 class SchedulerError(Exception):
     """Root of every scheduler error."""
 
+    status = 500
+    code = "internal"
+
 
 class NoCapacity(SchedulerError):
     """No instance slot became free before the deadline, or the wait buffer is full."""
+
+    status, code = 503, "unavailable"
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
@@ -16,13 +25,23 @@ class NoCapacity(SchedulerError):
 class StartFailed(SchedulerError):
     """An instance could not be started (image missing, handler failed to load, ...)."""
 
+    status, code = 502, "start_failed"
+
 
 class BuildFailed(SchedulerError):
     """Building a function image failed; the message says why, for the deployer."""
 
+    status, code = 422, "build_failed"
+
 
 class UnknownFunction(SchedulerError):
     """The scheduler has no pool for that function."""
+
+    status, code = 404, "function_not_found"
+
+    def __init__(self, function: str) -> None:
+        super().__init__(f"function {function} not found")
+        self.function = function
 
 
 class BackendError(SchedulerError):

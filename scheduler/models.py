@@ -1,18 +1,69 @@
-"""Plain models the gateway hands to the scheduler (shared leaf module)."""
+"""A function's spec, defined once: what users set, and what the scheduler runs (shared leaf).
+
+`FunctionConfig` is everything a user sets in a deploy's spec or a `kapal.toml`, with every
+value check; the deploy wire model, the API's function view and the CLI's manifest add
+their own few fields to it, and `FunctionSpec` adds what the scheduler needs. Adding a
+field is one edit here.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 RUNTIMES = ("python",)
+MAX_ENV = 200
+MAX_ENV_VALUE = 32 * 1024
+MAX_SECRETS = 50
 # The function name generic prewarmed containers run under (not a valid function name).
 PREWARM_NAME = "_prewarm"
+
+
+def _function_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError("must be a lowercase DNS label: a-z, 0-9 and '-', at most 63 long")
+    return v
+
+
+def _runtime(v: str) -> str:
+    if v not in RUNTIMES:
+        raise ValueError(f"unknown runtime {v!r}; known: {', '.join(RUNTIMES)}")
+    return v
+
+
+def _handler(v: str) -> str:
+    if not HANDLER_RE.match(v):
+        raise ValueError("must look like module.function, e.g. handler.handle")
+    return v
+
+
+def _secret_names(v: list[str]) -> list[str]:
+    for name in v:
+        if not SECRET_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a valid secret name")
+    if len(set(v)) != len(v):
+        raise ValueError("names must be unique")
+    return v
+
+
+# A function's name as users give it: a lowercase DNS label.
+FunctionName = Annotated[str, AfterValidator(_function_name)]
+# Names of secrets, each at most once.
+SecretNames = Annotated[list[str], Field(max_length=MAX_SECRETS), AfterValidator(_secret_names)]
 
 
 class Limits(BaseModel):
@@ -42,14 +93,10 @@ class Scaling(BaseModel):
 
     @field_validator("max")
     @classmethod
-    def _max_not_below_min(cls, v: int, info: object) -> int:
-        data = getattr(info, "data", {})
-        if "min" in data and v < data["min"]:
+    def _max_not_below_min(cls, v: int, info: ValidationInfo) -> int:
+        if "min" in info.data and v < info.data["min"]:
             raise ValueError("must be >= scaling.min")
         return v
-
-
-SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 class Network(BaseModel):
@@ -70,34 +117,28 @@ class AsyncPolicy(BaseModel):
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 16
 
 
-class FunctionSpec(BaseModel):
-    """One immutable version of a function, as the scheduler runs it."""
+class FunctionConfig(BaseModel):
+    """What a user sets for a function: a deploy's spec, a `kapal.toml` (less the name)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(extra="forbid")
+    # Variable names users may not set: the platform sets its own (KAPAL_FUNCTION, ...).
+    reserved_env: ClassVar[str] = "KAPAL_"
 
-    # DNS-label name of the function.
-    name: str
-    # Version number, 1 for the first deploy, +1 per update.
-    version: int
     # Runtime family ("python").
-    runtime: str = "python"
-    # "module.attr" of the handler inside the code folder.
-    handler: str = "handler.handle"
-    # Image built for this version.
-    image: str
+    runtime: Annotated[str, AfterValidator(_runtime)] = "python"
+    # "module.function" of the handler inside the code folder.
+    handler: Annotated[str, AfterValidator(_handler)] = "handler.handle"
     # Environment variables given to every instance.
     env: dict[str, str] = Field(default_factory=dict)
     # Resource and time limits per instance.
     limits: Limits = Field(default_factory=Limits)
     # Pool sizing.
     scaling: Scaling = Field(default_factory=Scaling)
-    # Its image carries resolved requirements (a generic prewarmed container cannot serve it).
-    has_dependencies: bool = False
     # Anyone may invoke it; otherwise an API key with the `invoke` scope is needed.
     public: bool = False
-    # Names of the secrets mounted read-only under /run/secrets/<name>.
-    secrets: list[str] = Field(default_factory=list)
-    # What the instances may reach.
+    # Names of secrets (POST /v1/secrets) mounted read-only under /run/secrets/<name>.
+    secrets: SecretNames = Field(default_factory=list)
+    # What the instances may reach: {"outbound": false} cuts internet access.
     network: Network = Field(default_factory=Network)
     # Retries and concurrency of queued invocations ("async" on the wire).
     async_: AsyncPolicy = Field(
@@ -105,3 +146,39 @@ class FunctionSpec(BaseModel):
         validation_alias=AliasChoices("async", "async_"),
         serialization_alias="async",
     )
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_ENV:
+            raise ValueError(f"at most {MAX_ENV} variables")
+        for key, value in v.items():
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if cls.reserved_env and key.startswith(cls.reserved_env):
+                raise ValueError(f"{key!r}: names starting with {cls.reserved_env} are reserved")
+            if len(value) > MAX_ENV_VALUE or "\x00" in value:
+                raise ValueError(f"{key!r}: value too long or holds a NUL byte")
+        return v
+
+
+class FunctionVersion(FunctionConfig):
+    """One deployed version of a function, as anyone may see it."""
+
+    # DNS-label name of the function (PREWARM_NAME for a generic prewarmed container).
+    name: str
+    # Version number, 1 for the first deploy, +1 per update.
+    version: int
+    # Image built for this version.
+    image: str
+
+
+class FunctionSpec(FunctionVersion):
+    """One immutable version of a function, as the scheduler runs it."""
+
+    model_config = ConfigDict(frozen=True)
+    # The platform's own specs carry its variables (KAPAL_PREWARM in prewarmed containers).
+    reserved_env: ClassVar[str] = ""
+
+    # Its image carries resolved requirements (a generic prewarmed container cannot serve it).
+    has_dependencies: bool = False

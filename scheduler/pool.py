@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections import deque
@@ -19,9 +18,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, Running
 from scheduler.errors import NoCapacity, SchedulerError, StartFailed, UnknownFunction
 from scheduler.models import FunctionSpec
+from scheduler.scaler import Scaler
 
 log = logging.getLogger("kapal.scheduler.pool")
 
@@ -69,6 +70,12 @@ class Instance:
     tier: Tier = Tier.NEW
     # Why the engine says its container ended ("out of memory", ...), once it has.
     exit_reason: str = ""
+    # The runtime answered "busy" (other gateways fill it): not picked before this time.
+    busy_until: float = 0.0
+    # The engine has frozen it (a parked instance is PAUSED before it is frozen).
+    frozen: bool = False
+    # When it entered its state (monotonic).
+    since: float = 0.0
 
     @property
     def version(self) -> int:
@@ -89,8 +96,6 @@ class PoolConfig:
     stop_grace_s: float = 5.0
     # Scaled-down instances are paused as standbys (else removed at once).
     pause: bool = True
-    # Fraction of concurrency slots on-demand starts aim to fill (the autoscaler's target).
-    target_utilization: float = 0.7
 
 
 @dataclass
@@ -120,6 +125,17 @@ def new_instance_id() -> str:
     return secrets.token_hex(4)
 
 
+# How long an instance that answered "busy" is skipped.
+BUSY_BACKOFF_S = 0.005
+
+Demand = Callable[["Pool"], None]
+BeforePause = Callable[[Instance], Awaitable[bool]]
+
+
+async def _always(inst: Instance) -> bool:
+    return True
+
+
 class Pool:
     def __init__(
         self,
@@ -129,6 +145,10 @@ class Pool:
         config: PoolConfig | None = None,
         clock: Clock = time.monotonic,
         prewarm: PrewarmSource | None = None,
+        scaler: Scaler | None = None,
+        *,
+        on_demand: Demand | None = None,
+        before_pause: BeforePause = _always,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -147,6 +167,19 @@ class Pool:
         # The autoscaler's last word, for status.
         self.desired = 0
         self.panic = False
+        # This gateway starts, parks and stops instances (the scaling leader); otherwise
+        # it only routes to the instances it discovers.
+        self.leading = True
+        # The one decider for this function (used while leading).
+        self.scaler = scaler or Scaler(AutoscalerConfig())
+        # Called when a request waits while this gateway is not leading (tell the leader).
+        self.on_demand = on_demand
+        # Awaited before an instance is frozen; False: do not freeze it after all.
+        self.before_pause = before_pause
+        # Concurrency other gateways observe for this function (set by the scheduler).
+        self.remote = 0
+        # Tells other gateways that an instance is parked ("park") or serves again ("ready").
+        self.announce: Callable[[str, Instance], None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks = _Tasks()
 
@@ -155,6 +188,7 @@ class Pool:
     def _pick(self) -> Instance | None:
         best: Instance | None = None
         version = self.spec.version
+        now = 0.0
         for inst in self.instances.values():
             if (
                 inst.state is InstanceState.READY
@@ -162,6 +196,11 @@ class Pool:
                 and inst.in_flight < inst.spec.scaling.concurrency
                 and (best is None or inst.in_flight < best.in_flight)
             ):
+                if inst.busy_until:
+                    now = now or self.clock()
+                    if inst.busy_until > now:
+                        continue
+                    inst.busy_until = 0.0
                 best = inst
         return best
 
@@ -181,7 +220,7 @@ class Pool:
         while True:
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
-            self._scale_for_waiters()
+            self.poke()
             try:
                 await asyncio.wait_for(fut, max(0.0, deadline - self.clock()))
             except TimeoutError:
@@ -208,10 +247,64 @@ class Pool:
         inst.served += 1
         inst.last_used = self.clock()
         if inst.state is InstanceState.DRAINING:
-            if inst.in_flight == 0:
+            if inst.in_flight == 0 and self.leading:
                 self._stop(inst)
         elif inst.state is InstanceState.READY:
             self._wake(1)
+
+    def busy(self, inst: Instance) -> None:
+        """The instance turned a request away (other gateways fill its slots): skip it a
+        moment, and let a waiter look again then."""
+        inst.busy_until = self.clock() + BUSY_BACKOFF_S
+        loop = asyncio.get_running_loop()
+        loop.call_later(BUSY_BACKOFF_S, self._wake, 1)
+
+    def poke(self) -> None:
+        """A request found no free slot: capacity now, from the one decider."""
+        if self.closed:
+            return
+        if self.leading:
+            self.scaler.poke(self.clock(), self, self.observed())
+        elif self.on_demand is not None:
+            self.on_demand(self)
+
+    # -- instances other gateways started (discovered from the backend) -----------------
+
+    def find(self, container_id: str) -> Instance | None:
+        for inst in self.instances.values():
+            if inst.container_id == container_id:
+                return inst
+        return None
+
+    def observe(self, running: Running, iid: str, spec: FunctionSpec) -> Instance | None:
+        """A healthy container of this function, found in the backend; routed to if it
+        serves the current version. Returns the instance (new or known)."""
+        inst = self.find(running.id)
+        now = self.clock()
+        if inst is None:
+            if self.closed or spec.version != self.spec.version:
+                return None
+            state = InstanceState.PAUSED if running.paused else InstanceState.READY
+            inst = Instance(iid, spec, state, now, now, running.id, running.address)
+            inst.frozen, inst.since = running.paused, now
+            self.instances[inst.id] = inst
+            if state is InstanceState.READY:
+                self._wake(inst.free_slots)
+            return inst
+        if inst.state is InstanceState.PAUSED and not running.paused and not self.leading:
+            self.set_state(inst, InstanceState.READY)
+        return inst
+
+    def set_state(self, inst: Instance, state: InstanceState) -> None:
+        """What another gateway did to an instance (parked, froze, thawed it)."""
+        inst.state, inst.since = state, self.clock()
+        inst.frozen = state is InstanceState.PAUSED and inst.frozen
+        if state is InstanceState.READY:
+            self._wake(inst.free_slots)
+
+    def forget(self, inst: Instance) -> None:
+        """Drop an instance from routing without touching its container."""
+        self.instances.pop(inst.id, None)
 
     def container_exited(self, container_id: str, action: str) -> None:
         """The engine says a container died: replace its instance (if it was still ours)."""
@@ -223,7 +316,10 @@ class Pool:
             ):
                 reason = "out of memory" if action == "oom" else "container exited"
                 inst.exit_reason = reason
-                self.discard(inst, reason)
+                if not self.leading and inst.in_flight == 0:
+                    self.forget(inst)  # the leader stopped it (scaled down, replaced)
+                else:
+                    self.discard(inst, reason)
 
     def discard(self, inst: Instance, reason: str) -> None:
         """Take a broken instance (timed out, died) out of routing and remove it."""
@@ -234,7 +330,8 @@ class Pool:
             extra={"function": self.spec.name, "instance": inst.id, "reason": reason},
         )
         self._stop(inst, grace_s=0.0)
-        self._scale_for_waiters()
+        if self._waiters:
+            self.poke()
 
     # -- capacity ----------------------------------------------------------------------
 
@@ -260,9 +357,16 @@ class Pool:
             and i.state in (InstanceState.STARTING, InstanceState.READY)
         ]
 
+    def local(self) -> int:
+        """Concurrency this gateway sees: requests in flight and waiting."""
+        return sum(i.in_flight for i in self.instances.values()) + len(self._waiters)
+
     def observed(self) -> int:
-        """Concurrency as the autoscaler sees it: in flight, waiting and queued."""
-        return sum(i.in_flight for i in self.instances.values()) + len(self._waiters) + self.backlog
+        """Concurrency as the autoscaler sees it: here, at other gateways, and queued."""
+        return self.local() + self.remote + self.backlog
+
+    def ready_count(self) -> int:
+        return self.count(InstanceState.READY)
 
     @property
     def waiting(self) -> int:
@@ -272,23 +376,9 @@ class Pool:
         version = self.spec.version
         return sum(1 for i in self.instances.values() if i.state is state and i.version == version)
 
-    def _scale_for_waiters(self) -> None:
-        """Requests that find no slot start capacity now, not at the next decision.
-
-        Enough instances for what is in flight and waiting at the autoscaler's target
-        utilization (the same count its next decision would ask for in a burst).
-        """
-        if self.closed:
-            return
-        scaling = self.spec.scaling
-        per_instance = scaling.concurrency * self.config.target_utilization
-        wanted = min(scaling.max, math.ceil(self.observed() / per_instance))
-        for _ in range(wanted - len(self.active())):
-            self.add_instance()
-
     def scale_to(self, desired: int) -> None:
         """Bring the instances serving the current version to `desired`."""
-        if self.closed:
+        if self.closed or not self.leading:
             return
         self.desired = desired
         active = self.active()
@@ -304,6 +394,8 @@ class Pool:
             self._park(inst)
 
     def ensure_min(self) -> None:
+        if not self.leading:
+            return
         missing = self.spec.scaling.min - len(self.active())
         for _ in range(max(0, missing)):
             self.add_instance()
@@ -318,6 +410,12 @@ class Pool:
         ]
         if paused:
             inst = max(paused, key=lambda i: i.last_used)
+            if not inst.frozen:  # parked, not yet frozen: serve again at once
+                inst.state = InstanceState.READY
+                if self.announce is not None:
+                    self.announce("ready", inst)
+                self._wake(inst.free_slots)
+                return inst
             inst.state, inst.tier = InstanceState.STARTING, Tier.PAUSED
             self._tasks.spawn(self._unpause(inst), f"unpause-{self.spec.name}-{inst.id}")
             return inst
@@ -337,6 +435,9 @@ class Pool:
             if claimed is not None:
                 assert self.prewarm is not None
                 await self.prewarm.specialize(claimed, inst.spec)
+                # Named after what it now serves, so every gateway (and a restarted one)
+                # can route to it; off the request's path.
+                self._tasks.spawn(self._claim(inst), f"claim-{self.spec.name}-{inst.id}")
             else:
                 running = await self.backend.start(inst.spec, inst.id)
                 inst.container_id = running.id
@@ -346,6 +447,12 @@ class Pool:
             self._start_failed(inst, e)
             return
         self._became_ready(inst, began)
+
+    async def _claim(self, inst: Instance) -> None:
+        try:
+            await self.backend.claim(inst.container_id, inst.spec, inst.id)
+        except Exception as e:
+            log.warning("prewarmed container not renamed", extra={"error": str(e)})
 
     async def _unpause(self, inst: Instance) -> None:
         began = self.clock()
@@ -367,7 +474,7 @@ class Pool:
         if inst.spec.version != self.spec.version:
             self._stop(inst)
             return
-        inst.state = InstanceState.READY
+        inst.state, inst.frozen, inst.since = InstanceState.READY, False, self.clock()
         self.last_error = None
         log.info(
             "instance ready",
@@ -386,12 +493,21 @@ class Pool:
         if not self.config.pause:
             self._stop(inst)
             return
-        inst.state = InstanceState.PAUSED
+        inst.state, inst.since = InstanceState.PAUSED, self.clock()
+        if self.announce is not None:
+            self.announce("park", inst)
         self._tasks.spawn(self._pause(inst), f"pause-{self.spec.name}-{inst.id}")
 
     async def _pause(self, inst: Instance) -> None:
         try:
+            # Other gateways stop sending to it, and what they sent finishes first.
+            if not await self.before_pause(inst) or inst.state is not InstanceState.PAUSED:
+                return
             await self.backend.pause(inst.container_id)
+            if inst.state is InstanceState.PAUSED:
+                inst.frozen = True
+            else:  # picked again while freezing
+                await self.backend.unpause(inst.container_id)
         except Exception as e:
             log.warning("pause failed; removing", extra={"instance": inst.id, "error": str(e)})
             if inst.state is InstanceState.PAUSED:
@@ -440,19 +556,30 @@ class Pool:
         for inst in list(self.instances.values()):
             if inst.spec.version == spec.version:
                 continue
-            if inst.state is InstanceState.STARTING:
+            if inst.state in (InstanceState.STARTING, InstanceState.READY):
                 inst.state = InstanceState.DRAINING
-            elif inst.state is InstanceState.PAUSED:
+            if self.leading and inst.in_flight == 0 and inst.state is not InstanceState.STARTING:
                 self._stop(inst)
-            elif inst.state is InstanceState.READY:
-                inst.state = InstanceState.DRAINING
-                if inst.in_flight == 0:
-                    self._stop(inst)
+        if not self.leading:
+            return
         # Replace what was serving, so traffic does not fall back to cold starts.
         wanted = min(spec.scaling.max, max(spec.scaling.min, old_ready))
         for _ in range(wanted - len(self.active())):
             self.add_instance()
-        self._scale_for_waiters()
+        if self._waiters:
+            self.poke()
+
+    def take_over(self) -> None:
+        """This gateway now leads: finish what the last leader left half done."""
+        self.leading = True
+        for inst in list(self.instances.values()):
+            if inst.state is InstanceState.DRAINING and inst.in_flight == 0:
+                self._stop(inst)
+            elif inst.state is InstanceState.PAUSED and not inst.frozen:
+                inst.state = InstanceState.READY  # parked, never frozen: serve again
+        self.ensure_min()
+        if self._waiters:
+            self.poke()
 
     def reap(self) -> None:
         """Remove standbys idle past `idle_timeout_s`."""
@@ -468,12 +595,16 @@ class Pool:
                 )
                 self._stop(inst)
 
-    async def close(self, grace_s: float = 0.0) -> None:
-        """Stop every instance and fail whoever waits (function deleted, or shutdown)."""
+    async def close(self, grace_s: float = 0.0, *, stop: bool = True) -> None:
+        """Fail whoever waits (function deleted, or shutdown) and, with `stop`, stop every
+        instance (without: leave them to the gateways that stay)."""
         self.closed = True
         self._fail_waiters(UnknownFunction(self.spec.name))
         for inst in list(self.instances.values()):
-            self._stop(inst, grace_s)
+            if stop:
+                self._stop(inst, grace_s)
+            else:
+                self.forget(inst)
         await self.drain_tasks()
 
     async def drain_tasks(self) -> None:

@@ -83,6 +83,7 @@ class PrewarmPool:
                 "version": spec.version,
                 "handler": spec.handler,
                 "env": spec.env,
+                "concurrency": spec.scaling.concurrency,
                 "code": base64.b64encode(code).decode(),
             }
         ).encode()
@@ -94,6 +95,18 @@ class PrewarmPool:
             raise StartFailed(f"specializing a prewarmed container failed: {e}") from e
         if status != 200:
             raise StartFailed(f"handler failed to load: {probe.error_message(answer)}")
+
+    def adopt(self, running: Running, runtime: str) -> None:
+        """A healthy generic container another (or an earlier) gateway started."""
+        if runtime in self.ready and all(r.id != running.id for r in self.ready[runtime]):
+            self.ready[runtime].append(running)
+
+    def forget(self, container_id: str) -> None:
+        """A container that is gone, or that another gateway specialized."""
+        for q in self.ready.values():
+            for r in list(q):
+                if r.id == container_id:
+                    q.remove(r)
 
     def refill(self) -> None:
         if self.closed or time.monotonic() < self._backoff_until:
@@ -130,11 +143,14 @@ class PrewarmPool:
             return
         self.ready[runtime].append(running)
 
-    async def close(self) -> None:
+    async def close(self, *, remove: bool = True) -> None:
+        """Stop refilling; with `remove`, remove the ready containers (else they are left
+        for the gateway that leads next)."""
         self.closed = True
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         leftovers = [r for q in self.ready.values() for r in q]
         for q in self.ready.values():
             q.clear()
-        await asyncio.gather(*(self.backend.remove(r.id) for r in leftovers))
+        if remove:
+            await asyncio.gather(*(self.backend.remove(r.id) for r in leftovers))

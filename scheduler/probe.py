@@ -26,6 +26,25 @@ async def health(address: str) -> tuple[int, bytes]:
     return status, body
 
 
+def identity(body: bytes) -> tuple[str, int, int] | None:
+    """(function, version, in flight) from a health answer; None for a generic one."""
+    try:
+        data = json.loads(body)
+        return str(data["function"]), int(data["version"]), int(data.get("in_flight", 0))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def in_flight(address: str) -> int | None:
+    """Invocations the runtime is serving now (from every gateway); None if unknown."""
+    try:
+        status, body = await asyncio.wait_for(health(address), 1.0)
+    except (OSError, TimeoutError, IndexError, ValueError):
+        return None
+    found = identity(body) if status == 200 else None
+    return None if found is None else found[2]
+
+
 def error_message(body: bytes) -> str:
     try:
         return str(json.loads(body)["error"]["message"])

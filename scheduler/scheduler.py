@@ -1,8 +1,15 @@
-"""The scheduler: one pool per function, adoption at start-up, and the scaling loop.
+"""The scheduler: one pool per function, the instances every gateway can route to, and the
+scaling loop of the one gateway that leads.
 
-Every `sample_s` the loop records each pool's observed concurrency; every `decide_s` it
-asks the (pure) autoscaler for a desired count and applies it, removes idle standbys and
-refills the prewarmed containers.
+Several gateways may share one backend. Each routes to every instance it finds there
+(listed at start, then followed through the backend's events and a periodic resync).
+One of them leads (the gateway decides which, e.g. by a database lock): only the leader
+starts, parks and stops instances and keeps the prewarmed ones, deciding from the
+concurrency every gateway reports through `Peers`.
+
+Every `sample_s` the loop records (leader) or reports (others) each pool's concurrency;
+every `decide_s` the leader asks each function's `Scaler` for a count and applies it,
+removes idle standbys and refills the prewarmed containers.
 """
 
 from __future__ import annotations
@@ -13,22 +20,45 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from scheduler import probe
-from scheduler.autoscaler import (
-    AutoscalerConfig,
-    ConcurrencyWindow,
-    ScaleInputs,
-    ScalerState,
-    decide,
-)
+from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, Running
-from scheduler.docker_backend import LABEL_INSTANCE
-from scheduler.models import FunctionSpec
+from scheduler.docker_backend import LABEL_INSTANCE, LABEL_RUNTIME
+from scheduler.models import PREWARM_NAME, FunctionSpec
 from scheduler.pool import Instance, InstanceState, Pool, PoolConfig
 from scheduler.prewarm import PrewarmPool
+from scheduler.scaler import Scaler
 
 log = logging.getLogger("kapal.scheduler")
+
+# A gateway's load report counts this long.
+LOAD_TTL_S = 1.0
+# A parked instance that another gateway never froze serves again after this long.
+PARK_TTL_S = 10.0
+
+
+class Peers(Protocol):
+    """The other gateways sharing this backend (a broadcast channel)."""
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Send `message` to every other gateway (their `Scheduler.receive`)."""
+        ...
+
+    def others(self) -> int:
+        """How many other gateways were heard from recently."""
+        ...
+
+
+class Alone:
+    """No other gateway."""
+
+    def publish(self, message: dict[str, Any]) -> None:
+        pass
+
+    def others(self) -> int:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -55,12 +85,8 @@ class PoolView:
     panic: bool
 
 
-class _Scaled:
-    """What the scaling loop keeps per pool."""
-
-    def __init__(self, horizon_s: float) -> None:
-        self.window = ConcurrencyWindow(horizon_s)
-        self.state = ScalerState()
+def _instance_id(running: Running) -> str:
+    return running.labels.get(LABEL_INSTANCE) or running.id[:8]
 
 
 class Scheduler:
@@ -70,17 +96,26 @@ class Scheduler:
         pool_config: PoolConfig | None = None,
         autoscaler: AutoscalerConfig | None = None,
         prewarm: PrewarmPool | None = None,
+        peers: Peers | None = None,
         sample_s: float = 0.25,
         decide_s: float = 1.0,
+        resync_s: float = 5.0,
     ) -> None:
         self.backend = backend
         self.pool_config = pool_config or PoolConfig()
         self.autoscaler = autoscaler or AutoscalerConfig()
         self.prewarm = prewarm
+        self.peers: Peers = peers or Alone()
         self.sample_s = sample_s
         self.decide_s = decide_s
+        self.resync_s = resync_s
         self.pools: dict[str, Pool] = {}
-        self._scaled: dict[str, _Scaled] = {}
+        self.leading = False
+        # Concurrency other gateways reported: gateway -> (when, {function: n}).
+        self._remote: dict[str, tuple[float, dict[str, int]]] = {}
+        self._reported: set[str] = set()
+        self._discovering: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._unwatch: Callable[[], None] | None = None
@@ -89,60 +124,256 @@ class Scheduler:
         return self.pools.get(name)
 
     def _new_pool(self, spec: FunctionSpec) -> Pool:
-        self._scaled[spec.name] = _Scaled(self.autoscaler.stable_window_s)
-        return Pool(spec, self.backend, probe.wait_ready, self.pool_config, prewarm=self.prewarm)
+        pool = Pool(
+            spec,
+            self.backend,
+            probe.wait_ready,
+            self.pool_config,
+            prewarm=self.prewarm,
+            scaler=Scaler(self.autoscaler),
+            on_demand=self._report_now,
+            before_pause=self._before_pause,
+        )
+        pool.announce = self._announce
+        pool.leading = self.leading
+        return pool
+
+    # -- what is deployed ----------------------------------------------------------------
 
     async def start(self, specs: list[FunctionSpec]) -> None:
-        """Load the deployed functions, adopt or remove leftover containers, start the reaper."""
-        for spec in specs:
-            self.pools[spec.name] = self._new_pool(spec)
-        await self._adopt_or_remove(await self.backend.list_managed())
+        """Load the deployed functions, find their instances, follow the backend."""
+        self.update(specs)
+        self._unwatch = self.backend.watch(self._on_event)
+        for running in await self.backend.list_managed():
+            self._discover_soon(running.id, running)
+        self._loop = asyncio.create_task(self._run(), name="kapal-scaler")
+
+    def update(self, specs: list[FunctionSpec]) -> None:
+        """Make the pools match what is deployed: new functions, new versions, deletions."""
+        wanted = {s.name: s for s in specs}
+        for name, spec in wanted.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = self.pools[name] = self._new_pool(spec)
+                pool.ensure_min()
+            elif spec.version != pool.spec.version:
+                pool.update(spec)
+        for name in [n for n in self.pools if n not in wanted]:
+            pool = self.pools.pop(name)
+            self._spawn(pool.close(grace_s=0.0, stop=self.leading), f"remove-{name}")
+
+    # -- leading -------------------------------------------------------------------------
+
+    async def lead(self) -> None:
+        """Become the gateway that scales: adopt what runs, remove what is not wanted."""
+        if self.leading:
+            return
+        self.leading = True
+        log.info("leading: this gateway now scales the pools")
+        known = {i.container_id for p in self.pools.values() for i in p.instances.values()}
+        found = [c for c in await self.backend.list_managed() if c.id not in known]
+        await asyncio.gather(*(self._adopt_or_remove(c) for c in found))
         for pool in self.pools.values():
-            pool.ensure_min()
+            pool.take_over()
         if self.prewarm is not None:
             self.prewarm.refill()
-        self._unwatch = self.backend.watch(self._container_exited)
-        self._loop = asyncio.create_task(self._scale_loop(), name="kapal-scaler")
 
-    def _container_exited(self, container_id: str, action: str) -> None:
+    def follow(self) -> None:
+        """Stop scaling (another gateway leads now); keep routing."""
+        if not self.leading:
+            return
+        self.leading = False
+        log.warning("no longer leading: another gateway scales the pools")
         for pool in self.pools.values():
-            pool.container_exited(container_id, action)
+            pool.leading = False
 
-    async def _adopt_or_remove(self, found: list[Running]) -> None:
-        async def one(c: Running) -> None:
+    async def _adopt_or_remove(self, c: Running) -> None:
+        status, body = 0, b""
+        if c.address:
+            with contextlib.suppress(Exception):
+                status, body = await asyncio.wait_for(probe.health(c.address), 2.0)
+        if status == 200:
+            function, version = c.function, c.version
+            served = probe.identity(body)
+            if served is not None:  # the runtime knows best (a specialized prewarm)
+                function, version = served[0], served[1]
+            elif function == PREWARM_NAME and self.prewarm is not None and not c.paused:
+                self.prewarm.adopt(c, c.labels.get(LABEL_RUNTIME, "python"))
+                log.info("prewarmed container adopted", extra={"container": c.id[:12]})
+                return
+            pool = self.pools.get(function)
+            if pool is not None and version == pool.spec.version:
+                inst = pool.observe(c, _instance_id(c), pool.spec)
+                if inst is not None:
+                    log.info("instance adopted", extra={"function": function, "instance": inst.id})
+                    return
+        log.info("leftover container removed", extra={"container": c.id[:12]})
+        # Old versions may still finish requests other gateways sent: a graceful stop.
+        await self.backend.remove(c.id, self.pool_config.stop_grace_s if c.address else 0.0)
+
+    # -- instances other gateways start, park and stop ------------------------------------
+
+    def _on_event(self, container_id: str, action: str) -> None:
+        if action in ("die", "oom", "destroy"):
+            for pool in self.pools.values():
+                pool.container_exited(container_id, action)
+            if self.prewarm is not None:
+                self.prewarm.forget(container_id)
+            return
+        if self.leading:
+            return  # the leader made these changes itself
+        inst = self._find(container_id)
+        if action == "pause":
+            if inst is not None and inst[1].state is not InstanceState.DRAINING:
+                inst[0].set_state(inst[1], InstanceState.PAUSED)
+                inst[1].frozen = True
+        elif action == "unpause" and inst is not None:
+            if inst[1].state is InstanceState.PAUSED:
+                inst[0].set_state(inst[1], InstanceState.READY)
+        elif inst is None:  # started, thawed or renamed: maybe one to route to
+            self._discover_soon(container_id)
+
+    def _find(self, container_id: str) -> tuple[Pool, Instance] | None:
+        for pool in self.pools.values():
+            inst = pool.find(container_id)
+            if inst is not None:
+                return pool, inst
+        return None
+
+    def _discover_soon(self, container_id: str, running: Running | None = None) -> None:
+        if container_id in self._discovering:
+            return
+        self._discovering.add(container_id)
+        self._spawn(self._discover(container_id, running), f"discover-{container_id[:12]}")
+
+    async def _discover(self, container_id: str, running: Running | None) -> None:
+        try:
+            c = running or await self.backend.inspect(container_id)
+            if c is None or not c.address or self._find(c.id) is not None:
+                return
             pool = self.pools.get(c.function)
-            if pool is not None and c.version == pool.spec.version and c.address:
-                with contextlib.suppress(Exception):
-                    status, _ = await asyncio.wait_for(probe.health(c.address), 2.0)
-                    if status == 200:
-                        now = time.monotonic()
-                        iid = c.labels.get(LABEL_INSTANCE) or c.id[:8]
-                        inst = Instance(iid, pool.spec, InstanceState.READY, now, now)
-                        inst.container_id, inst.address = c.id, c.address
-                        pool.adopt(inst)
-                        log.info(
-                            "instance adopted", extra={"function": c.function, "instance": iid}
-                        )
-                        return
-            log.info("leftover container removed", extra={"container": c.id[:12]})
-            await self.backend.remove(c.id)
+            if pool is None or c.version != pool.spec.version:
+                return
+            if not c.paused:
+                deadline = time.monotonic() + self.pool_config.start_timeout_s
+                await probe.wait_ready(c.address, deadline)
+            pool = self.pools.get(c.function)
+            if pool is not None and pool.observe(c, _instance_id(c), pool.spec) is not None:
+                log.debug("instance found", extra={"function": c.function, "container": c.id[:12]})
+        except Exception as e:
+            log.debug("container not routed to", extra={"container": container_id, "error": str(e)})
+        finally:
+            self._discovering.discard(container_id)
 
-        await asyncio.gather(*(one(c) for c in found))
+    async def _resync(self) -> None:
+        """Heal missed events: route to what runs, drop what is gone."""
+        found = {c.id: c for c in await self.backend.list_managed()}
+        now = time.monotonic()
+        for pool in list(self.pools.values()):
+            for inst in list(pool.instances.values()):
+                c = found.get(inst.container_id)
+                if inst.state is InstanceState.STARTING or not inst.container_id:
+                    continue
+                if c is None or not c.address:
+                    pool.container_exited(inst.container_id, "die")
+                elif (
+                    not self.leading
+                    and inst.state is InstanceState.PAUSED
+                    and not c.paused
+                    and now - inst.since > PARK_TTL_S
+                ):
+                    pool.set_state(inst, InstanceState.READY)
+        if not self.leading:
+            for c in found.values():
+                if c.address and self._find(c.id) is None:
+                    self._discover_soon(c.id, c)
 
-    async def _scale_loop(self) -> None:
-        next_decision = time.monotonic()
+    # -- what every gateway observes --------------------------------------------------------
+
+    def receive(self, sender: str, message: dict[str, Any]) -> None:
+        """A message another gateway published."""
+        kind = message.get("t")
+        if kind == "load":
+            loads = {str(k): int(v) for k, v in (message.get("f") or {}).items()}
+            before = self._remote.get(sender, (0.0, {}))[1]
+            self._remote[sender] = (time.monotonic(), loads)
+            if self.leading:
+                for name, n in loads.items():
+                    pool = self.pools.get(name)
+                    if pool is not None and n > before.get(name, 0):
+                        pool.remote = self._remote_load(name, time.monotonic())
+                        pool.scaler.poke(time.monotonic(), pool, pool.observed())
+        elif kind in ("park", "ready") and not self.leading:
+            found = self._find(str(message.get("c", "")))
+            if found is None:
+                return
+            pool, inst = found
+            if kind == "park" and inst.state is InstanceState.READY:
+                pool.set_state(inst, InstanceState.PAUSED)
+            elif kind == "ready" and inst.state is InstanceState.PAUSED:
+                pool.set_state(inst, InstanceState.READY)
+
+    def _remote_load(self, name: str, now: float) -> int:
+        return sum(
+            loads.get(name, 0) for at, loads in self._remote.values() if now - at <= LOAD_TTL_S
+        )
+
+    def _report_now(self, pool: Pool) -> None:
+        """A request waits here while another gateway leads: tell it at once."""
+        self.peers.publish({"t": "load", "f": {pool.spec.name: pool.local()}})
+
+    def _report(self) -> None:
+        loads = {name: n for name, p in self.pools.items() if (n := p.local())}
+        if loads or self._reported:
+            self.peers.publish({"t": "load", "f": loads})
+        self._reported = set(loads)
+
+    def _announce(self, kind: str, inst: Instance) -> None:
+        if self.peers.others():
+            self.peers.publish({"t": kind, "c": inst.container_id})
+
+    async def _before_pause(self, inst: Instance) -> bool:
+        """Freeze only once no gateway has a request on it."""
+        if not self.peers.others():
+            return True
+        await asyncio.sleep(0.05)  # the others hear "park" and stop sending to it
+        deadline = time.monotonic() + inst.spec.limits.timeout_s
+        while inst.state is InstanceState.PAUSED and time.monotonic() < deadline:
+            if await probe.in_flight(inst.address) == 0:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        next_decision = next_resync = time.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.sample_s)
             now = time.monotonic()
+            for gw in [g for g, (at, _) in self._remote.items() if now - at > LOAD_TTL_S]:
+                del self._remote[gw]
+            try:
+                self._report()
+            except Exception:
+                log.exception("load report failed")
             for name, pool in list(self.pools.items()):
-                self._scaled[name].window.record(now, pool.observed())
-            if now < next_decision:
+                pool.remote = self._remote_load(name, now)
+                if self.leading:
+                    pool.scaler.record(now, pool.observed())
+            if now >= next_resync:
+                next_resync = now + self.resync_s
+                try:
+                    await self._resync()
+                except Exception as e:
+                    log.warning("resync failed", extra={"error": str(e)})
+            if not self.leading or now < next_decision:
                 continue
             next_decision = now + self.decide_s
             for name, pool in list(self.pools.items()):
                 try:
-                    self._decide(now, pool, self._scaled[name])
+                    pool.scaler.tick(now, pool)
                     pool.reap()
                 except Exception:
                     log.exception("scaling failed", extra={"function": name})
@@ -150,49 +381,11 @@ class Scheduler:
             if self.prewarm is not None and not starting:
                 self.prewarm.refill()
 
-    def _decide(self, now: float, pool: Pool, scaled: _Scaled) -> None:
-        cfg = self.autoscaler
-        scaling = pool.spec.scaling
-        inputs = ScaleInputs(
-            stable_concurrency=scaled.window.average(now, cfg.stable_window_s),
-            panic_concurrency=scaled.window.average(now, cfg.panic_window_s),
-            current_concurrency=scaled.window.latest(),
-            ready=pool.count(InstanceState.READY),
-            concurrency=scaling.concurrency,
-            min_instances=scaling.min,
-            max_instances=scaling.max,
-        )
-        decision = decide(now, inputs, scaled.state, cfg)
-        scaled.state = decision.state
-        pool.panic = decision.panic
-        if decision.desired != len(pool.active()):
-            log.info(
-                "scaling",
-                extra={
-                    "function": pool.spec.name,
-                    "desired": decision.desired,
-                    "active": len(pool.active()),
-                    "panic": decision.panic,
-                    "stable": round(inputs.stable_concurrency, 2),
-                    "burst": round(inputs.panic_concurrency, 2),
-                },
-            )
-        pool.scale_to(decision.desired)
-
-    async def deploy(self, spec: FunctionSpec) -> None:
-        """Route the function to `spec` (a new function or a new version)."""
-        pool = self.pools.get(spec.name)
-        if pool is None:
-            pool = self.pools[spec.name] = self._new_pool(spec)
-            pool.ensure_min()
-        else:
-            pool.update(spec)
-
-    async def remove(self, name: str) -> None:
-        pool = self.pools.pop(name, None)
-        self._scaled.pop(name, None)
-        if pool is not None:
-            await pool.close(grace_s=0.0)
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def set_backlog(self, name: str, depth: int) -> None:
         """How many queued invocations wait for `name` (feeds scaling)."""
@@ -233,14 +426,24 @@ class Scheduler:
             panic=pool.panic,
         )
 
-    async def close(self) -> None:
-        """Stop the scaling loop and every instance: nothing is left running."""
+    async def close(self, *, last: bool | None = None) -> None:
+        """Stop the loop. The last gateway stops every instance (nothing is left running);
+        one that leaves others behind leaves the instances to them."""
         self._stop.set()
         if self._unwatch is not None:
             self._unwatch()
         if self._loop is not None:
             await self._loop
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if last is None:
+            last = not self.peers.others()
         pools, self.pools = list(self.pools.values()), {}
-        await asyncio.gather(*(p.close(grace_s=self.pool_config.stop_grace_s) for p in pools))
+        grace = self.pool_config.stop_grace_s
+        await asyncio.gather(*(p.close(grace_s=grace, stop=last) for p in pools))
         if self.prewarm is not None:
-            await self.prewarm.close()
+            await self.prewarm.close(remove=last)
+        if last:  # whatever other gateways started and left behind
+            leftovers = await self.backend.list_managed()
+            await asyncio.gather(*(self.backend.remove(c.id) for c in leftovers))

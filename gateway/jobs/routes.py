@@ -11,11 +11,11 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.auth import requires
 from gateway.errors import BadRequest, FunctionNotFound, InvalidRequest, NotFound, PayloadTooLarge
-from gateway.jobs.progress import job_out
+from gateway.jobs.progress import JobOut, job_out
 from gateway.keys import Scope
-from gateway.queue.service import queue_key
+from gateway.routing import Content, Route
+from gateway.services import Services
 from gateway.validation import FunctionName, parse_query, validate
 
 MAX_ITEMS = 1_000_000
@@ -37,6 +37,15 @@ class JobParams(BaseModel):
 class JobIn(JobParams):
     # The items; each becomes one invocation.
     items: Annotated[list[Any], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class JobCreated(BaseModel):
+    # The job's id.
+    id: uuid.UUID
+    # Items it holds.
+    total: int
+    # Where to follow it (also in the Location header).
+    status_url: str
 
 
 def _job_id(request: web.Request) -> uuid.UUID:
@@ -65,9 +74,8 @@ def _ndjson_items(raw: bytes) -> list[bytes]:
     return items
 
 
-@requires(Scope.INVOKE)
-async def create_job(request: web.Request) -> web.Response:
-    queue = request.app[queue_key]
+async def create_job(request: web.Request, svc: Services) -> web.Response:
+    queue = svc.queue
     if request.content_length is not None and request.content_length > MAX_JOB_BYTES:
         raise PayloadTooLarge(f"a job body may hold at most {MAX_JOB_BYTES} bytes")
     raw = await request.read()
@@ -86,12 +94,12 @@ async def create_job(request: web.Request) -> web.Response:
         job = validate(JobIn, data)
         params = job
         items = [json.dumps(item).encode() for item in job.items]
-    if queue.manager.scheduler.pool(params.function) is None:
+    if svc.scheduler.pool(params.function) is None:
         raise FunctionNotFound(f"function {params.function} not found")
     retries = params.retries
     if retries is None:
         retries = queue.manager.max_retries(params.function)
-    id = await queue.jobs.create(params.function, items, params.max_concurrency, retries)
+    id = await svc.jobs.create(params.function, items, params.max_concurrency, retries)
     location = f"/v1/jobs/{id}"
     return web.json_response(
         {"id": str(id), "total": len(items), "status_url": location},
@@ -100,9 +108,8 @@ async def create_job(request: web.Request) -> web.Response:
     )
 
 
-@requires(Scope.INVOKE)
-async def get_job(request: web.Request) -> web.Response:
-    jobs = request.app[queue_key].jobs
+async def get_job(request: web.Request, svc: Services) -> web.Response:
+    jobs = svc.jobs
     id = _job_id(request)
     job = await jobs.get(id)
     out = job_out(job, await jobs.counts(id), datetime.now(UTC))
@@ -132,9 +139,8 @@ def result_line(row: Any) -> dict[str, Any]:
     return out
 
 
-@requires(Scope.INVOKE)
-async def job_results(request: web.Request) -> web.StreamResponse:
-    jobs = request.app[queue_key].jobs
+async def job_results(request: web.Request, svc: Services) -> web.StreamResponse:
+    jobs = svc.jobs
     id = _job_id(request)
     await jobs.get(id)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -151,17 +157,69 @@ async def job_results(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-@requires(Scope.INVOKE)
-async def cancel_job(request: web.Request) -> web.Response:
-    jobs = request.app[queue_key].jobs
+async def cancel_job(request: web.Request, svc: Services) -> web.Response:
+    jobs = svc.jobs
     id = _job_id(request)
     await jobs.cancel(id)
     out = job_out(await jobs.get(id), await jobs.counts(id), datetime.now(UTC))
     return web.json_response(text=out.model_dump_json())
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/jobs", create_job)
-    app.router.add_get("/v1/jobs/{id}", get_job)
-    app.router.add_get("/v1/jobs/{id}/results", job_results)
-    app.router.add_delete("/v1/jobs/{id}", cancel_job)
+JOB_BODY = Content(
+    {
+        "application/json": {"schema": {"$ref": "#/components/schemas/JobIn"}},
+        # One JSON item a line; the other fields in the query string.
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    },
+    models=(JobIn,),
+    description="the items as JSON, or one item a line (JSON Lines, options in the query)",
+)
+RESULTS = Content(
+    {"application/x-ndjson": {"schema": {"type": "string"}}},
+    description="one line per finished item: index, status, result or error",
+)
+ID = {"id": {"type": "string", "format": "uuid"}}
+
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/jobs",
+        create_job,
+        "create a batch job: one queued invocation per item",
+        scope=Scope.INVOKE,
+        body=JOB_BODY,
+        response=JobCreated,
+        status=201,
+        errors=(400, 404, 413, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{id}",
+        get_job,
+        "a job's progress",
+        scope=Scope.INVOKE,
+        response=JobOut,
+        errors=(404,),
+        params=ID,
+    ),
+    Route(
+        "GET",
+        "/v1/jobs/{id}/results",
+        job_results,
+        "a job's results so far, streamed",
+        scope=Scope.INVOKE,
+        response=RESULTS,
+        errors=(404,),
+        params=ID,
+    ),
+    Route(
+        "DELETE",
+        "/v1/jobs/{id}",
+        cancel_job,
+        "cancel what has not run yet",
+        scope=Scope.INVOKE,
+        response=JobOut,
+        errors=(404,),
+        params=ID,
+    ),
+)

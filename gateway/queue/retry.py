@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from gateway.errors import FunctionNotFound, PayloadTooLarge
+
 
 class State(StrEnum):
     QUEUED = "queued"
@@ -20,8 +22,8 @@ class State(StrEnum):
 
 FINAL = frozenset({State.SUCCEEDED, State.FAILED, State.DEAD, State.CANCELLED})
 
-# Why an attempt got no answer that no retry will fix.
-FINAL_ERRORS = frozenset({"function_not_found"})
+# Why an attempt got no answer that no retry will fix (an error class's code).
+FINAL_ERRORS = frozenset({FunctionNotFound.code, PayloadTooLarge.code})
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from multidict import istr
 from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
-from gateway.auth import SELF, authorize, requires
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.keys import KEY_RE, Scope
-from gateway.queue.models import Headers, storable
+from gateway.queue.models import Headers, InvocationOut, storable
 from gateway.queue.retry import State
-from gateway.queue.service import queue_key
+from gateway.routing import ANY_METHOD, SELF, Content, Route
+from gateway.services import Services
 from gateway.upstream import HOP_BY_HOP as RAW_HOP_BY_HOP
 from gateway.validation import parse_query
 
@@ -86,6 +86,17 @@ def parse_id(request: web.Request, what: str = "invocation") -> uuid.UUID:
         raise NotFound(f"{what} {raw} not found") from None
 
 
+class Accepted(BaseModel):
+    # The invocation's id.
+    id: uuid.UUID
+    # Where to look it up (also in the Location header).
+    status_url: str
+
+
+class InvocationList(BaseModel):
+    invocations: list[InvocationOut]
+
+
 def accepted(id: uuid.UUID) -> web.Response:
     location = f"/v1/invocations/{id}"
     return web.json_response(
@@ -93,16 +104,15 @@ def accepted(id: uuid.UUID) -> web.Response:
     )
 
 
-@requires(SELF)  # public functions need no key
-async def async_invoke(request: web.Request) -> web.Response:
-    queue = request.app[queue_key]
+async def async_invoke(request: web.Request, svc: Services) -> web.Response:
+    queue = svc.queue
     name = request.match_info["name"]
-    pool = queue.scheduler.pool(name)
+    pool = svc.scheduler.pool(name)
     # Unknown and private functions look the same to a caller without a key.
     if pool is None or not pool.spec.public:
-        authorize(request, Scope.INVOKE)
+        svc.gate.authorize(request.headers.get("Authorization"), Scope.INVOKE)
     max_retries = queue.manager.max_retries(name)  # 404 before anything is read or stored
-    body = await read_body(request, queue.settings.queue_max_body_bytes)
+    body = await read_body(request, svc.settings.queue_max_body_bytes)
     rest = request.raw_path[len("/async/fn/") + len(name) :]
     if not rest or rest[0] == "?":
         rest = "/" + rest
@@ -119,9 +129,8 @@ async def async_invoke(request: web.Request) -> web.Response:
     return accepted(id)
 
 
-@requires(Scope.INVOKE)
-async def get_invocation(request: web.Request) -> web.Response:
-    out = await request.app[queue_key].manager.get(parse_id(request))
+async def get_invocation(request: web.Request, svc: Services) -> web.Response:
+    out = await svc.queue.manager.get(parse_id(request))
     return web.json_response(text=out.model_dump_json())
 
 
@@ -136,25 +145,78 @@ class ListQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
-@requires(Scope.INVOKE)
-async def list_invocations(request: web.Request) -> web.Response:
+async def list_invocations(request: web.Request, svc: Services) -> web.Response:
     q = parse_query(ListQuery, request.query)
-    found = await request.app[queue_key].manager.find(
+    found = await svc.queue.manager.find(
         q.function, None if q.status is None else q.status.value, q.limit
     )
     items = ",".join(i.model_dump_json() for i in found)
     return web.json_response(text='{"invocations": [' + items + "]}")
 
 
-@requires(Scope.INVOKE)
-async def retry_invocation(request: web.Request) -> web.Response:
-    out = await request.app[queue_key].manager.redrive(parse_id(request))
+async def retry_invocation(request: web.Request, svc: Services) -> web.Response:
+    out = await svc.queue.manager.redrive(parse_id(request))
     return web.json_response(text=out.model_dump_json(), status=202)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/async/fn/{name}", async_invoke)
-    app.router.add_route("*", "/async/fn/{name}/{path:.*}", async_invoke)
-    app.router.add_get("/v1/invocations", list_invocations)
-    app.router.add_get("/v1/invocations/{id}", get_invocation)
-    app.router.add_post("/v1/invocations/{id}/retry", retry_invocation)
+# The request is stored as it came: any method, any body, any content type.
+ANY_BODY = Content(
+    {"*/*": {"schema": {}}}, description="passed to the function as sent", required=False
+)
+ASYNC_HEADERS: dict[str, dict[str, object]] = {
+    IDEMPOTENCY_KEY: {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+    CALLBACK_URL: {"type": "string", "format": "uri"},
+}
+ID = {"id": {"type": "string", "format": "uuid"}}
+
+
+def _async_route(path: str) -> Route:
+    return Route(
+        ANY_METHOD,
+        path,
+        async_invoke,
+        "queue an invocation; 202 with its id (public functions need no key)",
+        scope=SELF,
+        body=ANY_BODY,
+        response=Accepted,
+        status=202,
+        errors=(400, 404, 413, 503),
+        headers=ASYNC_HEADERS,
+    )
+
+
+ROUTES = (
+    _async_route("/async/fn/{name}"),
+    _async_route("/async/fn/{name}/{path:.*}"),
+    Route(
+        "GET",
+        "/v1/invocations",
+        list_invocations,
+        "list queued invocations, newest first",
+        scope=Scope.INVOKE,
+        response=InvocationList,
+        errors=(422,),
+        query=ListQuery,
+    ),
+    Route(
+        "GET",
+        "/v1/invocations/{id}",
+        get_invocation,
+        "one queued invocation: state, attempts, result",
+        scope=Scope.INVOKE,
+        response=InvocationOut,
+        errors=(404,),
+        params=ID,
+    ),
+    Route(
+        "POST",
+        "/v1/invocations/{id}/retry",
+        retry_invocation,
+        "run a failed or dead invocation again",
+        scope=Scope.INVOKE,
+        response=InvocationOut,
+        status=202,
+        errors=(404, 409),
+        params=ID,
+    ),
+)

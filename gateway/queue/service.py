@@ -1,4 +1,4 @@
-"""The queue's parts wired together, opened and closed by the gateway's lifespan."""
+"""The queue's parts wired together; features (webhooks, jobs, schedules) build on it."""
 
 from __future__ import annotations
 
@@ -8,19 +8,14 @@ import secrets
 import socket
 
 import asyncpg
-from aiohttp import web
 
 from gateway.invoke import Invoker
-from gateway.jobs.store import JobStore
 from gateway.queue.callbacks import CallbackSender
 from gateway.queue.manager import QueueManager
 from gateway.queue.store import QueueStore
 from gateway.queue.worker import QueueWorker
-from gateway.schedules.store import ScheduleStore
-from gateway.schedules.ticker import Ticker
 from gateway.settings import Settings
 from gateway.supervisor import Supervisor
-from gateway.webhooks.store import WebhookStore
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.queue")
@@ -51,10 +46,6 @@ class QueueService:
         self.manager = QueueManager(self.store, scheduler, worker_id)
         self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler)
         self.callbacks = CallbackSender(settings, self.store)
-        self.webhooks = WebhookStore(pg)
-        self.jobs = JobStore(pg)
-        self.schedules = ScheduleStore(pg, self.store)
-        ticker = Ticker(self.schedules, scheduler, settings.queue_poll_s)
         # Writers stop last: attempts still finishing need somewhere to record results.
         self.writers = Supervisor()
         self.writers.add("kapal-enqueue", self.manager.run_enqueues)
@@ -64,7 +55,6 @@ class QueueService:
         self.loops.add("kapal-queue-upkeep", self.worker.run_upkeep)
         self.loops.add("kapal-queue-listener", self.worker.run_listener)
         self.loops.add("kapal-callbacks", self.callbacks.run)
-        self.loops.add("kapal-schedules", ticker.run)
 
     async def start(self) -> None:
         self.writers.start()
@@ -77,6 +67,3 @@ class QueueService:
         await self.writers.close()
         await self.worker.release()
         await self.pg.close()
-
-
-queue_key = web.AppKey("queue", QueueService)

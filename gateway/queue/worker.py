@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 from multidict import CIMultiDict
 
-from gateway.errors import FunctionNotFound, KapalError, UpstreamFailed, UpstreamTimeout
+from gateway.errors import problem
 from gateway.invoke import Invoker
 from gateway.queue import lanes
 from gateway.queue.lanes import Lane, parse_payload
@@ -23,7 +23,7 @@ from gateway.queue.models import Claimed, Outcome, storable
 from gateway.queue.retry import AttemptResult, RetryPolicy, State, parse_retry_after
 from gateway.queue.store import CHANNEL, QueueStore
 from gateway.settings import Settings
-from scheduler import errors as sched
+from gateway.supervisor import either
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.queue")
@@ -33,30 +33,6 @@ ATTEMPT = "X-Kapal-Attempt"
 # Response headers not worth keeping with a result.
 RETENTION_EVERY_S = 3600.0
 _DROP = frozenset({"x-kapal-request-id", "date", "server"})
-
-
-def attempt_result(error: BaseException) -> AttemptResult:
-    """Why an attempt got no answer, as the retry policy sees it."""
-    if isinstance(error, UpstreamTimeout):
-        return AttemptResult(error="timeout")
-    if isinstance(error, UpstreamFailed):
-        return AttemptResult(error="instance_failed")
-    if isinstance(error, FunctionNotFound | sched.UnknownFunction):
-        return AttemptResult(error="function_not_found")
-    if isinstance(error, sched.NoCapacity):
-        return AttemptResult(error="no_capacity", retry_after_s=error.retry_after_s)
-    if isinstance(error, sched.StartFailed):
-        return AttemptResult(error="start_failed")
-    return AttemptResult(error="internal")
-
-
-async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 class QueueWorker:
@@ -192,13 +168,15 @@ class QueueWorker:
                 k: storable(v) for k, v in res.headers.items() if k.lower() not in _DROP
             }
             body = res.body
-        except (KapalError, sched.SchedulerError) as e:
-            result = attempt_result(e)
-            error = f"{result.error}: {e}"
         except Exception as e:
-            log.exception("invocation attempt crashed", extra={"invocation": str(row.id)})
-            result = AttemptResult(error="internal")
-            error = f"internal: {type(e).__name__}"
+            # Why it got no answer, by the error's class: the code a caller would see.
+            p = problem(e)
+            result = AttemptResult(error=p.code, retry_after_s=p.retry_after_s)
+            if p.unexpected:
+                log.exception("invocation attempt crashed", extra={"invocation": str(row.id)})
+                error = f"{p.code}: {type(e).__name__}"
+            else:
+                error = f"{p.code}: {e}"
         now = time.time()
         decision = self.policy.decide(result, row.attempt, row.max_retries, now)
         outcome = Outcome(
@@ -266,7 +244,7 @@ class QueueWorker:
                 if self.ready:
                     self.wake.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_either(stop, self.refresh), every)
+                await asyncio.wait_for(either(stop, self.refresh), every)
 
     async def run_listener(self, stop: asyncio.Event) -> None:
         """Wake the claim loop on NOTIFY; polling covers the gaps while reconnecting."""

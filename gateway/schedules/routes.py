@@ -10,12 +10,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from gateway.auth import requires
 from gateway.errors import FunctionNotFound, NotFound
 from gateway.keys import Scope
-from gateway.queue.service import queue_key
+from gateway.routing import Route
 from gateway.schedules.cron import Cron, CronError
 from gateway.schedules.store import ScheduleRow
+from gateway.services import Services
 from gateway.validation import FunctionName, parse_json
 
 
@@ -63,6 +63,10 @@ class ScheduleOut(BaseModel):
     created_at: datetime
 
 
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
+
+
 def _out(row: ScheduleRow) -> ScheduleOut:
     return ScheduleOut(**vars(row))
 
@@ -75,40 +79,73 @@ def _id(request: web.Request) -> uuid.UUID:
         raise NotFound(f"schedule {raw} not found") from None
 
 
-@requires(Scope.DEPLOY)
-async def create_schedule(request: web.Request) -> web.Response:
-    queue = request.app[queue_key]
+async def create_schedule(request: web.Request, svc: Services) -> web.Response:
     body = await parse_json(request, ScheduleIn)
-    if queue.manager.scheduler.pool(body.function) is None:
+    if svc.scheduler.pool(body.function) is None:
         raise FunctionNotFound(f"function {body.function} not found")
     next_run = Cron.parse(body.cron).next_after(datetime.now(UTC), ZoneInfo(body.timezone))
-    row = await queue.schedules.create(
+    row = await svc.schedules.create(
         body.function, body.cron, body.timezone, body.payload, next_run
     )
     return web.json_response(text=_out(row).model_dump_json(), status=201)
 
 
-@requires(Scope.DEPLOY)
-async def list_schedules(request: web.Request) -> web.Response:
-    rows = await request.app[queue_key].schedules.all()
+async def list_schedules(request: web.Request, svc: Services) -> web.Response:
+    rows = await svc.schedules.all()
     items = ",".join(_out(r).model_dump_json() for r in rows)
     return web.json_response(text='{"schedules": [' + items + "]}")
 
 
-@requires(Scope.DEPLOY)
-async def get_schedule(request: web.Request) -> web.Response:
-    row = await request.app[queue_key].schedules.get(_id(request))
+async def get_schedule(request: web.Request, svc: Services) -> web.Response:
+    row = await svc.schedules.get(_id(request))
     return web.json_response(text=_out(row).model_dump_json())
 
 
-@requires(Scope.DEPLOY)
-async def delete_schedule(request: web.Request) -> web.Response:
-    await request.app[queue_key].schedules.delete(_id(request))
+async def delete_schedule(request: web.Request, svc: Services) -> web.Response:
+    await svc.schedules.delete(_id(request))
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/schedules", create_schedule)
-    app.router.add_get("/v1/schedules", list_schedules)
-    app.router.add_get("/v1/schedules/{id}", get_schedule)
-    app.router.add_delete("/v1/schedules/{id}", delete_schedule)
+ID = {"id": {"type": "string", "format": "uuid"}}
+
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/schedules",
+        create_schedule,
+        "create a schedule: a function invoked on a cron",
+        scope=Scope.DEPLOY,
+        body=ScheduleIn,
+        response=ScheduleOut,
+        status=201,
+        errors=(400, 404, 413, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/schedules",
+        list_schedules,
+        "list schedules",
+        scope=Scope.DEPLOY,
+        response=ScheduleList,
+    ),
+    Route(
+        "GET",
+        "/v1/schedules/{id}",
+        get_schedule,
+        "one schedule",
+        scope=Scope.DEPLOY,
+        response=ScheduleOut,
+        errors=(404,),
+        params=ID,
+    ),
+    Route(
+        "DELETE",
+        "/v1/schedules/{id}",
+        delete_schedule,
+        "delete a schedule",
+        scope=Scope.DEPLOY,
+        status=204,
+        errors=(404,),
+        params=ID,
+    ),
+)

@@ -10,11 +10,11 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.auth import OPEN, requires
 from gateway.errors import FunctionNotFound
 from gateway.keys import Scope
-from gateway.queue.routes import accepted, read_body, stored_headers
-from gateway.queue.service import queue_key
+from gateway.queue.routes import ANY_BODY, Accepted, accepted, read_body, stored_headers
+from gateway.routing import OPEN, Route
+from gateway.services import Services
 from gateway.validation import FunctionName, parse_json
 from gateway.webhooks.store import Webhook
 from gateway.webhooks.verify import Verify, delivery_id, verify
@@ -48,9 +48,14 @@ class WebhookOut(BaseModel):
     # Where the sender POSTs deliveries.
     url: str
     created_at: datetime
-    rotated_at: datetime | None
+    # When its secret was last replaced (absent: never).
+    rotated_at: datetime | None = None
     # The secret: only in the answer of a creation or a rotation.
     secret: str | None = None
+
+
+class WebhookList(BaseModel):
+    webhooks: list[WebhookOut]
 
 
 def _out(request: web.Request, hook: Webhook, secret: str | None = None) -> WebhookOut:
@@ -76,56 +81,48 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-@requires(Scope.DEPLOY)
-async def create_webhook(request: web.Request) -> web.Response:
-    queue = request.app[queue_key]
+async def create_webhook(request: web.Request, svc: Services) -> web.Response:
     body = await parse_json(request, WebhookIn)
-    if queue.manager.scheduler.pool(body.function) is None:
+    if svc.scheduler.pool(body.function) is None:
         raise FunctionNotFound(f"function {body.function} not found")
     secret = body.secret or ("" if body.verify is Verify.NONE else new_secret())
-    hook = await queue.webhooks.create(
+    hook = await svc.webhooks.create(
         "wh_" + secrets.token_hex(12), body.function, body.verify, secret
     )
     return _json(_out(request, hook, secret or None), status=201)
 
 
-@requires(Scope.DEPLOY)
-async def list_webhooks(request: web.Request) -> web.Response:
-    hooks = await request.app[queue_key].webhooks.all()
+async def list_webhooks(request: web.Request, svc: Services) -> web.Response:
+    hooks = await svc.webhooks.all()
     return _json([_out(request, h) for h in hooks])
 
 
-@requires(Scope.DEPLOY)
-async def get_webhook(request: web.Request) -> web.Response:
-    hook = await request.app[queue_key].webhooks.get(request.match_info["id"])
+async def get_webhook(request: web.Request, svc: Services) -> web.Response:
+    hook = await svc.webhooks.get(request.match_info["id"])
     return _json(_out(request, hook))
 
 
-@requires(Scope.DEPLOY)
-async def rotate_webhook(request: web.Request) -> web.Response:
+async def rotate_webhook(request: web.Request, svc: Services) -> web.Response:
     body = await parse_json(request, RotateIn)
     secret = body.secret or new_secret()
-    hook = await request.app[queue_key].webhooks.rotate(request.match_info["id"], secret)
+    hook = await svc.webhooks.rotate(request.match_info["id"], secret)
     return _json(_out(request, hook, secret))
 
 
-@requires(Scope.DEPLOY)
-async def delete_webhook(request: web.Request) -> web.Response:
-    await request.app[queue_key].webhooks.delete(request.match_info["id"])
+async def delete_webhook(request: web.Request, svc: Services) -> web.Response:
+    await svc.webhooks.delete(request.match_info["id"])
     return web.Response(status=204)
 
 
-@requires(OPEN)  # checked by its signature instead
-async def deliver(request: web.Request) -> web.Response:
+async def deliver(request: web.Request, svc: Services) -> web.Response:
     """A delivery: verified, deduplicated by its delivery id, queued; 202 at once."""
-    queue = request.app[queue_key]
-    hook = await queue.webhooks.get(request.match_info["id"])
-    body = await read_body(request, queue.settings.queue_max_body_bytes)
+    hook = await svc.webhooks.get(request.match_info["id"])
+    body = await read_body(request, svc.settings.queue_max_body_bytes)
     verify(hook.verify, hook.secret, request.headers, body, time.time())
     delivery = delivery_id(hook.verify, request.headers, body)
     headers = stored_headers(request)
     headers.append(("X-Kapal-Webhook-Id", hook.id))
-    id = await queue.manager.enqueue(
+    id = await svc.queue.manager.enqueue(
         hook.function,
         "POST",
         "/",
@@ -136,10 +133,64 @@ async def deliver(request: web.Request) -> web.Response:
     return accepted(id)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/webhooks", create_webhook)
-    app.router.add_get("/v1/webhooks", list_webhooks)
-    app.router.add_get("/v1/webhooks/{id}", get_webhook)
-    app.router.add_post("/v1/webhooks/{id}/rotate", rotate_webhook)
-    app.router.add_delete("/v1/webhooks/{id}", delete_webhook)
-    app.router.add_post("/hooks/{id}", deliver)
+ROUTES = (
+    Route(
+        "POST",
+        "/v1/webhooks",
+        create_webhook,
+        "create a webhook endpoint (its secret shown once)",
+        scope=Scope.DEPLOY,
+        body=WebhookIn,
+        response=WebhookOut,
+        status=201,
+        errors=(400, 404, 413, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/webhooks",
+        list_webhooks,
+        "list webhook endpoints",
+        scope=Scope.DEPLOY,
+        response=WebhookList,
+    ),
+    Route(
+        "GET",
+        "/v1/webhooks/{id}",
+        get_webhook,
+        "one webhook endpoint",
+        scope=Scope.DEPLOY,
+        response=WebhookOut,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/v1/webhooks/{id}/rotate",
+        rotate_webhook,
+        "replace its secret (the new one shown once)",
+        scope=Scope.DEPLOY,
+        body=RotateIn,
+        response=WebhookOut,
+        errors=(400, 404, 413, 422),
+    ),
+    Route(
+        "DELETE",
+        "/v1/webhooks/{id}",
+        delete_webhook,
+        "delete a webhook endpoint",
+        scope=Scope.DEPLOY,
+        status=204,
+        errors=(404,),
+    ),
+    # Checked by its signature instead of a key.
+    Route(
+        "POST",
+        "/hooks/{id}",
+        deliver,
+        "a delivery: verified, deduplicated, queued; 202 at once",
+        scope=OPEN,
+        body=ANY_BODY,
+        response=Accepted,
+        status=202,
+        errors=(401, 404, 413, 503),
+    ),
+)

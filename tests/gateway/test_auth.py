@@ -1,18 +1,21 @@
-"""The auth middleware on a tiny app: unmarked routes need admin; markers open or narrow."""
+"""The auth middleware on a tiny app: routes need admin unless their Route says otherwise."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.auth import OPEN, Gate, auth_middleware, gate_key, requires
+from gateway.auth import Gate, auth_middleware
 from gateway.errors import error_middleware
 from gateway.keys import ApiKey, KeyCache, Scope, new_key
 from gateway.ratelimit import RateLimiter
+from gateway.routing import OPEN, Route, bind
+from gateway.services import Services
 
 
 def make_key(cache: KeyCache, scopes: set[Scope], rps: float | None = None) -> str:
@@ -21,28 +24,25 @@ def make_key(cache: KeyCache, scopes: set[Scope], rps: float | None = None) -> s
     return token
 
 
-async def unmarked(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+async def ok(request: web.Request, svc: Any) -> web.Response:
+    return web.json_response({"ok": True, "svc": svc.name})
 
 
-@requires(OPEN)
-async def opened(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
-@requires(Scope.DEPLOY)
-async def deploying(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+ROUTES = (
+    Route("GET", "/unmarked", ok, "needs admin"),
+    Route("GET", "/open", ok, "anyone", scope=OPEN),
+    Route("GET", "/deploy", ok, "deployers", scope=Scope.DEPLOY),
+)
 
 
 @pytest.fixture
 async def app() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], KeyCache]]:
-    cache = KeyCache(store=None, refresh_s=1.0)  # type: ignore[arg-type]
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
-    app[gate_key] = Gate(cache, RateLimiter(clock=lambda: 0.0), 0.0)
-    app.router.add_get("/unmarked", unmarked)
-    app.router.add_get("/open", opened)
-    app.router.add_get("/deploy", deploying)
+    cache = KeyCache(store=None)  # type: ignore[arg-type]
+    gate = Gate(cache, RateLimiter(clock=lambda: 0.0), 0.0)
+    app = web.Application()
+    svc = cast(Services, type("Svc", (), {"name": "the services"})())
+    routes = bind(app, ROUTES, svc)
+    app.middlewares.extend([error_middleware, auth_middleware(gate, routes)])
     async with TestClient(TestServer(app)) as client:
         yield client, cache
 
@@ -58,20 +58,31 @@ async def test_unmarked_routes_need_admin(app: tuple[TestClient, KeyCache]) -> N
     assert r.status == 403
     r = await client.get("/unmarked", headers=auth(make_key(cache, {Scope.ADMIN})))
     assert r.status == 200
+    assert (await r.json())["svc"] == "the services"  # handlers get the services passed in
 
 
 async def test_open_and_scoped_routes(app: tuple[TestClient, KeyCache]) -> None:  # type: ignore[type-arg]
     client, cache = app
     assert (await client.get("/open")).status == 200
+    assert (await client.head("/open")).status == 200
     assert (await client.get("/deploy")).status == 401
+    assert (await client.head("/deploy")).status == 401
     assert (
         await client.get("/deploy", headers=auth(make_key(cache, {Scope.INVOKE})))
     ).status == 403
     assert (
         await client.get("/deploy", headers=auth(make_key(cache, {Scope.DEPLOY})))
     ).status == 200
-    # Unknown routes stay 404, key or not.
-    assert (await client.get("/nowhere")).status == 404
+    # Unknown routes stay 404, key or not; a known path with another method is 405.
+    r = await client.get("/nowhere")
+    assert r.status == 404
+    assert (await r.json())["error"] == {
+        "code": "not_found",
+        "message": "no route for GET /nowhere",
+    }
+    r = await client.post("/open")
+    assert r.status == 405 and (await r.json())["error"]["code"] == "method_not_allowed"
+    assert "GET" in r.headers["Allow"]
 
 
 async def test_key_rate_limit(app: tuple[TestClient, KeyCache]) -> None:  # type: ignore[type-arg]

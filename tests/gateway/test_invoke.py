@@ -39,8 +39,13 @@ class LocalBackend:
 
     async def unpause(self, container_id: str) -> None: ...
 
-    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
+    async def claim(self, container_id: str, spec: FunctionSpec, instance_id: str) -> None: ...
+
+    def watch(self, on_event: Callable[[str, str], None]) -> Callable[[], None]:
         return lambda: None
+
+    async def inspect(self, container_id: str) -> Running | None:
+        return None
 
     async def list_managed(self) -> list[Running]:
         return []
@@ -89,6 +94,7 @@ async def invoker(unused_tcp_port: int) -> AsyncIterator[tuple[Invoker, LocalBac
     scheduler = Scheduler(backend, PoolConfig(stop_grace_s=0))  # type: ignore[arg-type]
     spec = FunctionSpec(name="f", version=1, image="x", limits=Limits(timeout_s=0.5))
     await scheduler.start([spec])
+    await scheduler.lead()
     settings = Settings(database_url="postgresql://unused")
     recorder = Recorder(None, 1.0, 1)  # type: ignore[arg-type]
     upstreams = Upstreams()

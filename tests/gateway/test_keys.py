@@ -11,7 +11,7 @@ from gateway.keys import ApiKey, KeyCache, Scope, new_key, parse, write_private
 
 
 def cache_with(*keys: ApiKey) -> KeyCache:
-    cache = KeyCache(store=None, refresh_s=1.0)  # type: ignore[arg-type]
+    cache = KeyCache(store=None)  # type: ignore[arg-type]
     cache.keys = {k.id: k for k in keys}
     return cache
 

@@ -34,7 +34,7 @@ def test_server_errors_throttling_and_lost_instances_are_retried_with_backoff() 
         AttemptResult(status=429),
         AttemptResult(error="timeout"),
         AttemptResult(error="instance_failed"),
-        AttemptResult(error="no_capacity"),
+        AttemptResult(error="unavailable"),
     ):
         assert decide(result, 1) == RetryDecision(State.QUEUED, NOW + 0.5)
     # Exponential: 1, 2, 4 s before jitter; jitter adds up to half of it.

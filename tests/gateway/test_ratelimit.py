@@ -32,11 +32,15 @@ def test_limiter_keys_are_independent_and_none_is_unlimited() -> None:
     assert limiter.take("a", 1.0) == 0.0
 
 
-def test_a_new_rate_starts_a_fresh_bucket() -> None:
-    limiter = RateLimiter(clock=lambda: 0.0)
+def test_a_new_rate_applies_from_now_on() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
     assert limiter.take("a", 1.0) == 0.0
     assert limiter.take("a", 1.0) > 0
-    assert limiter.take("a", 5.0) == 0.0
+    now[0] = 1.0  # what was saved at the old rate stays
+    assert sum(limiter.take("a", 5.0) == 0.0 for _ in range(20)) == 1
+    now[0] = 2.0
+    assert sum(limiter.take("a", 5.0) == 0.0 for _ in range(20)) == 5
 
 
 def test_burst_and_retry_after_round_up() -> None:
@@ -44,3 +48,16 @@ def test_burst_and_retry_after_round_up() -> None:
     assert burst_for(2.5) == 3.0
     assert retry_after(0.01) == "1"
     assert retry_after(4.2) == "5"
+
+
+def test_a_share_scales_the_rate_without_refilling_the_bucket() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert all(limiter.take("a", 10.0) == 0.0 for _ in range(10))
+    assert limiter.take("a", 10.0) > 0.0
+    limiter.shares["a"] = 0.5  # another gateway takes half of the demand
+    now[0] = 1.0
+    granted = sum(limiter.take("a", 10.0) == 0.0 for _ in range(100))
+    assert granted == 5
+    assert limiter.take_demand() == {"a": 111}
+    assert limiter.take_demand() == {}

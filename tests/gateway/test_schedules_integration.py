@@ -46,7 +46,9 @@ async def test_missed_ticks_fire_once_across_two_gateways(
     conn = await asyncpg.connect(gw.database_url)
     try:
         # As if Kapal had been down for ten minutes: several ticks missed.
-        await conn.execute("UPDATE schedules SET next_run = now() - interval '10 minutes'")
+        outage_end: datetime = await conn.fetchval(
+            "UPDATE schedules SET next_run = now() - interval '10 minutes' RETURNING now()"
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             late = await conn.fetchval("SELECT count(*) FROM schedules WHERE next_run <= now()")
@@ -60,17 +62,19 @@ async def test_missed_ticks_fire_once_across_two_gateways(
         )
     finally:
         await conn.close()
-    assert len(rows) == 5, rows
-    now = datetime.now(UTC)
     for s in schedules:
         mine = [r for r in rows if r["idempotency_key"].startswith(f"schedule:{s['id']}:")]
-        assert len(mine) == 1
-        tick = datetime.fromisoformat(mine[0]["idempotency_key"].split(":", 2)[2])
-        assert now - timedelta(minutes=2) < tick <= now  # the latest missed tick only
+        ticks = sorted(datetime.fromisoformat(r["idempotency_key"].split(":", 2)[2]) for r in mine)
+        missed = [t for t in ticks if t <= outage_end]
+        # The latest missed tick only, once; a tick that came due while the test ran
+        # (a minute boundary crossed) is a new one and fires normally.
+        assert len(missed) == 1, ticks
+        assert outage_end - timedelta(minutes=1) < missed[0] <= outage_end
+        assert len(ticks) - len(missed) <= 1, ticks
         async with http.get(f"{other.url}/v1/schedules/{s['id']}") as r:
             got = await r.json()
-        assert datetime.fromisoformat(got["last_run"]) == tick
-        assert datetime.fromisoformat(got["next_run"]) > tick
+        assert datetime.fromisoformat(got["last_run"]) == ticks[-1]
+        assert datetime.fromisoformat(got["next_run"]) > ticks[-1]
     done = await wait_final(http, gw, str(rows[0]["id"]))
     assert done["status"] == "succeeded"
 

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.wire import DeploySpec
 from kapal.errors import SpecError
 from kapal.spec import default_name, load_spec, merge
 
@@ -14,7 +15,7 @@ def test_without_kapal_toml_the_name_comes_from_the_folder(tmp_path: Path) -> No
     folder = tmp_path / "My_Func"
     folder.mkdir()
 
-    assert load_spec(folder) == {"name": "my-func", "env": {}, "limits": {}, "scaling": {}}
+    assert load_spec(folder) == {"name": "my-func"}
 
 
 def test_default_name_of_the_current_folder(
@@ -71,6 +72,60 @@ def test_name_option_beats_kapal_toml(tmp_path: Path) -> None:
     spec = load_spec(tmp_path, {"name": "from-cli"})
 
     assert (spec["name"], spec["runtime"]) == ("from-cli", "python")
+
+
+def test_kapal_toml_takes_every_field_the_api_takes(tmp_path: Path) -> None:
+    write_toml(
+        tmp_path,
+        """
+name = "hook"
+public = true
+secrets = ["db-pw"]
+[network]
+outbound = false
+[async]
+max_retries = 0
+concurrency = 4
+""",
+    )
+
+    spec = load_spec(tmp_path, {"scaling": {"max": None}, "network": {"outbound": None}})
+
+    assert spec == {
+        "name": "hook",
+        "public": True,
+        "secrets": ["db-pw"],
+        "network": {"outbound": False},
+        "async": {"max_retries": 0, "concurrency": 4},
+    }
+    deployed = DeploySpec.model_validate(spec)
+    assert (deployed.async_.max_retries, deployed.network.outbound) == (0, False)
+
+
+def test_only_what_is_given_is_sent(tmp_path: Path) -> None:
+    write_toml(tmp_path, "[limits]\nmemory_mb = 512\n")
+
+    spec = load_spec(tmp_path, {"env": {}, "scaling": {"min": None}, "public": None})
+
+    assert spec == {"name": default_name(tmp_path), "limits": {"memory_mb": 512}}
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ('[env]\nKAPAL_X = "1"\n', "env"),
+        ('handler = "main"\n', "handler"),
+        ('name = "Not_A_Label"\n', "name"),
+        ("[scaling]\nmin = 5\nmax = 2\n", "scaling.max"),
+        ("[async]\nmax_retries = -1\n", "async.max_retries"),
+        ('secrets = ["a", "a"]\n', "secrets"),
+    ],
+)
+def test_a_bad_value_is_named_with_the_file(tmp_path: Path, toml: str, field: str) -> None:
+    write_toml(tmp_path, toml)
+
+    with pytest.raises(SpecError, match=rf"kapal\.toml.*: {field}: "):
+        load_spec(tmp_path)
 
 
 def test_an_unknown_key_is_named(tmp_path: Path) -> None:

@@ -143,6 +143,14 @@ async def get_json(
         return resp.status, await resp.json(), resp
 
 
+async def wait_for_file(path: Path, timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if path.exists():  # noqa: ASYNC240 (a stat of a local temp file)
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} never appeared: the handler did not start")
+
+
 def error_of(body: object) -> dict[str, str]:
     assert isinstance(body, dict), body
     error = body["error"]
@@ -157,8 +165,28 @@ async def test_health_is_ok_once_loaded(
     runtime: RuntimeProcess, http: aiohttp.ClientSession
 ) -> None:
     status, body, resp = await get_json(http, f"{runtime.url}/_/health")
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body) == (
+        200,
+        {"status": "ok", "function": "hello", "version": 3, "in_flight": 0},
+    )
     assert resp.headers["X-Kapal-Request-Id"]
+
+
+async def test_health_counts_invocations_in_flight(
+    runtime: RuntimeProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    slow = asyncio.create_task(http.get(f"{runtime.url}/sleep?s=0.5&marker={marker}"))
+    try:
+        await wait_for_file(marker)
+        _, body, _ = await get_json(http, f"{runtime.url}/_/health")
+        assert isinstance(body, dict)
+        assert body["in_flight"] == 1
+    finally:
+        (await slow).release()
+    _, body, _ = await get_json(http, f"{runtime.url}/_/health")
+    assert isinstance(body, dict)
+    assert body["in_flight"] == 0
 
 
 async def test_unknown_runtime_path_is_404_json(
@@ -420,6 +448,103 @@ async def test_sync_handlers_run_concurrently(
     assert time.monotonic() - started < 5  # one after another would take 10 s
 
 
+# --- concurrency limit -----------------------------------------------------------------
+
+
+async def http_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a raw connection, so a test sees whether the connection is kept."""
+    writer.write(head)
+    await writer.drain()
+    status_line = await reader.readline()
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+def get_head(target: str, *extra: str) -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: runtime", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[RuntimeProcess]:
+    code = write_files(tmp_path / "function", {"handler.py": HANDLER})
+    env = {"KAPAL_CODE_DIR": str(code), "KAPAL_FUNCTION": "lim", "KAPAL_CONCURRENCY": "1"}
+    process = start_runtime(code, env)
+    yield process
+    assert process.stop() == 0
+
+
+async def test_past_the_concurrency_limit_is_503_busy_at_once_on_a_kept_connection(
+    limited: RuntimeProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    marker, not_run = tmp_path / "started", tmp_path / "not-run"
+    slow = asyncio.create_task(http.get(f"{limited.url}/sleep?s=1&marker={marker}"))
+    await wait_for_file(marker)
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    try:
+        head = get_head(f"/sleep?s=0&marker={not_run}", "X-Kapal-Request-Id: busy-1")
+        status, headers, body = await http_exchange(reader, writer, head)
+        assert not slow.done()  # answered while the limit's one invocation still runs
+        assert status == 503
+        assert headers["x-kapal-error"] == "busy"
+        assert json.loads(body) == {
+            "error": {
+                "code": "busy",
+                "message": "this instance already runs its limit of 1 invocations",
+                "request_id": "busy-1",
+            }
+        }
+        assert not not_run.exists()  # the handler was not called
+        async with await slow as resp:
+            assert resp.status == 200
+        # The same connection serves the next invocation once a slot is free.
+        status, _, body = await http_exchange(reader, writer, get_head("/ret/str"))
+        assert (status, body) == (200, "hello ü".encode())
+    finally:
+        writer.close()
+
+
+async def test_busy_does_not_wait_for_a_large_body(
+    limited: RuntimeProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    slow = asyncio.create_task(http.get(f"{limited.url}/sleep?s=1&marker={marker}"))
+    await wait_for_file(marker)
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    try:
+        # Headers only: the 10 MB body is never sent, and the answer must not wait for it.
+        head = b"POST /echo HTTP/1.1\r\nHost: runtime\r\nContent-Length: 10000000\r\n\r\n"
+        status, headers, _ = await http_exchange(reader, writer, head)
+        assert not slow.done()
+        assert (status, headers["x-kapal-error"]) == (503, "busy")
+        assert headers["connection"] == "close"  # rather than read 10 MB to keep it
+    finally:
+        writer.close()
+        (await slow).release()
+
+
+async def test_health_and_limit_of_a_busy_runtime(
+    limited: RuntimeProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    slow = asyncio.create_task(http.get(f"{limited.url}/sleep?s=0.5&marker={marker}"))
+    await wait_for_file(marker)
+    try:
+        status, body, _ = await get_json(http, f"{limited.url}/_/health")
+        assert (status, body) == (
+            200,
+            {"status": "ok", "function": "lim", "version": 0, "in_flight": 1},
+        )
+    finally:
+        (await slow).release()
+
+
 # --- handler shapes ---------------------------------------------------------------------
 
 
@@ -561,17 +686,18 @@ async def test_prewarm_then_init_then_invoke(
 ) -> None:
     url = prewarm.url
     status, body, _ = await get_json(http, f"{url}/_/health")
-    assert (status, body) == (200, {"status": "prewarm"})
+    assert (status, body) == (200, {"status": "prewarm", "in_flight": 0})
     async with http.get(f"{url}/") as resp:
         assert resp.status == 503
         assert error_of(await resp.json())["code"] == "not_initialized"
 
     async with http.post(f"{url}/_/init", json=init_body()) as resp:
         assert resp.status == 200, await resp.text()
-        assert await resp.json() == {"status": "ok"}
+        ok = {"status": "ok", "function": "greeter", "version": 7, "in_flight": 0}
+        assert await resp.json() == ok
 
     status, body, _ = await get_json(http, f"{url}/_/health")
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body) == (200, ok)
     status, body, _ = await get_json(http, f"{url}/hi?name=kapal")
     assert status == 200
     assert body == {
@@ -586,6 +712,25 @@ async def test_prewarm_then_init_then_invoke(
         assert resp.status == 409
         assert error_of(await resp.json())["code"] == "already_initialized"
     assert '"event":"initialized"' in prewarm.stderr()
+
+
+async def test_init_sets_the_concurrency_limit(
+    prewarm: RuntimeProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    code = tar_gz_b64({"app.py": HANDLER})
+    body = init_body(code=code, deps=None, handler="app.handle", concurrency=1)
+    async with http.post(f"{prewarm.url}/_/init", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+    marker = tmp_path / "started"
+    slow = asyncio.create_task(http.get(f"{prewarm.url}/sleep?s=1&marker={marker}"))
+    try:
+        await wait_for_file(marker)
+        async with http.get(f"{prewarm.url}/ret/str") as resp:
+            assert (resp.status, resp.headers["X-Kapal-Error"]) == (503, "busy")
+    finally:
+        (await slow).release()
+    async with http.get(f"{prewarm.url}/ret/str") as resp:
+        assert resp.status == 200
 
 
 def unpacked_files(root: Path) -> list[Path]:
@@ -603,6 +748,8 @@ def unpacked_files(root: Path) -> list[Path]:
         (init_body(version="7"), "version must be"),
         (init_body(function=None), "function must be"),
         (init_body(env={"A": 1}), "env A must be a string"),
+        (init_body(concurrency=-1), "concurrency must be a non-negative integer"),
+        (init_body(concurrency="2"), "concurrency must be a non-negative integer"),
         (init_body(handler="nodots"), "is not of the form"),
         ([1, 2], "body must be a JSON object"),
     ],

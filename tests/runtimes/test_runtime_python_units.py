@@ -20,6 +20,7 @@ if str(RUNTIME_DIR) not in sys.path:
 from kapal_runtime import bundle, config, handler
 from kapal_runtime.deadlines import DeadlineWatch
 from kapal_runtime.event import Context, Event, InvalidJSONBody
+from kapal_runtime.threads import HandlerThreads
 
 # --- return values ----------------------------------------------------------------------
 
@@ -199,6 +200,53 @@ async def test_deadline_watch_cancels_only_late_tasks() -> None:
     assert await on_time == "cancelled"
 
 
+# --- handler threads -------------------------------------------------------------------
+
+
+async def test_handler_threads_run_off_the_loop_and_pass_errors_back() -> None:
+    import threading
+
+    threads = HandlerThreads(4)
+    try:
+        assert await threads.run(threading.get_ident) != threading.get_ident()
+        assert await threads.run(lambda a, b: a + b, 2, 3) == 5
+        # A StopIteration cannot leave a coroutine as itself, but it must not hang the caller.
+        raised = [(ValueError("boom"), ValueError), (SystemExit(3), SystemExit)]
+        for exc, expected in [*raised, (StopIteration(), RuntimeError)]:
+
+            def fail(exc: BaseException = exc) -> None:
+                raise exc
+
+            with pytest.raises(expected):
+                await threads.run(fail)
+    finally:
+        threads.close()
+
+
+async def test_handler_threads_start_as_needed_and_count_late_calls() -> None:
+    import threading
+
+    threads = HandlerThreads(8)
+    release = threading.Event()
+    try:
+        # Four blocking calls at once each get a thread of their own.
+        calls = [asyncio.create_task(threads.run(release.wait, 5)) for _ in range(4)]
+        assert await asyncio.wait_for(threads.run(lambda: "free"), 2) == "free"
+        calls[0].cancel()  # its caller stops waiting, as at a deadline
+        with pytest.raises(asyncio.CancelledError):
+            await calls[0]
+        assert threads.late == 1  # its thread still runs
+        release.set()
+        assert await asyncio.gather(*calls[1:]) == [True, True, True]
+        for _ in range(200):
+            if threads.late == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert threads.late == 0
+    finally:
+        threads.close()
+
+
 # --- archives ---------------------------------------------------------------------------
 
 
@@ -281,6 +329,7 @@ def test_config_defaults() -> None:
     assert defaults.max_body_bytes == 64 * 1024 * 1024
     assert str(defaults.code_dir) == "/opt/kapal/function"
     assert defaults.prewarm is False
+    assert defaults.concurrency == 0  # unlimited
 
 
 def test_config_reads_env() -> None:
@@ -293,8 +342,10 @@ def test_config_reads_env() -> None:
         "KAPAL_TIMEOUT_S": "2.5",
         "KAPAL_MAX_BODY_BYTES": "10",
         "KAPAL_PREWARM": "1",
+        "KAPAL_CONCURRENCY": "4",
     }
     read = config.RuntimeConfig.from_env(env)
+    assert read.concurrency == 4
     assert (read.port, read.function, read.version, read.handler) == (
         9000,
         "fn",
@@ -318,6 +369,8 @@ def test_config_reads_env() -> None:
         ("KAPAL_TIMEOUT_S", "-1"),
         ("KAPAL_PREWARM", "maybe"),
         ("KAPAL_EVENT_LOOP", "trio"),
+        ("KAPAL_CONCURRENCY", "-1"),
+        ("KAPAL_CONCURRENCY", "four"),
     ],
 )
 def test_config_names_the_bad_key_and_value(key: str, value: str) -> None:

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import Running
 from scheduler.errors import NoCapacity, StartFailed, UnknownFunction
 from scheduler.models import FunctionSpec, Scaling
 from scheduler.pool import InstanceState, Pool, PoolConfig
+from scheduler.scaler import Scaler
 
 
 @dataclass
@@ -40,8 +42,14 @@ class FakeBackend:
     async def unpause(self, container_id: str) -> None:
         self.unpaused.append(container_id)
 
-    def watch(self, on_exit: Callable[[str, str], None]) -> Callable[[], None]:
+    async def claim(self, container_id: str, spec: FunctionSpec, instance_id: str) -> None:
+        pass
+
+    def watch(self, on_event: Callable[[str, str], None]) -> Callable[[], None]:
         return lambda: None
+
+    async def inspect(self, container_id: str) -> Running | None:
+        return None
 
     async def list_managed(self) -> list[Running]:
         return []
@@ -65,10 +73,16 @@ def spec(version: int = 1, **scaling: int | float) -> FunctionSpec:
     )
 
 
-def make_pool(backend: FakeBackend, s: FunctionSpec | None = None, **cfg: float) -> Pool:
+def make_pool(
+    backend: FakeBackend,
+    s: FunctionSpec | None = None,
+    target_utilization: float = 1.0,
+    **cfg: float,
+) -> Pool:
     # Every slot counts, unless a test says otherwise: the slot arithmetic stays exact.
-    config = PoolConfig(**{"target_utilization": 1.0, **cfg})  # type: ignore[arg-type]
-    return Pool(s or spec(), backend, ready_at_once, config)  # type: ignore[arg-type]
+    config = PoolConfig(**cfg)  # type: ignore[arg-type]
+    scaler = Scaler(AutoscalerConfig(target_utilization=target_utilization))
+    return Pool(s or spec(), backend, ready_at_once, config, scaler=scaler)  # type: ignore[arg-type]
 
 
 async def test_first_request_starts_an_instance_and_is_cold() -> None:

@@ -42,12 +42,14 @@ class InitSpec:
     code: bytes | None
     # A tar archive of a site-packages directory, if the function has dependencies.
     deps: bytes | None
+    # Invocations in flight at once (0: unlimited); None keeps KAPAL_CONCURRENCY's value.
+    concurrency: int | None = None
 
 
 def parse_init(raw: bytes) -> InitSpec:
     """Validate an init body:
     {"function": str, "version": int, "handler": str, "env": {str: str},
-     "code": base64 tar.gz, "deps": base64 tar.gz}.
+     "code": base64 tar.gz, "deps": base64 tar.gz, "concurrency": int (optional)}.
     """
     try:
         body = json.loads(raw)
@@ -68,6 +70,9 @@ def parse_init(raw: bytes) -> InitSpec:
         parse_spec(handler)
     except ValueError as exc:
         raise InvalidInit(str(exc)) from None
+    concurrency = body.get("concurrency")
+    if concurrency is not None and (type(concurrency) is not int or concurrency < 0):
+        raise InvalidInit(f"concurrency must be a non-negative integer, not {concurrency!r}")
     return InitSpec(
         function=function,
         version=version,
@@ -75,6 +80,7 @@ def parse_init(raw: bytes) -> InitSpec:
         env=_env(body.get("env")),
         code=_archive(body, "code"),
         deps=_archive(body, "deps"),
+        concurrency=concurrency,
     )
 
 

@@ -37,6 +37,8 @@ class RuntimeConfig:
     max_init_bytes: int = 512 * 1024 * 1024
     # Start without a handler and wait for POST /_/init.
     prewarm: bool = False
+    # Invocations in flight at once before new ones are answered 503 busy (0: unlimited).
+    concurrency: int = 0
     # Threads that run synchronous handlers concurrently.
     threads: int = 64
     # "auto" uses uvloop when it can be imported.
@@ -57,6 +59,7 @@ class RuntimeConfig:
             max_body_bytes=_read(env, "KAPAL_MAX_BODY_BYTES", int, d.max_body_bytes, _positive),
             max_init_bytes=_read(env, "KAPAL_MAX_INIT_BYTES", int, d.max_init_bytes, _positive),
             prewarm=_read(env, "KAPAL_PREWARM", _flag, d.prewarm, lambda v: True),
+            concurrency=_read(env, "KAPAL_CONCURRENCY", int, d.concurrency, lambda v: v >= 0),
             threads=_read(env, "KAPAL_THREADS", int, d.threads, lambda v: 0 < v <= 4096),
             event_loop=_read(env, "KAPAL_EVENT_LOOP", str, d.event_loop, EVENT_LOOPS.__contains__),
         )

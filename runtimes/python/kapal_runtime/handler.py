@@ -9,7 +9,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from kapal_runtime.event import Context, Event
+from kapal_runtime.threads import HandlerThreads
 
 CONTENT_TYPE = "Content-Type"
 JSON_TYPE = "application/json"
@@ -51,12 +51,12 @@ class LoadedHandler:
     is_async: bool
     takes_context: bool
 
-    async def run(self, event: Event, context: Context, executor: Executor) -> Reply:
-        """Call the handler (async ones on the loop, sync ones in the pool) and adapt it."""
+    async def run(self, event: Event, context: Context, threads: HandlerThreads) -> Reply:
+        """Call the handler (async ones on the loop, sync ones on a thread) and adapt it."""
         if self.is_async:
             return to_reply(await self.call(event, context))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._run_sync, event, context, loop)
+        reply: Reply = await threads.run(self._run_sync, event, context, asyncio.get_running_loop())
+        return reply
 
     def _run_sync(self, event: Event, context: Context, loop: asyncio.AbstractEventLoop) -> Reply:
         result = self.call(event, context)

@@ -9,7 +9,6 @@ import platform
 import site
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -19,6 +18,7 @@ from kapal_runtime.deadlines import DeadlineWatch
 from kapal_runtime.event import Context, Event, InvalidJSONBody
 from kapal_runtime.handler import LoadedHandler, load_handler
 from kapal_runtime.log import describe, log_event, log_traceback
+from kapal_runtime.threads import HandlerThreads
 
 REQUEST_ID = "X-Kapal-Request-Id"
 DEADLINE = "X-Kapal-Deadline"
@@ -30,6 +30,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "handler_load_failed": (500, "load"),
     "init_failed": (500, "init"),
     "timeout": (504, "timeout"),
+    "busy": (503, "busy"),
     "invalid_json": (400, "request"),
     "body_too_large": (413, "request"),
     "not_initialized": (503, "init"),
@@ -47,6 +48,11 @@ class State(enum.Enum):
     FAILED = "failed"  # loading (or init) failed; every invocation answers 500
 
 
+# A busy answer keeps the connection when the unread body is this small (aiohttp reads and
+# drops it after answering); a larger or chunked one closes it rather than read it all.
+BUSY_DRAIN_BYTES = 64 * 1024
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -62,7 +68,10 @@ class Runtime:
         self.handler: LoadedHandler | None = None
         # (code, one-line message) answered by health and invocations once FAILED.
         self.failure: tuple[str, str] = ("handler_load_failed", "")
-        self.executor = ThreadPoolExecutor(config.threads, thread_name_prefix="kapal-handler")
+        self.concurrency = config.concurrency
+        self.threads = HandlerThreads(config.threads)
+        # Invocations admitted and not yet answered.
+        self._open = 0
         self.deadlines = DeadlineWatch()
 
     def load(self, spec: str) -> bool:
@@ -85,6 +94,11 @@ class Runtime:
         )
         return True
 
+    @property
+    def in_flight(self) -> int:
+        """Invocations being served, plus sync handlers still running past their answer."""
+        return self._open + self.threads.late
+
     def _fail(self, code: str, message: str) -> None:
         self.state = State.FAILED
         self.failure = (code, message)
@@ -102,6 +116,18 @@ class Runtime:
             if self.state is State.FAILED:
                 return error(*self.failure, request_id)
             return error("not_initialized", "this runtime awaits POST /_/init", request_id)
+        limit = self.concurrency
+        if limit and self.in_flight >= limit:
+            return _busy(request, limit, request_id)
+        self._open += 1
+        try:
+            return await self._run(handler, request, path, request_id)
+        finally:
+            self._open -= 1
+
+    async def _run(
+        self, handler: LoadedHandler, request: web.Request, path: str, request_id: str
+    ) -> web.Response:
         headers = request.headers
         deadline = _deadline(headers.get(DEADLINE), self.config.timeout_s)
         try:
@@ -117,7 +143,7 @@ class Runtime:
         assert task is not None
         self.deadlines.watch(task, deadline)
         try:
-            reply = await handler.run(event, context, self.executor)
+            reply = await handler.run(event, context, self.threads)
         except asyncio.CancelledError:
             if not self.deadlines.release(task):
                 raise  # shutting down, not late
@@ -146,7 +172,7 @@ class Runtime:
 
     def _health(self, request_id: str) -> web.Response:
         if self.state is State.READY:
-            return _json(200, _STATUS_OK, request_id)
+            return _json(200, self._status_ok(), request_id)
         if self.state is State.PREWARM:
             return _json(200, _STATUS_PREWARM, request_id)
         if self.state is State.INITIALIZING:
@@ -159,13 +185,10 @@ class Runtime:
         # Claimed before the first await, so two concurrent inits cannot both proceed.
         self.state = State.INITIALIZING
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
             raw = await _read_at_most(request, self.config.max_init_bytes)
-            spec = await loop.run_in_executor(self.executor, parse_init, raw)
-            await loop.run_in_executor(
-                self.executor, install, spec, self.config.code_dir, self.config.deps_dir
-            )
+            spec = await self.threads.run(parse_init, raw)
+            await self.threads.run(install, spec, self.config.code_dir, self.config.deps_dir)
         except BodyTooLarge:
             self.state = State.PREWARM
             limit = self.config.max_init_bytes
@@ -193,7 +216,18 @@ class Runtime:
         )
         if not loaded:
             return error(*self.failure, request_id)
-        return _json(200, _STATUS_OK, request_id)
+        return _json(200, self._status_ok(), request_id)
+
+    def _status_ok(self) -> bytes:
+        # function and version let a restarted gateway adopt a prewarm-specialized container;
+        # in_flight tells it when the container is idle (before pausing it).
+        status = {
+            "status": "ok",
+            "function": self.function,
+            "version": self.version,
+            "in_flight": self.in_flight,
+        }
+        return json.dumps(status, separators=(",", ":")).encode()
 
     def _why_no_init(self) -> str:
         if not self.config.prewarm:
@@ -205,6 +239,9 @@ class Runtime:
     def _apply(self, spec: InitSpec) -> None:
         """Make the unpacked function look as if the container had been started for it."""
         self.function, self.version = spec.function, spec.version
+        if spec.concurrency is not None:
+            self.concurrency = spec.concurrency
+            os.environ["KAPAL_CONCURRENCY"] = str(spec.concurrency)
         os.environ.update(spec.env)
         os.environ["KAPAL_FUNCTION"] = spec.function
         os.environ["KAPAL_VERSION"] = str(spec.version)
@@ -214,7 +251,7 @@ class Runtime:
 
     async def draining(self, app: web.Application) -> None:
         # The listening socket is closed; in-flight invocations get up to the timeout.
-        log_event("draining", in_flight=len(self.deadlines), timeout_s=self.config.timeout_s)
+        log_event("draining", in_flight=self.in_flight, timeout_s=self.config.timeout_s)
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         log_event(
@@ -223,6 +260,7 @@ class Runtime:
             function=self.function,
             version=self.version,
             state=self.state.value,
+            concurrency=self.concurrency,
             handler=self.handler.spec if self.handler else None,
             python=platform.python_version(),
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -232,7 +270,7 @@ class Runtime:
         sweeper.cancel()
         # Requests have drained by now (bounded by the shutdown timeout); a thread still
         # running a handler past its deadline is not waited for.
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.close()
         log_event("stopped")
 
 
@@ -289,6 +327,16 @@ def error(
     return response
 
 
+def _busy(request: web.Request, limit: int, request_id: str) -> web.Response:
+    """503 busy at once, the handler not run and the body not awaited."""
+    message = f"this instance already runs its limit of {limit} invocations"
+    response = error("busy", message, request_id)
+    length = request.content_length
+    if (length is None and request.can_read_body) or (length or 0) > BUSY_DRAIN_BYTES:
+        response.force_close()
+    return response
+
+
 def _not_allowed(allow: str, request_id: str) -> web.Response:
     return error("method_not_allowed", f"use {allow}", request_id, {"Allow": allow})
 
@@ -299,8 +347,7 @@ def _json(status: int, body: bytes, request_id: str) -> web.Response:
     return response
 
 
-_STATUS_OK = b'{"status":"ok"}'
-_STATUS_PREWARM = b'{"status":"prewarm"}'
+_STATUS_PREWARM = b'{"status":"prewarm","in_flight":0}'
 _STATUS_INITIALIZING = b'{"status":"initializing"}'
 
 

@@ -1,0 +1,268 @@
+"""The composition root: every service of a gateway, opened in order and closed in reverse.
+
+Both servers get the one `Services` explicitly: the front server (`gateway.front`) and the
+management application (`gateway.app`). Adding a service is one attribute and one step
+in `Services.open`, with its closing pushed on the same stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from gateway import db
+from gateway.auth import Gate
+from gateway.catalog import Catalog
+from gateway.cluster import Cluster
+from gateway.deploy import Deployer
+from gateway.invoke import Invoker
+from gateway.jobs.store import JobStore
+from gateway.keys import KeyCache, KeyStore
+from gateway.queue.service import QueueService
+from gateway.ratelimit import RateLimiter
+from gateway.records import Recorder
+from gateway.schedules.store import ScheduleStore
+from gateway.schedules.ticker import Ticker
+from gateway.settings import Settings
+from gateway.store import FunctionStore
+from gateway.supervisor import Supervisor
+from gateway.upstream import Upstreams
+from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore
+from gateway.webhooks.store import WebhookStore
+from scheduler.autoscaler import AutoscalerConfig
+from scheduler.builder import ImageBuilder
+from scheduler.docker_backend import DockerBackend
+from scheduler.pool import PoolConfig
+from scheduler.prewarm import PrewarmPool
+from scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kapal.gateway")
+
+
+# Serializes creating the function networks between gateways of one namespace.
+NETWORK_LOCK = "kapal-network:"
+# How long a starting gateway waits to hear its peers before it decides it is alone.
+PEERS_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    # The management API's connections (the queue has a pool of its own).
+    pg: asyncpg.Pool
+    backend: DockerBackend
+    functions: FunctionStore
+    scheduler: Scheduler
+    cluster: Cluster
+    catalog: Catalog
+    recorder: Recorder
+    upstreams: Upstreams
+    invoker: Invoker
+    key_store: KeyStore
+    keys: KeyCache
+    gate: Gate
+    secrets: Secrets
+    deployer: Deployer
+    queue: QueueService
+    # Features built on the queue.
+    webhooks: WebhookStore
+    jobs: JobStore
+    schedules: ScheduleStore
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, secret_key: bytes) -> AsyncIterator[Services]:
+        """Every service, started; `secret_key` is the secrets key, loaded (and checked) once.
+
+        Several gateways may share one database and one engine: what they share (the
+        network, the containers, the secret files) is removed only by the last to leave.
+        """
+        departure = _Departure()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(log.info, "gateway stopped")
+            backend = _backend(settings)
+            stack.callback(backend.close)
+            pg = await db.connect(settings.database_url)
+            stack.push_async_callback(departure.remove_network, backend)
+            stack.push_async_callback(pg.close)
+            await _ensure_network(pg, backend, settings.namespace)
+            functions = FunctionStore(pg)
+            limiter = RateLimiter()
+            cluster = Cluster(settings.database_url, settings.namespace, limiter)
+            scheduler = _scheduler(settings, backend, functions, cluster)
+            cluster.scheduler = scheduler
+            recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
+            upstreams = Upstreams()
+            invoker = Invoker(
+                settings, scheduler, recorder, upstreams, oom_killed=backend.oom_killed
+            )
+            secrets = Secrets(
+                SecretStore(pg, SecretCipher(secret_key)),
+                SecretFiles(settings.secrets_root, settings.runtime_uid),
+            )
+            stack.callback(departure.clear_secrets, secrets)
+            key_store = KeyStore(pg)
+            if settings.bootstrap_key_file is not None:
+                await bootstrap_admin_key(key_store, settings.bootstrap_key_file)
+            keys = KeyCache(key_store)
+            catalog = Catalog(functions, scheduler, secrets, keys, settings.catalog_refresh_s)
+            secrets.users_of = catalog.users_of
+            catalog.on_change.append(limiter.forget_missing)
+            stack.push_async_callback(recorder.close)
+            stack.push_async_callback(cluster.leave, pg)
+            specs = await catalog.load()
+
+            loops = Supervisor()
+            loops.add("kapal-catalog", lambda stop: catalog.run(settings.database_url, stop))
+            loops.add("kapal-cluster", cluster.run)
+            await scheduler.start(specs)
+            stack.push_async_callback(loops.close)
+            stack.push_async_callback(departure.close_scheduler, scheduler)
+            # Decided while the cluster loop still runs: are other gateways staying?
+            stack.callback(departure.decide, cluster)
+            loops.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cluster.tried.wait(), PEERS_WAIT_S)
+            recorder.start()
+            stack.callback(upstreams.close)
+
+            queue = await QueueService.open(settings, scheduler, invoker)
+            stack.push_async_callback(queue.close)
+            await queue.start()
+            schedules = ScheduleStore(queue.pg, queue.store)
+            # Feature loops stop before the queue they feed.
+            features = Supervisor()
+            features.add("kapal-schedules", Ticker(schedules, scheduler, settings.queue_poll_s).run)
+            features.start()
+            stack.push_async_callback(features.close)
+
+            log.info(
+                "gateway started",
+                extra={
+                    "listen": settings.listen,
+                    "functions": len(specs),
+                    "namespace": settings.namespace,
+                    "gateway": cluster.id,
+                },
+            )
+            yield cls(
+                settings=settings,
+                pg=pg,
+                backend=backend,
+                functions=functions,
+                scheduler=scheduler,
+                cluster=cluster,
+                catalog=catalog,
+                recorder=recorder,
+                upstreams=upstreams,
+                invoker=invoker,
+                key_store=key_store,
+                keys=keys,
+                gate=Gate(keys, limiter, settings.key_rps),
+                secrets=secrets,
+                deployer=Deployer(
+                    settings,
+                    functions,
+                    ImageBuilder(backend.api, settings.namespace, settings.base_images()),
+                    backend,
+                    secrets,
+                    catalog,
+                ),
+                queue=queue,
+                webhooks=WebhookStore(queue.pg),
+                jobs=JobStore(queue.pg),
+                schedules=schedules,
+            )
+
+
+class _Departure:
+    """What a stopping gateway leaves for the others: everything, unless it is the last."""
+
+    def __init__(self) -> None:
+        # Unknown until decided (a start that failed early shares nothing it may remove).
+        self.last = False
+
+    def decide(self, cluster: Cluster) -> None:
+        self.last = not cluster.others()
+
+    async def close_scheduler(self, scheduler: Scheduler) -> None:
+        await scheduler.close(last=self.last)
+
+    def clear_secrets(self, secrets: Secrets) -> None:
+        if self.last:
+            secrets.files.clear()
+
+    async def remove_network(self, backend: DockerBackend) -> None:
+        if not self.last:
+            return
+        try:
+            await backend.remove_network()
+        except Exception as e:  # still in use by containers we do not own
+            log.warning("network not removed", extra={"error": str(e)})
+
+
+async def _ensure_network(pg: asyncpg.Pool, backend: DockerBackend, namespace: str) -> None:
+    async with pg.acquire() as conn:  # gateways starting together create it once
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", NETWORK_LOCK + namespace)
+        try:
+            await backend.ensure_network()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", NETWORK_LOCK + namespace)
+
+
+def _backend(settings: Settings) -> DockerBackend:
+    return DockerBackend(
+        settings.namespace,
+        settings.network,
+        secrets_root=settings.secrets_root,
+        isolate_host=settings.isolate_host,
+    )
+
+
+def _scheduler(
+    settings: Settings, backend: DockerBackend, functions: FunctionStore, peers: Cluster
+) -> Scheduler:
+    prewarm = None
+    if settings.prewarm_python:
+        prewarm = PrewarmPool(
+            backend,
+            {"python": settings.runtime_image_python},
+            settings.prewarm_python,
+            functions,
+            settings.start_timeout_s,
+        )
+    return Scheduler(
+        backend,
+        PoolConfig(
+            start_timeout_s=settings.start_timeout_s,
+            buffer_size=settings.buffer_size,
+            stop_grace_s=settings.stop_grace_s,
+            pause=settings.pause_standbys,
+        ),
+        AutoscalerConfig(
+            target_utilization=settings.autoscale_target_utilization,
+            stable_window_s=settings.autoscale_stable_window_s,
+            panic_window_s=settings.autoscale_panic_window_s,
+        ),
+        prewarm,
+        peers=peers,
+    )
+
+
+async def bootstrap_admin_key(store: KeyStore, path: Path) -> None:
+    """The first admin key, when there is none: written to `path`, shown once on stdout."""
+    token = await store.bootstrap(path)
+    if token is None:
+        return
+    # Deliberately not a log record: logs are kept and shipped, this is shown once.
+    print(
+        f"kapal: created the first admin API key (saved to {path}, mode 0600):\n  {token}",
+        flush=True,
+    )
+    log.info("bootstrap admin key created", extra={"path": str(path)})

@@ -1,0 +1,215 @@
+"""Two gateway processes over one Postgres and one engine behave as one Kapal."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import aiohttp
+import docker
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.support import GatewayProcess, deploy, managed_containers
+
+pytestmark = pytest.mark.integration
+
+HELLO = "def handle(event, context):\n    return 'v1'\n"
+V2 = "def handle(event, context):\n    return 'v2'\n"
+SLOW = "import time\n\ndef handle(event, context):\n    time.sleep(0.5)\n    return 'ok'\n"
+# Counts the handlers running at once inside one instance; answers the most it saw.
+COUNTING = """
+import threading, time
+lock = threading.Lock()
+now = [0, 0]
+
+def handle(event, context):
+    with lock:
+        now[0] += 1
+        now[1] = max(now[1], now[0])
+    time.sleep(0.05)
+    with lock:
+        now[0] -= 1
+    return str(now[1])
+"""
+# The catalog must follow notifications: its periodic reload would take a minute.
+SLOW_RELOAD = {"KAPAL_CATALOG_REFRESH_S": "60"}
+
+
+def pair(make_gateway: GatewayFactory, **env: str) -> tuple[GatewayProcess, GatewayProcess]:
+    a = make_gateway(**SLOW_RELOAD, **env)
+    b = make_gateway(database_url=a.database_url, namespace=a.namespace, **SLOW_RELOAD, **env)
+    return a, b
+
+
+async def get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, str]:
+    async with http.get(url, **kw) as r:
+        return r.status, await r.text()
+
+
+async def until(
+    http: aiohttp.ClientSession, url: str, want: tuple[int, str] | int, **kw: Any
+) -> float:
+    """Seconds until `url` answers `want` (status, or status and text); fails after 10 s."""
+    began = time.monotonic()
+    got: tuple[int, str] = (0, "")
+    while time.monotonic() - began < 10:
+        got = await get(http, url, **kw)
+        if got == want or got[0] == want:
+            return time.monotonic() - began
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} answered {got}, not {want}")
+
+
+def running(client: docker.DockerClient, gw: GatewayProcess, function: str) -> set[str]:
+    return {
+        c.id
+        for c in managed_containers(client, gw.namespace)
+        if c.status == "running" and function in c.name
+    }
+
+
+async def test_a_second_gateway_removes_nothing_and_both_serve(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    a = make_gateway()
+    spec = {"name": "hello", "public": True, "scaling": {"min": 2}}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    await until(http, f"{a.url}/fn/hello", (200, "v1"))
+    for _ in range(100):
+        if len(running(docker_client, a, "hello")) == 2:
+            break
+        await asyncio.sleep(0.1)
+    before = running(docker_client, a, "hello")
+    assert len(before) == 2
+
+    b = make_gateway(database_url=a.database_url, namespace=a.namespace)
+    assert await get(http, f"{b.url}/fn/hello") == (200, "v1")
+    assert await get(http, f"{a.url}/fn/hello") == (200, "v1")
+    assert running(docker_client, a, "hello") == before, "the second gateway changed instances"
+    assert "leftover container removed" not in b.logs()
+    # B routes to the instances A started (it starts none of its own).
+    async with http.get(f"{b.url}/v1/functions/hello", headers=b.headers) as r:
+        seen = {i["container"] for i in (await r.json())["instances"]}
+    assert seen == {cid[:12] for cid in before}
+
+
+async def test_deploy_update_delete_through_either_gateway(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    a, b = pair(make_gateway)
+    spec = {"name": "f", "public": True}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    took = await until(http, f"{b.url}/fn/f", (200, "v1"))
+    print(f"deploy on A served by B after {took:.3f} s")
+
+    status, body = await deploy(http, b, {"handler.py": V2}, spec, name="f", update=True)
+    assert status == 200, body
+    await until(http, f"{a.url}/fn/f", (200, "v2"))
+
+    async with http.post(
+        f"{b.url}/v1/webhooks", json={"function": "f", "verify": "none"}, headers=b.headers
+    ) as r:
+        assert r.status == 201
+        hook = (await r.json())["id"]
+    async with http.post(
+        f"{b.url}/v1/schedules", json={"function": "f", "cron": "0 0 1 1 *"}, headers=b.headers
+    ) as r:
+        assert r.status == 201
+    async with http.delete(f"{a.url}/v1/functions/f", headers=a.headers) as r:
+        assert r.status == 204
+    # (Without a key, an unknown function looks like a private one: 401.)
+    await until(http, f"{b.url}/fn/f", 404, headers=b.headers)
+    async with http.get(f"{b.url}/v1/webhooks/{hook}", headers=b.headers) as r:
+        assert r.status == 404
+    async with http.get(f"{b.url}/v1/schedules", headers=b.headers) as r:
+        assert (await r.json())["schedules"] == []
+    for _ in range(100):
+        if not [c for c in managed_containers(docker_client, a.namespace) if "-f-" in c.name]:
+            break
+        await asyncio.sleep(0.1)
+    assert not [c.name for c in managed_containers(docker_client, a.namespace) if "-f-" in c.name]
+
+
+async def test_async_work_queued_on_a_killed_gateway_runs_on_the_other(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway, KAPAL_QUEUE_LEASE_S="2")
+    spec = {"name": "slow", "public": True}
+    status, body = await deploy(http, a, {"handler.py": SLOW}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/slow", (200, "ok"))
+    ids = []
+    for _ in range(5):
+        async with http.post(f"{a.url}/async/fn/slow") as r:
+            assert r.status == 202
+            ids.append((await r.json())["id"])
+    a.kill()
+    for _ in range(300):
+        states = []
+        for id in ids:
+            async with http.get(f"{b.url}/v1/invocations/{id}", headers=b.headers) as r:
+                states.append((await r.json())["status"])
+        if all(s == "succeeded" for s in states):
+            break
+        await asyncio.sleep(0.1)
+    assert states == ["succeeded"] * 5
+
+
+async def test_a_burst_through_both_starts_what_one_gateway_would(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    a, b = pair(make_gateway, KAPAL_PREWARM_PYTHON="0")
+    spec = {"name": "burst", "public": True, "scaling": {"concurrency": 2, "max": 20}}
+    status, body = await deploy(http, a, {"handler.py": SLOW}, spec)
+    assert status == 201, body
+    calls = 12
+    results = await asyncio.gather(
+        *(get(http, f"{(a, b)[n % 2].url}/fn/burst") for n in range(calls))
+    )
+    assert all(r == (200, "ok") for r in results), results
+    # One autoscaler, fed by both: instances for 12 requests at 2 each, 70% target.
+    started = {c.id for c in managed_containers(docker_client, a.namespace) if "burst" in c.name}
+    assert 1 <= len(started) <= math.ceil(calls / (2 * 0.7))
+
+
+async def test_an_instance_never_runs_more_than_its_concurrency(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway)
+    spec = {"name": "count", "public": True, "scaling": {"concurrency": 2, "min": 1, "max": 1}}
+    status, body = await deploy(http, a, {"handler.py": COUNTING}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/count", 200)
+    results = await asyncio.gather(*(get(http, f"{(a, b)[n % 2].url}/fn/count") for n in range(40)))
+    assert all(status == 200 for status, _ in results), results
+    assert max(int(text) for _, text in results) <= 2
+
+
+async def test_a_function_rate_limit_holds_across_both_gateways(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway)
+    rate = 20.0
+    spec = {"name": "limited", "public": True, "limits": {"rps": rate}}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/limited", 200)
+    granted: list[float] = []
+    began = time.monotonic()
+    run_s, skip_s = 6.0, 2.0  # the first seconds hold the buckets' initial bursts
+
+    async def hammer(gw: GatewayProcess) -> None:
+        while time.monotonic() - began < run_s:
+            status, _ = await get(http, f"{gw.url}/fn/limited")
+            if status == 200:
+                granted.append(time.monotonic() - began)
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(hammer(gw) for gw in (a, b) for _ in range(4)))
+    measured = sum(1 for t in granted if t >= skip_s) / (run_s - skip_s)
+    assert rate * 0.9 <= measured <= rate * 1.1, f"{measured:.1f} requests/s granted"
