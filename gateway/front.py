@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 
 from gateway.connections import ConnectionLimits, ConnectionTable
 from gateway.errors import KapalError, RateLimited, problem
 from gateway.http1 import ClientConnection
+from gateway.invoke import new_request_id
 from gateway.keys import Scope
 from gateway.proxy import exchange, request_head
 from gateway.ratelimit import retry_after
@@ -78,7 +78,7 @@ class Front:
 
     async def invoke(self, conn: ClientConnection, req: Request) -> None:
         name, target = split_fn_url(req.url)
-        request_id = os.urandom(16).hex().encode()
+        request_id = new_request_id()
         try:
             self._admit(req, name)
             await self.invoker.invoke(conn, req, name, target, conn.peer, request_id, True)

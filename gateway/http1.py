@@ -104,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Kept: each asyncio.get_running_loop() is a getpid() system call on Python 3.11.
         self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""

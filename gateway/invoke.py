@@ -7,13 +7,12 @@ Never touches the database: pools are in memory and records are batched.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from gateway.errors import (
     FunctionNotFound,
@@ -32,6 +31,15 @@ from scheduler.pool import Acquired, Instance, Pool
 from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.invoke")
+
+# Request ids: 64 random bits drawn once per process, then a counter (32 hex digits, a
+# valid uuid). Unique across gateways without a getrandom() call per request.
+_ID_PREFIX = os.urandom(8).hex().encode()
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> bytes:
+    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 @dataclass(frozen=True)
@@ -168,15 +176,15 @@ class Invoker:
     ) -> None:
         self.recorder.add(
             InvocationRecord(
-                uuid.UUID(request_id.decode()),
+                request_id,
                 name,
                 inst.version,
-                req.method.decode(),
-                target.split(b"?", 1)[0][:512].decode("latin-1"),
+                req.method,
+                target,
                 status,
                 acquired.cold,
                 inst.id,
-                datetime.fromtimestamp(wall_start, UTC),
+                wall_start,
                 (time.monotonic() - t0) * 1000,
             )
         )
@@ -208,8 +216,6 @@ class Invoker:
         path_qs: str,
         headers: Mapping[str, str],
         body: bytes,
-        *,
-        request_id: str | None = None,
     ) -> CallResult:
         """Invoke a function from inside Kapal, the response buffered in memory.
 
@@ -217,7 +223,7 @@ class Invoker:
         """
         if not path_qs.startswith("/"):
             path_qs = "/" + path_qs
-        rid = (request_id or os.urandom(16).hex()).encode()
+        rid = new_request_id()
         target = path_qs.encode()
         req = Request.buffered(
             method.upper().encode(),

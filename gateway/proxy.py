@@ -110,11 +110,6 @@ def request_head(
     return b"".join(out)
 
 
-def _expire(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_exception(TimeoutError())
-
-
 async def exchange(
     upstreams: Upstreams,
     sink: ExchangeSink,
@@ -129,7 +124,7 @@ async def exchange(
 
     Raises TimeoutError past `timeout_s`, UpstreamLost or OSError when the upstream fails.
     """
-    loop = asyncio.get_running_loop()
+    loop = upstreams.loop
     deadline = loop.time() + timeout_s
     head_only = req.method == b"HEAD"
     # A small body that has fully arrived goes out with the head in one write, and the
@@ -145,8 +140,7 @@ async def exchange(
                     up = await upstreams.connect(address)
             sink.prepare(up, extra, head_only)
             done = up.begin(sink, head_only)
-            # One timer per exchange; cheaper than a timeout context on the hot path.
-            timer = loop.call_at(deadline, _expire, done)
+            upstreams.watch(done, deadline)
             try:
                 up.write(payload)
                 if not whole:
@@ -159,7 +153,7 @@ async def exchange(
                     raise
                 up, reused = None, False
             finally:
-                timer.cancel()
+                upstreams.unwatch(done)
     except InstanceBusy:
         # The answer was complete: the connection is good for the next exchange.
         sink.upstream = None

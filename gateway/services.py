@@ -132,13 +132,13 @@ class Services:
             recorder.start()
             stack.callback(upstreams.close)
 
-            queue = await QueueService.open(settings, scheduler, invoker)
+            queue = await QueueService.open(settings, scheduler, invoker, catalog)
             stack.push_async_callback(queue.close)
             await queue.start()
             schedules = ScheduleStore(queue.pg, queue.store)
             # Feature loops stop before the queue they feed.
             features = Supervisor()
-            features.add("kapal-schedules", Ticker(schedules, scheduler, settings.queue_poll_s).run)
+            features.add("kapal-schedules", Ticker(schedules, catalog, settings.queue_poll_s).run)
             features.start()
             stack.push_async_callback(features.close)
 

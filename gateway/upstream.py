@@ -30,6 +30,9 @@ HOP_BY_HOP = frozenset(
 # Idle connections older than this are not reused (the runtime closes its side at 75 s).
 IDLE_TTL_S = 30.0
 MAX_IDLE_PER_ADDRESS = 256
+# How often exchanges past their deadline are looked for: deadlines are whole seconds,
+# and one sweep for all exchanges is cheaper than a timer armed and cancelled for each.
+SWEEP_S = 0.05
 
 
 class UpstreamLost(Exception):
@@ -64,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, address: str) -> None:
         self.address = address
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set when connected
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reusable = True
@@ -82,6 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # once, not per exchange (a getpid() each)
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
@@ -181,7 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._started = False
         self.used += 1
-        self._done = asyncio.get_running_loop().create_future()
+        self._done = self._loop.create_future()
         return self._done
 
     def write(self, data: bytes) -> None:
@@ -216,6 +221,36 @@ class Upstreams:
 
     def __init__(self) -> None:
         self.idle: defaultdict[str, list[UpstreamConnection]] = defaultdict(list)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Exchanges in flight and the loop time each must be done by.
+        self._deadlines: dict[asyncio.Future[None], float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch(self, done: asyncio.Future[None], deadline: float) -> None:
+        """Fail `done` with TimeoutError if it is not done by `deadline` (loop time)."""
+        self._deadlines[done] = deadline
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep(), name="kapal-deadlines")
+
+    def unwatch(self, done: asyncio.Future[None]) -> None:
+        self._deadlines.pop(done, None)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = self.loop.time()
+            late = [d for d, at in self._deadlines.items() if at <= now]
+            for done in late:
+                del self._deadlines[done]
+                if not done.done():
+                    done.set_exception(TimeoutError())
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the exchanges run on (looked up once: a getpid() per lookup)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def take(self, address: str) -> UpstreamConnection | None:
         """A kept-alive idle connection to `address` (it may turn out stale), if any."""
@@ -260,3 +295,6 @@ class Upstreams:
     def close(self) -> None:
         for address in list(self.idle):
             self.forget(address)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None

@@ -94,7 +94,7 @@ async def create_job(request: web.Request, svc: Services) -> web.Response:
         job = validate(JobIn, data)
         params = job
         items = [json.dumps(item).encode() for item in job.items]
-    if svc.scheduler.pool(params.function) is None:
+    if svc.catalog.get(params.function) is None:
         raise FunctionNotFound(f"function {params.function} not found")
     retries = params.retries
     if retries is None:

@@ -9,6 +9,7 @@ import uuid
 
 import asyncpg
 
+from gateway.catalog import Catalog
 from gateway.errors import BadRequest, Conflict, FunctionNotFound, NotFound, Unavailable
 from gateway.queue.batcher import GroupCommit
 from gateway.queue.models import (
@@ -19,15 +20,14 @@ from gateway.queue.models import (
     invocation_out,
 )
 from gateway.queue.store import QueueStore
-from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.queue")
 
 
 class QueueManager:
-    def __init__(self, store: QueueStore, scheduler: Scheduler, worker_id: str) -> None:
+    def __init__(self, store: QueueStore, catalog: Catalog, worker_id: str) -> None:
         self.store = store
-        self.scheduler = scheduler
+        self.catalog = catalog
         self.worker_id = worker_id
         self._enqueues: GroupCommit[NewInvocation, uuid.UUID] = GroupCommit(
             "kapal-enqueue", self.store.enqueue, max_batch=500
@@ -43,10 +43,10 @@ class QueueManager:
         await self._results.run(stop)
 
     def max_retries(self, function: str) -> int:
-        pool = self.scheduler.pool(function)
-        if pool is None:
+        spec = self.catalog.get(function)
+        if spec is None:
             raise FunctionNotFound(f"function {function} not found")
-        return pool.spec.async_.max_retries
+        return spec.async_.max_retries
 
     async def enqueue(
         self,

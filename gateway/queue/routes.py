@@ -107,9 +107,9 @@ def accepted(id: uuid.UUID) -> web.Response:
 async def async_invoke(request: web.Request, svc: Services) -> web.Response:
     queue = svc.queue
     name = request.match_info["name"]
-    pool = svc.scheduler.pool(name)
+    spec = svc.catalog.get(name)
     # Unknown and private functions look the same to a caller without a key.
-    if pool is None or not pool.spec.public:
+    if spec is None or not spec.public:
         svc.gate.authorize(request.headers.get("Authorization"), Scope.INVOKE)
     max_retries = queue.manager.max_retries(name)  # 404 before anything is read or stored
     body = await read_body(request, svc.settings.queue_max_body_bytes)

@@ -9,6 +9,7 @@ import socket
 
 import asyncpg
 
+from gateway.catalog import Catalog
 from gateway.invoke import Invoker
 from gateway.queue.callbacks import CallbackSender
 from gateway.queue.manager import QueueManager
@@ -27,24 +28,31 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 class QueueService:
     @classmethod
-    async def open(cls, settings: Settings, scheduler: Scheduler, invoker: Invoker) -> QueueService:
+    async def open(
+        cls, settings: Settings, scheduler: Scheduler, invoker: Invoker, catalog: Catalog
+    ) -> QueueService:
         """The queue on a connection pool of its own (the hot path must not wait on the
         management API's connections, nor they on it)."""
         pg = await asyncpg.create_pool(
             settings.database_url, min_size=2, max_size=12, reset=_keep_session
         )
-        return cls(settings, pg, scheduler, invoker)
+        return cls(settings, pg, scheduler, invoker, catalog)
 
     def __init__(
-        self, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler, invoker: Invoker
+        self,
+        settings: Settings,
+        pg: asyncpg.Pool,
+        scheduler: Scheduler,
+        invoker: Invoker,
+        catalog: Catalog,
     ) -> None:
         self.settings = settings
         self.pg = pg
         self.scheduler = scheduler
         worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.store = QueueStore(pg)
-        self.manager = QueueManager(self.store, scheduler, worker_id)
-        self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler)
+        self.manager = QueueManager(self.store, catalog, worker_id)
+        self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler, catalog)
         self.callbacks = CallbackSender(settings, self.store)
         # Writers stop last: attempts still finishing need somewhere to record results.
         self.writers = Supervisor()

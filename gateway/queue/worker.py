@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 from multidict import CIMultiDict
 
+from gateway.catalog import Catalog
 from gateway.errors import problem
 from gateway.invoke import Invoker
 from gateway.queue import lanes
@@ -43,12 +44,14 @@ class QueueWorker:
         manager: QueueManager,
         invoker: Invoker,
         scheduler: Scheduler,
+        catalog: Catalog,
     ) -> None:
         self.settings = settings
         self.store = store
         self.manager = manager
         self.invoker = invoker
         self.scheduler = scheduler
+        self.catalog = catalog
         self.worker_id = manager.worker_id
         self.policy = RetryPolicy(settings.queue_retry_base_s, settings.queue_retry_cap_s)
         self.running: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -65,9 +68,9 @@ class QueueWorker:
     # -- claiming ------------------------------------------------------------------------
 
     def function_limit(self, function: str) -> int:
-        pool = self.scheduler.pool(function)
+        spec = self.catalog.get(function)
         # Rows of a deleted function are claimed to be failed at once.
-        return pool.spec.async_.concurrency if pool is not None else self.settings.queue_concurrency
+        return spec.async_.concurrency if spec is not None else self.settings.queue_concurrency
 
     def on_notify(self, text: str) -> None:
         lanes = parse_payload(text)

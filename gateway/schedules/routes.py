@@ -81,7 +81,7 @@ def _id(request: web.Request) -> uuid.UUID:
 
 async def create_schedule(request: web.Request, svc: Services) -> web.Response:
     body = await parse_json(request, ScheduleIn)
-    if svc.scheduler.pool(body.function) is None:
+    if svc.catalog.get(body.function) is None:
         raise FunctionNotFound(f"function {body.function} not found")
     next_run = Cron.parse(body.cron).next_after(datetime.now(UTC), ZoneInfo(body.timezone))
     row = await svc.schedules.create(

@@ -8,21 +8,21 @@ import logging
 
 import asyncpg
 
+from gateway.catalog import Catalog
 from gateway.schedules.store import ScheduleStore
-from scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kapal.gateway.schedules")
 
 
 class Ticker:
-    def __init__(self, store: ScheduleStore, scheduler: Scheduler, every_s: float) -> None:
+    def __init__(self, store: ScheduleStore, catalog: Catalog, every_s: float) -> None:
         self.store = store
-        self.scheduler = scheduler
+        self.catalog = catalog
         self.every_s = every_s
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            retries = {n: p.spec.async_.max_retries for n, p in self.scheduler.pools.items()}
+            retries = {n: s.async_.max_retries for n, s in self.catalog.specs.items()}
             try:
                 while await self.store.fire_due(retries) and not stop.is_set():
                     pass

@@ -83,7 +83,7 @@ def new_secret() -> str:
 
 async def create_webhook(request: web.Request, svc: Services) -> web.Response:
     body = await parse_json(request, WebhookIn)
-    if svc.scheduler.pool(body.function) is None:
+    if svc.catalog.get(body.function) is None:
         raise FunctionNotFound(f"function {body.function} not found")
     secret = body.secret or ("" if body.verify is Verify.NONE else new_secret())
     hook = await svc.webhooks.create(

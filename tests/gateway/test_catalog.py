@@ -13,16 +13,20 @@ NOWHERE = "postgresql://kapal@127.0.0.1:1/kapal"
 
 
 def spec(name: str, version: int = 1, secrets: list[str] | None = None) -> FunctionSpec:
-    return FunctionSpec(name=name, version=version, image=f"{name}:{version}", secrets=secrets or [])
+    return FunctionSpec(
+        name=name, version=version, image=f"{name}:{version}", secrets=secrets or []
+    )
 
 
 class Store:
     def __init__(self) -> None:
         self.specs: list[FunctionSpec] = []
         self.loads = 0
+        self.loaded = asyncio.Event()
 
     async def current_specs(self) -> list[FunctionSpec]:
         self.loads += 1
+        self.loaded.set()
         return list(self.specs)
 
 
@@ -49,9 +53,11 @@ class Secrets:
 class Keys:
     def __init__(self) -> None:
         self.refreshes = 0
+        self.refreshed = asyncio.Event()
 
     async def refresh(self) -> None:
         self.refreshes += 1
+        self.refreshed.set()
 
 
 def catalog(refresh_s: float = 3600.0) -> tuple[Catalog, Store, Scheduler, Secrets, Keys]:
@@ -96,13 +102,11 @@ async def test_a_notification_reloads_only_what_it_names() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(cat.run(NOWHERE, stop))
     cat.changed(KEYS)
-    while keys.refreshes == 0:
-        await asyncio.sleep(0.01)
+    await keys.refreshed.wait()
     assert store.loads == 0
     cat.changed(FUNCTIONS)
     cat.changed(SECRETS)
-    while store.loads == 0:
-        await asyncio.sleep(0.01)
+    await store.loaded.wait()
     stop.set()
     await task
 

@@ -12,6 +12,7 @@ import docker
 import pytest
 
 from tests.conftest import GatewayFactory
+from tests.gateway.queue_support import FAST_QUEUE, wait_final
 from tests.support import GatewayProcess, deploy, managed_containers
 
 pytestmark = pytest.mark.integration
@@ -190,6 +191,51 @@ async def test_an_instance_never_runs_more_than_its_concurrency(
     assert max(int(text) for _, text in results) <= 2
 
 
+async def test_async_concurrency_holds_across_both_gateways(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway, **FAST_QUEUE)
+    spec = {
+        "name": "acount",
+        "public": True,
+        # One instance with room for more: only the async limit holds the calls back.
+        "scaling": {"concurrency": 8, "min": 1, "max": 1},
+        "async": {"concurrency": 2},
+    }
+    status, body = await deploy(http, a, {"handler.py": COUNTING}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/acount", 200)
+    ids = []
+    for n in range(24):
+        async with http.post(f"{(a, b)[n % 2].url}/async/fn/acount") as r:
+            assert r.status == 202, await r.text()
+            ids.append((await r.json())["id"])
+    async with aiohttp.ClientSession(headers=a.headers) as admin:
+        done = [await wait_final(admin, a, id) for id in ids]
+    assert all(d["status"] == "succeeded" for d in done), done
+    # Each answer is the most handlers the instance ran at once, so far.
+    assert max(int(d["response"]["body"]) for d in done) <= 2
+
+
+async def granted_rate(
+    http: aiohttp.ClientSession, urls: list[str], headers: dict[str, str] | None = None
+) -> float:
+    """Requests a second answered 200 while 4 clients per URL ask as fast as they can."""
+    granted: list[float] = []
+    began = time.monotonic()
+    run_s, skip_s = 6.0, 2.0  # the first seconds hold the buckets' initial bursts
+
+    async def hammer(url: str) -> None:
+        while time.monotonic() - began < run_s:
+            status, _ = await get(http, url, headers=headers)
+            if status == 200:
+                granted.append(time.monotonic() - began)
+            await asyncio.sleep(0.005)
+
+    await asyncio.gather(*(hammer(url) for url in urls for _ in range(4)))
+    return sum(1 for t in granted if t >= skip_s) / (run_s - skip_s)
+
+
 async def test_a_function_rate_limit_holds_across_both_gateways(
     make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -199,17 +245,25 @@ async def test_a_function_rate_limit_holds_across_both_gateways(
     status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
     assert status == 201, body
     await until(http, f"{b.url}/fn/limited", 200)
-    granted: list[float] = []
-    began = time.monotonic()
-    run_s, skip_s = 6.0, 2.0  # the first seconds hold the buckets' initial bursts
+    measured = await granted_rate(http, [f"{a.url}/fn/limited", f"{b.url}/fn/limited"])
+    assert rate * 0.9 <= measured <= rate * 1.1, f"{measured:.1f} requests/s granted"
 
-    async def hammer(gw: GatewayProcess) -> None:
-        while time.monotonic() - began < run_s:
-            status, _ = await get(http, f"{gw.url}/fn/limited")
-            if status == 200:
-                granted.append(time.monotonic() - began)
-            await asyncio.sleep(0.005)
 
-    await asyncio.gather(*(hammer(gw) for gw in (a, b) for _ in range(4)))
-    measured = sum(1 for t in granted if t >= skip_s) / (run_s - skip_s)
+async def test_a_key_rate_limit_holds_across_both_gateways(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = pair(make_gateway)
+    rate = 20.0
+    status, body = await deploy(http, a, {"handler.py": HELLO}, {"name": "private"})
+    assert status == 201, body
+    # Made through A, known to B by the catalog's notification.
+    async with http.post(
+        f"{a.url}/v1/keys",
+        json={"name": "slow", "scopes": ["invoke"], "rps": rate},
+        headers=a.headers,
+    ) as r:
+        assert r.status == 201, await r.text()
+        key = {"Authorization": f"Bearer {(await r.json())['key']}"}
+    await until(http, f"{b.url}/fn/private", 200, headers=key)
+    measured = await granted_rate(http, [f"{a.url}/fn/private", f"{b.url}/fn/private"], key)
     assert rate * 0.9 <= measured <= rate * 1.1, f"{measured:.1f} requests/s granted"

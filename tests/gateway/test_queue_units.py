@@ -163,6 +163,7 @@ async def test_upkeep_feeds_queue_depth_to_the_scheduler_and_readies_lanes() -> 
         cast(Any, SimpleNamespace(worker_id="w")),
         cast(Any, None),
         cast(Any, scheduler),
+        cast(Any, None),
     )
     await worker.run_upkeep(stop)
     assert backlog == {"a": 12, "b": 0}
