@@ -20,7 +20,7 @@ QUIET = {"KAPAL_PREWARM_PYTHON": "0"}
 
 def bridges(client: docker.DockerClient, namespace: str) -> list[str]:
     names = (f"{namespace}-functions", f"{namespace}-functions-internal")
-    return [bridge_interface(n.attrs) for n in client.networks.list(names=list(names))]
+    return sorted(bridge_interface(n.attrs) for n in client.networks.list(names=list(names)))
 
 
 def guarded() -> dict[str, int]:
