@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     send_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     # Open client connections on the public port; past it the longest-idle one is closed
     # (and with none idle, new connections only reach the management API and /healthz).
+    # Counted by each worker process (KAPAL_WORKERS), as is the per-address cap.
     max_connections: int = Field(default=10_000, ge=16)
     # Open client connections from one address (0: no limit).
     max_connections_per_address: int = Field(default=1000, ge=0)
