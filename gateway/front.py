@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import logging
 
+from gateway.connections import ConnectionLimits, ConnectionTable
 from gateway.errors import KapalError, RateLimited, problem
-from gateway.http1 import ClientConnection, Request
+from gateway.http1 import ClientConnection
 from gateway.invoke import new_request_id
 from gateway.keys import Scope
 from gateway.proxy import exchange, request_head
 from gateway.ratelimit import retry_after
+from gateway.request import Request
 from gateway.routing import ANY_METHOD, SELF, Content, Route
 from gateway.services import Services
 from gateway.upstream import UpstreamLost
@@ -52,6 +54,10 @@ class Front:
         self.upstreams = svc.upstreams
         self.management_address = management_address
         self.connections: set[ClientConnection] = set()
+        # Who may open one more connection (the caps and timeouts of the public port).
+        self.table: ConnectionTable[ClientConnection] = ConnectionTable(
+            ConnectionLimits.from_settings(settings)
+        )
         self.closing = False
         self.max_header_bytes = settings.max_header_bytes
         self.max_headers = settings.max_headers

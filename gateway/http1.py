@@ -1,8 +1,10 @@
 """Server side of HTTP/1.1 on raw asyncio (parsed by httptools): the public port.
 
-A `ClientConnection` parses requests, queues them, and answers them in order, one at a
-time, through a `RequestHandler`; it is also the sink an upstream response is written
-through to, from the upstream parser's callbacks.
+A `ClientConnection` owns the socket and the parser: it admits itself through the
+`ConnectionTable`, holds the read timeouts (request head, body progress, keep-alive
+idle), queues parsed requests and answers them in order, one at a time, through a
+`RequestHandler`. Back-pressure both ways is its `FlowControl`. It is also the sink an
+upstream response is written through to, from the upstream parser's callbacks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Protocol, cast
 
 import httptools
 
+from gateway.connections import ConnectionTable, Verdict
+from gateway.flow import BODY_BUFFERED, PIPELINED, STOPPED, FlowControl
+from gateway.request import BodyIncomplete, Failure, Request, TooLarge
 from gateway.upstream import HOP_BY_HOP, UpstreamConnection
 
 log = logging.getLogger("kapal.gateway.http1")
@@ -23,10 +28,17 @@ log = logging.getLogger("kapal.gateway.http1")
 MAX_URL = 8 * 1024
 # All header fields together, whatever the per-field limit.
 MAX_HEADER_TOTAL = 64 * 1024
-# A body buffered past this pauses reading from the client until it is forwarded.
-BODY_HIGH_WATER = 1 << 20
+# Requests parsed ahead of the one being answered before reading pauses.
+PIPELINE_DEPTH = 8
 NO_BODY_STATUS = frozenset((204, 304))
 REQUEST_ID = b"x-kapal-request-id"
+# Response headers of the instance that are not passed on: framing is ours, so is the
+# request id (in extra_head), and the runtime's `Server` says what it runs on.
+NOT_PASSED = frozenset((*HOP_BY_HOP, REQUEST_ID, b"server")) - {b"content-length"}
+FUNCTION_PATH = b"/fn/"
+
+# What the read timer waits for.
+HEAD, BODY, IDLE = 1, 2, 3
 
 
 class RequestHandler(Protocol):
@@ -47,121 +59,35 @@ def _reason(status: int) -> bytes:
         return b"Unknown"
 
 
-class TooLarge(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Body:
-    """A request body as it arrives from the client."""
-
-    __slots__ = ("chunks", "complete", "conn", "discard", "kept", "size", "waiter")
-
-    def __init__(self, conn: ClientConnection | None) -> None:
-        self.conn = conn
-        self.chunks: deque[bytes] = deque()
-        self.kept: list[bytes] = []
-        self.size = 0
-        self.complete = False
-        self.discard = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def feed(self, data: bytes) -> None:
-        if self.discard:
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-        if self.size > BODY_HIGH_WATER and self.conn is not None:
-            self.conn.pause_reading()
-        self._wake()
-
-    def finish(self) -> None:
-        self.complete = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def next(self) -> bytes | None:
-        """The next chunk, or None at the end; resumes reading when the buffer drains."""
-        while not self.chunks:
-            if self.complete or self.conn is None or self.conn.gone:
-                return None
-            self.waiter = asyncio.get_running_loop().create_future()
-            await self.waiter
-        chunk = self.chunks.popleft()
-        self.size -= len(chunk)
-        if self.size <= BODY_HIGH_WATER and self.conn is not None:
-            self.conn.resume_reading()
-        return chunk
-
-
-class Request:
-    __slots__ = (
-        "body",
-        "chunked",
-        "content_length",
-        "expect_continue",
-        "header_bytes",
-        "headers",
-        "keep_alive",
-        "method",
-        "url",
-    )
-
-    def __init__(self, conn: ClientConnection | None) -> None:
-        self.url = b""
-        self.method = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.header_bytes = 0
-        self.keep_alive = True
-        self.chunked = False
-        self.content_length: int | None = None
-        self.expect_continue = False
-        self.body = Body(conn)
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-    @property
-    def replayable(self) -> bool:
-        """Its whole body is here and small: it can be sent again (another instance, or a
-        fresh connection) without the client sending it again."""
-        return self.body.complete and not self.chunked and self.body.size <= BODY_HIGH_WATER
-
-    @classmethod
-    def buffered(
-        cls, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], data: bytes
-    ) -> Request:
-        """A request made inside Kapal, its body already complete."""
-        req = cls(None)
-        req.method, req.url, req.headers = method, url, headers
-        req.content_length = len(data)
-        if data:
-            req.body.chunks.append(data)
-            req.body.size = len(data)
-        req.body.complete = True
-        return req
-
-
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, answers them in order, one at a time."""
 
-    def __init__(self, front: RequestHandler) -> None:
+    def __init__(self, front: RequestHandler, table: ConnectionTable[ClientConnection]) -> None:
         self.front = front
+        self.table = table
+        self.limits = table.limits
         self.transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop  # set when connected
+        self.flow: FlowControl | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
         self.queue: deque[Request] = deque()
         self.current: Request | None = None
         self.gone = False
+        # Over the connection cap with nothing idle to close: no function calls here.
+        self.functions_allowed = True
+        # An answer owed once the queued requests are answered (the parser gave up).
+        self.refusal: Failure | None = None
+        self._parsing = True
         self._waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The read timer: what it waits for (0: nothing), until when; one handle, moved
+        # lazily (it fires, sees a later deadline, and sleeps again).
+        self._read_phase = 0
+        self._read_deadline = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
+        # The phase suspended while reading is paused (not the client's delay).
+        self._held_phase = 0
         # The exchange in flight (one at a time).
         self.upstream: UpstreamConnection | None = None
         self.response_started = False
@@ -178,33 +104,67 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
-        self.front.connections.add(self)
         # Kept: each asyncio.get_running_loop() is a getpid() system call on Python 3.11.
         self._loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
+        admission = self.table.admit(self, self.peer)
+        if admission.evict is not None:
+            admission.evict.close()  # the longest-idle one makes room
+        verdict = admission.verdict
+        if verdict is Verdict.TOO_MANY_FROM_ADDRESS or verdict is Verdict.FULL:
+            self._keep_alive = False
+            if verdict is Verdict.FULL:
+                self.error(503, "unavailable", "too many open connections", {"Retry-After": "1"})
+            else:
+                self.error(
+                    429,
+                    "too_many_connections",
+                    f"more than {self.limits.max_per_address} open connections from this address",
+                )
+            self.close()
+            return
+        self.functions_allowed = verdict is Verdict.SERVE
+        self.flow = FlowControl(self.transport, self.limits.send_timeout_s, self._send_stalled)
+        self.front.connections.add(self)
+        self._set_read_timer(HEAD, self.limits.header_timeout_s)
         self._task = self._loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
+        if not self._parsing:
+            return  # the parser gave up: the rest is not read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "not_implemented", "protocol upgrades are not supported")
+            if self.queue and self.current is None:
+                self.queue.pop()  # the upgrade request itself: answered 501 instead
+            self._stop((501, "not_implemented", "protocol upgrades are not supported"))
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, TooLarge):
                 code = {431: "headers_too_large", 414: "uri_too_long"}.get(
                     cause.status, "too_large"
                 )
-                self._refuse(cause.status, code, str(cause))
+                self._stop((cause.status, code, str(cause)))
             else:
-                self._refuse(400, "bad_request", "malformed HTTP request")
+                self._stop((400, "bad_request", "malformed HTTP request"))
         except httptools.HttpParserError as e:
-            self._refuse(400, "bad_request", f"malformed HTTP request: {e}")
+            self._stop((400, "bad_request", f"malformed HTTP request: {e}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
+        self.table.remove(self)
         self.front.connections.discard(self)
+        self._read_phase = 0
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        if self.flow is not None:
+            if self.flow.write_paused and self.upstream is not None:
+                # The answer goes nowhere now: read the instance's rest and drop it, so
+                # its connection stays usable and a gone client is not its timeout.
+                self.upstream.resume_reading()
+            self.flow.close()
         self._wake()
         if self.current is not None:
             self.current.body._wake()
@@ -212,27 +172,40 @@ class ClientConnection(asyncio.Protocol):
             req.body._wake()
 
     def pause_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_writing()
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()
         if self.upstream is not None:
             self.upstream.resume_reading()
 
     def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None and not self.gone:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        """A body is buffered past its high water: wait until it is forwarded."""
+        self._hold(BODY_BUFFERED)
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self.gone:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._release(BODY_BUFFERED)
+
+    def _hold(self, reason: int) -> None:
+        if self.flow is not None and not self.gone and self.flow.hold(reason):
+            # The client is not the one slow now: its read timer waits too.
+            self._held_phase, self._read_phase = self._read_phase, 0
+
+    def _release(self, reason: int) -> None:
+        if self.flow is not None and not self.gone and self.flow.release(reason):
+            phase, self._held_phase = self._held_phase, 0
+            if phase:
+                self._set_read_timer(phase, self._timeout_of(phase))
 
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.current = Request(self)
+        self._set_read_timer(HEAD, self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         assert self.current is not None
@@ -269,19 +242,92 @@ class ClientConnection(asyncio.Protocol):
                 req.chunked = b"chunked" in value.lower()
             elif lname == b"expect":
                 req.expect_continue = value.lower() == b"100-continue"
+        self.table.busy(self)
         self.queue.append(req)
-        if len(self.queue) > 8:  # pipelining far ahead: wait for answers first
-            self.pause_reading()
+        if req.has_body:
+            self._set_read_timer(BODY, self.limits.body_timeout_s)
+        else:
+            self._read_phase = 0
+        if len(self.queue) > PIPELINE_DEPTH:  # pipelining far ahead: wait for answers first
+            self._hold(PIPELINED)
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.current is not None:
-            self.current.body.feed(body)
+        req = self.current
+        if req is not None:
+            if self._read_phase == BODY:
+                assert self._loop is not None
+                self._read_deadline = self._loop.time() + self.limits.body_timeout_s
+            req.body.feed(body)
 
     def on_message_complete(self) -> None:
         if self.current is not None:
             self.current.body.finish()
             self.current = None
+        # Served next (or now): the handler's own deadlines apply meanwhile.
+        self._read_phase = self._held_phase = 0
+
+    # -- timeouts ----------------------------------------------------------------------
+
+    def _timeout_of(self, phase: int) -> float:
+        limits = self.limits
+        if phase == HEAD:
+            return limits.header_timeout_s
+        if phase == BODY:
+            return limits.body_timeout_s
+        return limits.keepalive_timeout_s
+
+    def _set_read_timer(self, phase: int, timeout_s: float) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self.flow is not None and self.flow.reading_paused:
+            self._held_phase, self._read_phase = phase, 0  # armed again on resume
+            return
+        deadline = loop.time() + timeout_s
+        self._read_phase, self._read_deadline = phase, deadline
+        timer = self._read_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._read_timer = loop.call_at(deadline, self._read_timed_out)
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        phase, loop = self._read_phase, self._loop
+        if not phase or self.gone or loop is None:
+            return
+        if loop.time() < self._read_deadline:
+            self._read_timer = loop.call_at(self._read_deadline, self._read_timed_out)
+            return
+        self._read_phase = 0
+        if phase == IDLE or (phase == HEAD and self.current is None):
+            self.close()  # nothing asked: nothing to answer
+        elif phase == HEAD:
+            seconds = self.limits.header_timeout_s
+            self._stop((408, "request_timeout", f"the request head took longer than {seconds:g}s"))
+        else:
+            seconds = self.limits.body_timeout_s
+            self._stop(
+                (408, "request_timeout", f"the request body stopped arriving for {seconds:g}s")
+            )
+
+    def _send_stalled(self) -> None:
+        """The client read nothing of the answer for send_timeout_s: drop it."""
+        log.info("client stopped reading", extra={"peer": self.peer.decode()})
+        if self.transport is not None and not self.gone:
+            self.transport.abort()  # close() would wait for the buffer to drain
+
+    def _stop(self, failure: Failure) -> None:
+        """Parse no more: answer `failure` (after what is queued) and close."""
+        req, self.current = self.current, None
+        self._parsing = False
+        self._read_phase = 0
+        self._hold(STOPPED)
+        if req is not None and req.method:
+            req.body.fail(failure)  # mid-body: the request in the queue owes the answer
+        else:
+            self.refusal = failure
+        self._wake()
 
     # -- answering ---------------------------------------------------------------------
 
@@ -290,29 +336,61 @@ class ClientConnection(asyncio.Protocol):
             self._waiter.set_result(None)
 
     async def _serve(self) -> None:
+        assert self.flow is not None and self._loop is not None
+        flow, loop = self.flow, self._loop
         try:
             while not self.gone:
                 if not self.queue:
-                    self._waiter = self._loop.create_future()
+                    if self.refusal is not None:
+                        self._answer(self.refusal)
+                        return
+                    self._waiter = loop.create_future()
                     await self._waiter
                     continue
+                if flow.write_paused:
+                    await flow.drain()  # no next answer on top of one not read yet
+                    continue
                 req = self.queue.popleft()
-                if len(self.queue) <= 8:
-                    self.resume_reading()
+                if len(self.queue) <= PIPELINE_DEPTH:
+                    self._release(PIPELINED)
                 self.response_started = False
                 self._keep_alive = req.keep_alive and not self.front.closing
+                if req.body.failure is not None:
+                    self._answer(req.body.failure)  # broken before it was handled
+                    return
+                if not self.functions_allowed and req.url.startswith(FUNCTION_PATH):
+                    self._keep_alive = False
+                    self.error(
+                        503, "unavailable", "too many open connections", {"Retry-After": "1"}
+                    )
+                    self.close()
+                    return
                 if req.expect_continue and not req.body.complete:
                     self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                await self.front.handle(self, req)
+                try:
+                    await self.front.handle(self, req)
+                except BodyIncomplete as e:
+                    if e.failure is not None and not self.response_started:
+                        self._answer(e.failure)
+                    self.close()
+                    return
                 if not req.body.complete:
                     # Answered before the body was read (an error): the rest is unread.
                     self._keep_alive = False
                 if not self._keep_alive:
                     self.close()
                     return
+                if not self.queue and self.current is None and not self.gone:
+                    self.table.idle(self)
+                    self._set_read_timer(IDLE, self.limits.keepalive_timeout_s)
         except Exception:
             log.exception("connection failed")
             self.close()
+
+    def _answer(self, failure: Failure) -> None:
+        self._keep_alive = False
+        self.error(*failure)
+        self.close()
 
     def write(self, data: bytes) -> None:
         if not self.gone and self.transport is not None:
@@ -322,13 +400,6 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.gone:
             self.transport.close()
         self.gone = True
-
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """A request that cannot even be parsed: answer (if nothing is in flight) and close."""
-        if not self.response_started and self.upstream is None and not self.queue:
-            self._keep_alive = False
-            self.error(status, code, message)
-        self.close()
 
     def error(
         self,
@@ -369,8 +440,8 @@ class ClientConnection(asyncio.Protocol):
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
         for name, value in headers:
             lname = name.lower()
-            if (lname in HOP_BY_HOP and lname != b"content-length") or lname == REQUEST_ID:
-                continue  # framing is ours; so is the request id (in extra_head)
+            if lname in NOT_PASSED:
+                continue
             if lname == b"x-kapal-error" and status == 504 and value == b"timeout":
                 self.runtime_timeout = True
             out.append(name + b": " + value + b"\r\n")

@@ -21,9 +21,9 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.http1 import Request
 from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
+from gateway.request import Request
 from gateway.settings import Settings
 from gateway.upstream import InstanceBusy, UpstreamLost, Upstreams
 from scheduler.errors import NoCapacity

@@ -74,7 +74,7 @@ async def serve(
                 await web.UnixSite(runner, socket_path).start()
                 front = Front(svc, f"unix:{socket_path}")
                 server = await loop.create_server(
-                    lambda: ClientConnection(front),
+                    lambda: ClientConnection(front, front.table),
                     settings.host,
                     settings.port,
                     reuse_address=True,

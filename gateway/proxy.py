@@ -11,7 +11,7 @@ import re
 from typing import Protocol
 
 from gateway.errors import PayloadTooLarge
-from gateway.http1 import Request
+from gateway.request import Request
 from gateway.upstream import (
     HOP_BY_HOP,
     InstanceBusy,

@@ -34,7 +34,7 @@ from gateway.store import FunctionStore
 from gateway.supervisor import Supervisor
 from gateway.upstream import Upstreams
 from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore
-from gateway.webhooks.store import WebhookStore
+from gateway.webhooks.store import WebhookStore, seal_plaintext
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
@@ -91,6 +91,8 @@ class Services:
             pg = await db.connect(settings.database_url)
             stack.push_async_callback(departure.remove_network, backend)
             stack.push_async_callback(pg.close)
+            cipher = SecretCipher(secret_key)
+            await seal_plaintext(pg, cipher)
             await _ensure_network(pg, backend, settings.namespace)
             functions = FunctionStore(pg)
             limiter = RateLimiter()
@@ -103,7 +105,7 @@ class Services:
                 settings, scheduler, recorder, upstreams, oom_killed=backend.oom_killed
             )
             secrets = Secrets(
-                SecretStore(pg, SecretCipher(secret_key)),
+                SecretStore(pg, cipher),
                 SecretFiles(settings.secrets_root, settings.runtime_uid),
             )
             stack.callback(departure.clear_secrets, secrets)
@@ -175,7 +177,7 @@ class Services:
                     catalog,
                 ),
                 queue=queue,
-                webhooks=WebhookStore(queue.pg),
+                webhooks=WebhookStore(queue.pg, cipher),
                 jobs=JobStore(queue.pg),
                 schedules=schedules,
             )

@@ -33,6 +33,21 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(default=8190, ge=256)
     # Most header fields in one request (past it: 431).
     max_headers: int = Field(default=100, ge=8)
+    # Seconds a client has to send a whole request head (past it: 408, then close).
+    header_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Longest pause, in seconds, while a request body is arriving (past it: 408, then close).
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Seconds a kept-alive client connection may sit idle between requests (then closed).
+    keepalive_timeout_s: float = Field(default=75.0, gt=0, le=86400)
+    # Seconds a response may wait on a client that stopped reading it (then the connection
+    # is dropped; at most one write buffer is held meanwhile).
+    send_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Open client connections on the public port; past it the longest-idle one is closed
+    # (and with none idle, new connections only reach the management API and /healthz).
+    # Counted by each worker process (KAPAL_WORKERS), as is the per-address cap.
+    max_connections: int = Field(default=10_000, ge=16)
+    # Open client connections from one address (0: no limit).
+    max_connections_per_address: int = Field(default=1000, ge=0)
     # Seconds a request may wait for a free instance slot before a 503.
     queue_timeout_s: float = 30.0
     # Requests that may wait per function before a 503.

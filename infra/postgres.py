@@ -1,19 +1,56 @@
-"""Postgres for Kapal: the one named by KAPAL_DATABASE_URL, else an embedded server."""
+"""Postgres for Kapal: the one named by KAPAL_DATABASE_URL, else an embedded server.
 
+The embedded server is pgserver's build of Postgres, started here with its own initdb and
+pg_ctl (pgserver's `get_server`, run as root, adds o+rx to every parent of the data dir
+and of its binaries, up to `/`). Postgres refuses to run as root, so as root it runs as
+the system user `kapal-postgres`, which owns the data dir, in a mount namespace of its
+own where the data dir and the binaries are bind-mounted under a fresh `/mnt`: it needs
+no way through their parents (`/root` is 0700), and no mode or owner outside the data dir
+changes. Not root, it runs as the caller, where it is. Clients connect over the unix
+socket in the data dir, as root or as the caller.
+"""
+
+import importlib.util
 import os
+import pwd
+import signal
 import subprocess
-from dataclasses import dataclass, field
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from infra.errors import InfraError
 from infra.host import Log
 
-if TYPE_CHECKING:  # importing pgserver reads XDG_RUNTIME_DIR, which is set first
-    from pgserver.postgres_server import PostgresServer
-
 DATABASE = "kapal"
+SERVER_USER = "kapal-postgres"
 _MARKER = "postgres.started"  # says an earlier `up` started the embedded server
+# Where the server sees its data dir and binaries when run as SERVER_USER.
+_MOUNT = Path("/mnt")
+_SOCKET = ".s.PGSQL.5432"
+# sun_path is 108 bytes on Linux, the final NUL included.
+_MAX_SOCKET_PATH = 107
+_STOP_WAIT_S = 60.0
+
+# Run as root: make the namespace's /mnt, bind there the data dir and, read-only, the
+# pgserver package with its bundled libraries (the binaries find them at
+# $ORIGIN/../../../pgserver.libs), then become SERVER_USER with no groups and no way to
+# gain privileges.
+_AS_SERVER_USER = """
+mount -t tmpfs -o mode=0755,size=1m kapal-postgres "$MOUNT"
+mkdir "$MOUNT/data"
+mount --bind "$1" "$MOUNT/data"
+for part in pgserver pgserver.libs; do
+    if [ -d "$2/$part" ]; then
+        mkdir "$MOUNT/$part"
+        mount --bind "$2/$part" "$MOUNT/$part"
+        mount -o remount,bind,ro "$MOUNT/$part"
+    fi
+done
+shift 2
+exec setpriv --reuid="$SERVER_UID" --regid="$SERVER_GID" --clear-groups --no-new-privs -- "$@"
+"""
 
 
 @dataclass
@@ -23,17 +60,12 @@ class Postgres:
     url: str  # asyncpg/libpq URL of the `kapal` database
     pgdata: Path | None = None  # the embedded server's data dir; None for an external server
     started_by_us: bool = False
-    server: "PostgresServer | None" = field(default=None, repr=False)  # pgserver's handle
 
     def stop(self) -> None:
         """Stop the embedded server if this process started it; otherwise do nothing."""
         if self.pgdata is None or not self.started_by_us:
             return
-        if self.server is not None:
-            # Let pgserver drop its cached handle, so a later start gets a fresh one.
-            self.server.cleanup()
-            type(self.server)._instances.pop(self.pgdata, None)
-        _pg_ctl_stop(self.pgdata)
+        stop_embedded(self.pgdata)
         self.started_by_us = False
 
 
@@ -42,17 +74,14 @@ def ensure_postgres(state_dir: Path, log: Log = print) -> Postgres:
     external = os.environ.get("KAPAL_DATABASE_URL")
     if external:
         return Postgres(url=external)
-    _ensure_runtime_dir(state_dir)
-    from pgserver.postgres_server import get_server
-
     pgdata = (state_dir / "pg").resolve()
-    was_running = _postmaster_running(pgdata)
+    was_running = postmaster_pid(pgdata) is not None
     log(f"postgres: {'using the running' if was_running else 'starting the'} server in {pgdata}")
-    server = get_server(pgdata, cleanup_mode=None)
-    _create_database(server.get_uri())
+    start_embedded(pgdata)
+    _create_database(url(pgdata, "postgres"))
     if not was_running:
         (state_dir / _MARKER).write_text(str(pgdata))
-    return Postgres(server.get_uri(DATABASE), pgdata, started_by_us=not was_running, server=server)
+    return Postgres(url(pgdata, DATABASE), pgdata, started_by_us=not was_running)
 
 
 def stop_recorded_postgres(state_dir: Path, log: Log = print) -> bool:
@@ -60,39 +89,199 @@ def stop_recorded_postgres(state_dir: Path, log: Log = print) -> bool:
     marker = state_dir / _MARKER
     if not marker.exists():
         return False
-    _ensure_runtime_dir(state_dir)
     pgdata = Path(marker.read_text().strip())
-    stopped = _postmaster_running(pgdata)
+    stopped = postmaster_pid(pgdata) is not None
     if stopped:
         log(f"stopping the embedded postgres in {pgdata}")
-        _pg_ctl_stop(pgdata)
+        stop_embedded(pgdata)
     marker.unlink(missing_ok=True)
     return stopped
 
 
-def _ensure_runtime_dir(state_dir: Path) -> None:
-    # platformdirs warns when XDG_RUNTIME_DIR is unset (as for root without a login
-    # session); pgserver reads it at import time for its lock and socket dirs.
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        runtime = state_dir / "run"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+def url(pgdata: Path, database: str) -> str:
+    """The libpq URL of `database` on the embedded server of `pgdata` (its unix socket)."""
+    return f"postgresql://postgres:@/{database}?host={pgdata}"
 
 
-def _postmaster_running(pgdata: Path) -> bool:
-    from pgserver.utils import PostmasterInfo
+def start_embedded(pgdata: Path) -> None:
+    """The embedded server of `pgdata` running: made when new, started when stopped."""
+    if len(str(pgdata / _SOCKET)) > _MAX_SOCKET_PATH:
+        raise InfraError(
+            f"the data dir {pgdata} is too long a path for its unix socket: "
+            "set KAPAL_HOME to a shorter one, or KAPAL_DATABASE_URL"
+        )
+    if postmaster_pid(pgdata) is not None:
+        return
+    server = _Server(pgdata)
+    server.prepare()
+    if not (pgdata / "PG_VERSION").exists():
+        server.run(
+            "initdb",
+            "--auth=trust",
+            "--auth-local=trust",
+            "--encoding=utf8",
+            "-U",
+            "postgres",
+        )
+    seen = server.seen
+    server.run(
+        "pg_ctl",
+        "-w",
+        "-o",
+        '-h ""',  # no TCP: the unix socket only
+        "-o",
+        f"-k {seen}",
+        "-l",
+        str(seen / "log"),
+        "start",
+    )
 
+
+def stop_embedded(pgdata: Path) -> None:
+    """Stop the server of `pgdata` (a fast shutdown) and wait until it is gone."""
+    pid = postmaster_pid(pgdata)
+    if pid is None:
+        return
+    # A signal, not pg_ctl: pg_ctl would have to see the data dir as the server does.
     try:
-        info = PostmasterInfo.read_from_pgdata(pgdata)
-    except (OSError, AssertionError, ValueError):
+        os.kill(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + _STOP_WAIT_S
+    while _is_postgres(pid):
+        if time.monotonic() > deadline:
+            raise InfraError(f"postgres (pid {pid}) in {pgdata} did not stop")
+        time.sleep(0.1)
+
+
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the server running on `pgdata`, or None."""
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not first.strip().isdigit():
+        return None
+    pid = int(first)
+    return pid if _is_postgres(pid) else None
+
+
+def _is_postgres(pid: int) -> bool:
+    """A live (not zombie) process named postgres."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return info is not None and info.is_running()
+    name, _, rest = stat.partition(" (")[2].rpartition(") ")
+    return name == "postgres" and rest[:1] not in ("Z", "X")
+
+
+def _pginstall() -> Path:
+    # Found without importing pgserver, which reads XDG_RUNTIME_DIR and sets up its locks.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise InfraError("pgserver is not installed: pip install -e '.[dev]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
+class _Server:
+    """How the server's own commands (initdb, pg_ctl) are run on `pgdata`."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.pginstall = _pginstall()
+        self.as_root = os.geteuid() == 0
+        # The data dir as the server sees it.
+        self.seen = _MOUNT / "data" if self.as_root else pgdata
+
+    def prepare(self) -> None:
+        """The data dir exists, 0700, owned by whoever runs the server."""
+        self.pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.as_root:
+            user = _server_user()
+            owner = (user.pw_uid, user.pw_gid)
+            st = self.pgdata.stat()
+            if (st.st_uid, st.st_gid) != owner:  # new, or made by pgserver as its own user
+                for path in (self.pgdata, *self.pgdata.rglob("*")):
+                    os.lchown(path, *owner)
+        os.chmod(self.pgdata, 0o700)
+
+    def run(self, command: str, *args: str) -> None:
+        if self.as_root:
+            user = _server_user()
+            binary = _MOUNT / "pgserver" / "pginstall" / "bin" / command
+            env = {
+                **os.environ,
+                "MOUNT": str(_MOUNT),
+                "SERVER_UID": str(user.pw_uid),
+                "SERVER_GID": str(user.pw_gid),
+            }
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-euc",
+                _AS_SERVER_USER,
+                "sh",
+                str(self.pgdata),
+                str(self.pginstall.parent.parent),  # where the pgserver package is
+            ]
+        else:
+            binary, env, argv = self.pginstall / "bin" / command, dict(os.environ), []
+        argv += [str(binary), "-D", str(self.seen), *args]
+        # Files, not pipes: the server pg_ctl starts would hold a pipe open.
+        with tempfile.TemporaryFile("w+") as out:
+            result = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd="/",
+                check=False,
+            )
+            out.seek(0)
+            output = out.read()
+        if result.returncode != 0:
+            log = self.pgdata / "log"
+            tail = log.read_text()[-2000:] if command == "pg_ctl" and log.exists() else ""
+            raise InfraError(f"postgres {command} failed: {output.strip()}\n{tail}".strip())
+
+
+def _server_user() -> pwd.struct_passwd:
+    """SERVER_USER, made a system user without a home or a login shell when missing."""
+    try:
+        return pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        pass
+    result = subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            SERVER_USER,
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0 and "already exists" not in result.stderr:
+        raise InfraError(f"useradd {SERVER_USER} failed: {result.stderr.strip()}")
+    return pwd.getpwnam(SERVER_USER)
 
 
 def _bin(name: str) -> str:
-    from pgserver._commands import POSTGRES_BIN_PATH
-
-    return str(POSTGRES_BIN_PATH / name)
+    return str(_pginstall() / "bin" / name)
 
 
 def _create_database(admin_uri: str) -> None:
@@ -112,19 +301,3 @@ def _psql(uri: str, sql: str) -> str:
     if result.returncode != 0:
         raise InfraError(f"psql {sql!r} failed: {result.stderr.strip()}")
     return result.stdout
-
-
-def _pg_ctl_stop(pgdata: Path) -> None:
-    # As root, pgserver runs the server as its own `pgserver` user; pg_ctl must be that user.
-    user = "pgserver" if os.geteuid() == 0 else None
-    result = subprocess.run(
-        [_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-        user=user,
-        cwd=pgdata,
-    )
-    if result.returncode != 0 and _postmaster_running(pgdata):
-        raise InfraError(f"pg_ctl stop failed for {pgdata}: {result.stderr.strip()}")

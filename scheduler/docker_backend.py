@@ -19,7 +19,7 @@ import docker
 import docker.errors
 from docker import APIClient
 
-from scheduler import firewall
+from scheduler import firewall, lease
 from scheduler.backend import EVENTS, Running
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import PREWARM_NAME, FunctionSpec
@@ -36,6 +36,8 @@ LABEL_FUNCTION = "kapal.function"
 LABEL_VERSION = "kapal.version"
 LABEL_INSTANCE = "kapal.instance"
 LABEL_RUNTIME = "kapal.runtime"
+# On a network: the lock file its namespace's live gateways hold (see scheduler.lease).
+LABEL_LEASE = "kapal.lease"
 
 
 def instance_name(namespace: str, function: str, version: int, instance_id: str) -> str:
@@ -156,6 +158,7 @@ class DockerBackend:
         self.client = client or docker.from_env(max_pool_size=32)
         self.api: APIClient = self.client.api
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
+        self.lease = lease.NamespaceLease(namespace)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -165,9 +168,21 @@ class DockerBackend:
             raise BackendError(str(e)) from e
 
     async def ensure_network(self) -> None:
-        """Both function networks exist, without inter-container traffic, host guarded."""
+        """Both function networks exist, without inter-container traffic, host guarded.
+
+        First, what gateways killed before they cleaned up left on this host goes: the
+        networks of namespaces no live gateway holds (when no container is on them), and
+        the firewall rules of bridges that no longer exist.
+        """
 
         def ensure() -> None:
+            self.lease.hold()
+            self._remove_abandoned_networks()
+            if self.isolate_host:
+                try:
+                    firewall.unguard_missing()
+                except firewall.FirewallError as e:
+                    log.warning("stale firewall rules not checked", extra={"error": str(e)})
             for name, internal in ((self.network, False), (self.internal_network, True)):
                 found = self.api.networks(names=[name])  # a substring match: check exactly
                 if not any(n["Name"] == name for n in found):
@@ -176,7 +191,11 @@ class DockerBackend:
                         driver="bridge",
                         internal=internal,
                         options=NETWORK_OPTIONS,
-                        labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
+                        labels={
+                            LABEL_MANAGED: "true",
+                            LABEL_NAMESPACE: self.namespace,
+                            LABEL_LEASE: str(self.lease.path),
+                        },
                         check_duplicate=True,
                     )
                 if self.isolate_host:
@@ -191,8 +210,40 @@ class DockerBackend:
 
         await self._run(ensure)
 
+    def _remove_abandoned_networks(self) -> None:
+        """Networks of other namespaces whose gateways are all gone, and that nothing uses.
+
+        Only networks that name their lease are judged (older ones are left alone).
+        """
+        for net in self.api.networks(filters={"label": f"{LABEL_MANAGED}=true"}):
+            labels = net.get("Labels") or {}
+            path = labels.get(LABEL_LEASE)
+            if not path or labels.get(LABEL_NAMESPACE) == self.namespace:
+                continue
+            with lease.abandoned(Path(path)) as free:
+                if not free:
+                    continue
+                try:
+                    if self.api.inspect_network(net["Id"]).get("Containers"):
+                        continue  # its containers still run: they stay isolated
+                    self.api.remove_network(net["Id"])
+                except docker.errors.APIError as e:  # gone meanwhile, or in use after all
+                    log.debug(
+                        "network not removed", extra={"network": net["Name"], "error": str(e)}
+                    )
+                    continue
+                log.info("abandoned network removed", extra={"network": net["Name"]})
+                if self.isolate_host:
+                    try:
+                        firewall.unguard(bridge_interface(net))
+                    except firewall.FirewallError:
+                        pass
+
     async def remove_network(self) -> None:
         def remove() -> None:
+            if not self.lease.last():
+                log.info("network kept: another gateway of this namespace runs")
+                return
             for name in (self.network, self.internal_network):
                 for net in self.api.networks(names=[name]):
                     if net["Name"] != name:
@@ -405,5 +456,6 @@ class DockerBackend:
         return await self._run(exists)
 
     def close(self) -> None:
+        self.lease.release()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger("kapal.scheduler.firewall")
 
@@ -52,3 +54,35 @@ def unguard(iface: str) -> None:
         for _ in range(10):
             if _iptables("-D", *rule).returncode != 0:
                 break
+
+
+def guarded_interfaces(listing: str) -> dict[str, int]:
+    """Bridges that have guard rules in `iptables -S INPUT` output, and how many rules."""
+    # iptables lists a rule's options in its own order: compare them as sorted words.
+    shapes = {tuple(sorted(rule[3:])) for rule in guard_rules("")}
+    found: dict[str, int] = {}
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) < 4 or words[:2] != ["-A", "INPUT"] or words[2] != "-i":
+            continue
+        if tuple(sorted(words[4:])) in shapes:
+            found[words[3]] = found.get(words[3], 0) + 1
+    return found
+
+
+def unguard_missing(exists: Callable[[str], bool] | None = None) -> list[str]:
+    """Remove the rules of bridges that are gone (a gateway killed before it cleaned up).
+
+    No live gateway has rules for an interface that does not exist, so any gateway may
+    do this. Returns the interfaces cleaned.
+    """
+    exists = exists or (lambda iface: Path("/sys/class/net", iface).exists())
+    listing = _iptables("-S", "INPUT")
+    if listing.returncode != 0:
+        raise FirewallError(listing.stderr.strip() or "iptables -S failed")
+    gone = [iface for iface in guarded_interfaces(listing.stdout) if not exists(iface)]
+    for iface in gone:
+        unguard(iface)
+    if gone:
+        log.info("stale host isolation rules removed", extra={"bridges": gone})
+    return gone

@@ -14,6 +14,7 @@ import docker
 import pytest
 
 from infra.images import ensure_base_images
+from infra.postgres import start_embedded, stop_embedded, url
 from tests.support import GatewayProcess, cleanup_namespace, new_namespace
 
 BASE_IMAGE = "kapal/runtime-python:latest"
@@ -23,20 +24,17 @@ class PostgresServer:
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="kapal-test-pg-"))
         self.external = os.environ.get("KAPAL_TEST_DATABASE_URL")
-        self.server = None
+        self.pgdata: Path | None = None
         if not self.external:
-            os.environ.setdefault("XDG_RUNTIME_DIR", str(self.tmp / "run"))
-            (self.tmp / "run").mkdir(mode=0o700, exist_ok=True)
-            import pgserver
-
-            self.server = pgserver.get_server(self.tmp / "pg", cleanup_mode="stop")
+            self.pgdata = self.tmp / "pg"
+            start_embedded(self.pgdata)
 
     @property
     def admin_url(self) -> str:
         if self.external:
             return self.external
-        assert self.server is not None
-        return str(self.server.get_uri())
+        assert self.pgdata is not None
+        return url(self.pgdata, "postgres")
 
     def new_database(self) -> str:
         name = "t_" + secrets.token_hex(4)
@@ -54,15 +52,15 @@ class PostgresServer:
         # Called from sync and async tests alike: run on a thread with a loop of its own.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, create()).result()
-        if self.server is not None:
-            return str(self.server.get_uri(name))
+        if self.pgdata is not None:
+            return url(self.pgdata, name)
         base, _, rest = self.admin_url.rpartition("/")
         query = "?" + rest.split("?", 1)[1] if "?" in rest else ""
         return f"{base}/{name}{query}"
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
+        if self.pgdata is not None:
+            stop_embedded(self.pgdata)
 
 
 @pytest.fixture(scope="session")

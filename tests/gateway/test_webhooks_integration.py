@@ -54,6 +54,13 @@ async def test_github_delivery_verified_deduplicated_and_run(
     hook = await create(http, gw, function="flaky", verify="github", secret="gh-secret-1")
     assert hook["secret"] == "gh-secret-1"
     assert str(hook["url"]).endswith(f"/hooks/{hook['id']}")
+    conn = await asyncpg.connect(gw.database_url)
+    try:
+        stored = await conn.fetchrow("SELECT * FROM webhooks WHERE id = $1", hook["id"])
+    finally:
+        await conn.close()
+    assert stored is not None and stored["secret"] is None  # sealed at rest
+    assert all("gh-secret-1" not in str(v) for v in stored.values())
     body = json.dumps({"action": "opened"}).encode()
     before = await queued_rows(gw)
 
