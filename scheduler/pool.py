@@ -257,7 +257,14 @@ class Pool:
         moment, and let a waiter look again then."""
         inst.busy_until = self.clock() + BUSY_BACKOFF_S
         loop = asyncio.get_running_loop()
-        loop.call_later(BUSY_BACKOFF_S, self._wake, 1)
+        loop.call_later(BUSY_BACKOFF_S, self._busy_over, inst)
+
+    def _busy_over(self, inst: Instance) -> None:
+        # Cleared here, not left to the clock: the loop's timer may fire a little before
+        # `clock()` reaches `busy_until`, and a waiter woken then would skip the instance
+        # and wait again with nothing left to wake it.
+        inst.busy_until = 0.0
+        self._wake(max(1, inst.spec.scaling.concurrency - inst.in_flight))
 
     def poke(self) -> None:
         """A request found no free slot: capacity now, from the one decider."""

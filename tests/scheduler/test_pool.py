@@ -173,6 +173,19 @@ async def test_update_drains_old_instances_after_in_flight_work() -> None:
     assert set(pool.instances) == {new.instance.id}
 
 
+async def test_a_waiter_gets_an_instance_back_from_busy_whatever_the_clock_says() -> None:
+    backend = FakeBackend()
+    clock = FakeClock()  # never advances: only the backoff's timer can end it
+    s = spec(concurrency=1, max=1)
+    pool = Pool(s, backend, ready_at_once, PoolConfig(), clock=clock)  # type: ignore[arg-type]
+    first = await pool.acquire(10**9)
+    pool.release(first.instance)
+    pool.busy(first.instance)  # it answered "busy": another gateway holds its slot
+    # A hang detector, not a timing goal: the backoff is milliseconds.
+    again = await asyncio.wait_for(pool.acquire(clock.now + 60), 10)
+    assert again.instance is first.instance
+
+
 async def test_scale_down_pauses_idle_instances_then_removes_them() -> None:
     clock = FakeClock()
     backend = FakeBackend()
