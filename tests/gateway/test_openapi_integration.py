@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,8 +62,12 @@ def test_fuzzing_finds_no_server_error_or_schema_violation(
         "--header",
         f"Authorization: Bearer {gw.admin_key}",
     ]
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py")),
+    }
     done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=150, cwd=tmp_path, check=False
+        argv, capture_output=True, text=True, timeout=150, cwd=tmp_path, check=False, env=env
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     logs = gw.logs()
