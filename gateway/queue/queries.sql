@@ -25,6 +25,11 @@ JOIN unnest($1::text[], $2::text[]) AS k(function, key)
 -- The payload names the lanes ("function" or "function/job-id") with new work; "*" is many.
 SELECT pg_notify('kapal_queue', $1)
 
+-- name: claim_lock
+-- Claims of one function wait for each other, on every gateway: the claim that follows
+-- (a new statement, so a new snapshot) counts the rows the one before it marked running.
+SELECT pg_advisory_xact_lock(hashtext('kapal-claim:' || $1))
+
 -- name: claim
 -- One lane's oldest ready rows, skipping rows other workers hold, marked running at once.
 -- $1 function, $2 job (or the nil uuid), $3 most rows, $4 worker, $5 lease seconds,

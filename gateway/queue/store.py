@@ -97,16 +97,18 @@ class QueueStore:
     ) -> list[Claimed]:
         """Up to `limit` ready rows of one lane, now running under this worker's lease;
         fewer when the function or job already runs its concurrency (on any gateway)."""
-        rows = await self.pool.fetch(
-            Q["claim"],
-            lane.function,
-            lane.job or NO_JOB,
-            limit,
-            worker,
-            lease_s,
-            function_concurrency,
-            job_concurrency,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["claim_lock"], lane.function)
+            rows = await conn.fetch(
+                Q["claim"],
+                lane.function,
+                lane.job or NO_JOB,
+                limit,
+                worker,
+                lease_s,
+                function_concurrency,
+                job_concurrency,
+            )
         return [Claimed.from_row(r) for r in rows]
 
     async def job_limits(self, jobs: list[uuid.UUID]) -> dict[uuid.UUID, int | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -40,6 +41,29 @@ async def test_claims_are_exclusive_and_only_the_current_claim_records(store: Qu
     assert await store.finish("w2", [outcome]) == set()  # not w2's claim
     assert await store.finish("w1", [outcome]) == {row.id}
     assert await store.finish("w1", [outcome]) == set()  # recorded once
+
+
+async def test_claims_racing_on_many_connections_stay_within_the_function_concurrency(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.new_database()
+    pool = await db.connect(url)
+    await QueueStore(pool).enqueue([item() for _ in range(50)])
+    # Gateways each with a store of their own, claiming at the same moment.
+    stores = [QueueStore(await asyncpg.create_pool(url, min_size=1, max_size=1)) for _ in range(8)]
+    try:
+        for _ in range(3):
+            claims = await asyncio.gather(
+                *(s.claim(Lane("f"), 5, f"w{i}", 30, 2) for i, s in enumerate(stores))
+            )
+            running = await pool.fetchval(
+                "SELECT count(*) FROM invocations WHERE status = 'running'"
+            )
+            assert sum(len(c) for c in claims) <= 2 and running == 2
+    finally:
+        for s in stores:
+            await s.pool.close()
+        await pool.close()
 
 
 async def test_expired_leases_are_run_again_or_dead(store: QueueStore) -> None:
