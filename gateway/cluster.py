@@ -81,6 +81,21 @@ class Cluster:
     def others(self) -> int:
         return len(self.peers())
 
+    async def others_staying(self) -> bool:
+        """Whether another gateway is still running, asked as this one stops.
+
+        A gateway killed a moment ago still looks alive for PEER_TTL_S; only one heard
+        from after the question counts (live ones report every `report_s`).
+        """
+        if not self.peers():
+            return False
+        since = time.monotonic()
+        while time.monotonic() - since < PEER_TTL_S:
+            if any(at > since for at in self._seen.values()):
+                return True
+            await asyncio.sleep(self.report_s / 2)
+        return False
+
     def peers(self) -> list[str]:
         """The other gateways of this namespace heard from lately."""
         now = time.monotonic()

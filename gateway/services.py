@@ -127,7 +127,7 @@ class Services:
             stack.push_async_callback(loops.close)
             stack.push_async_callback(departure.close_scheduler, scheduler)
             # Decided while the cluster loop still runs: are other gateways staying?
-            stack.callback(departure.decide, cluster)
+            stack.push_async_callback(departure.decide, cluster)
             loops.start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cluster.tried.wait(), PEERS_WAIT_S)
@@ -190,8 +190,8 @@ class _Departure:
         # Unknown until decided (a start that failed early shares nothing it may remove).
         self.last = False
 
-    def decide(self, cluster: Cluster) -> None:
-        self.last = not cluster.others()
+    async def decide(self, cluster: Cluster) -> None:
+        self.last = not await cluster.others_staying()
 
     async def close_scheduler(self, scheduler: Scheduler) -> None:
         await scheduler.close(last=self.last)
