@@ -418,7 +418,7 @@ class Pool:
         if paused:
             inst = max(paused, key=lambda i: i.last_used)
             if not inst.frozen:  # parked, not yet frozen: serve again at once
-                inst.state = InstanceState.READY
+                inst.state, inst.tier = InstanceState.READY, Tier.PAUSED
                 if self.announce is not None:
                     self.announce("ready", inst)
                 self._wake(inst.free_slots)

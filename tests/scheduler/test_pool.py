@@ -223,6 +223,19 @@ async def test_cold_start_prefers_a_paused_standby() -> None:
     assert len(backend.started) == 1
 
 
+async def test_a_standby_picked_again_before_it_froze_is_the_paused_tier() -> None:
+    backend = FakeBackend()
+    pool = make_pool(backend, spec(concurrency=1))
+    first = await pool.acquire(10**9)
+    pool.release(first.instance)
+    pool.scale_to(0)  # parked; its freeze has not run yet
+    got = await pool.acquire(10**9)
+    assert got.instance is first.instance
+    assert got.cold and got.tier == "paused"  # not the tier it was first started from
+    await pool.drain_tasks()
+    assert len(backend.started) == 1
+
+
 async def test_cold_start_takes_a_prewarmed_container_before_a_new_one() -> None:
     backend = FakeBackend()
 
