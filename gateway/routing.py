@@ -24,6 +24,8 @@ Handler = Callable[[web.Request, "Services"], Awaitable[web.StreamResponse]]
 OPEN: Final = "open"
 SELF: Final = "self"
 ANY_METHOD = "*"
+# The path parameter of routes addressed by a uuid (invocations, jobs, schedules).
+UUID_ID = {"id": {"type": "string", "format": "uuid"}}
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 

@@ -236,7 +236,7 @@ class Upstreams:
         self._deadlines.pop(done, None)
 
     async def _sweep(self) -> None:
-        while True:
+        while self._deadlines:  # an idle gateway is not woken 20 times a second
             await asyncio.sleep(SWEEP_S)
             now = self.loop.time()
             late = [d for d, at in self._deadlines.items() if at <= now]
@@ -244,6 +244,7 @@ class Upstreams:
                 del self._deadlines[done]
                 if not done.done():
                     done.set_exception(TimeoutError())
+        self._sweeper = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

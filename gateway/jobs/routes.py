@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.errors import BadRequest, FunctionNotFound, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.jobs.progress import JobOut, job_out
 from gateway.keys import Scope
-from gateway.routing import Content, Route
+from gateway.routing import UUID_ID, Content, Route
 from gateway.services import Services
 from gateway.validation import FunctionName, parse_query, validate
 
@@ -178,7 +178,6 @@ RESULTS = Content(
     {"application/x-ndjson": {"schema": {"type": "string"}}},
     description="one line per finished item: index, status, result or error",
 )
-ID = {"id": {"type": "string", "format": "uuid"}}
 
 ROUTES = (
     Route(
@@ -200,7 +199,7 @@ ROUTES = (
         scope=Scope.INVOKE,
         response=JobOut,
         errors=(404,),
-        params=ID,
+        params=UUID_ID,
     ),
     Route(
         "GET",
@@ -210,7 +209,7 @@ ROUTES = (
         scope=Scope.INVOKE,
         response=RESULTS,
         errors=(404,),
-        params=ID,
+        params=UUID_ID,
     ),
     Route(
         "DELETE",
@@ -220,6 +219,6 @@ ROUTES = (
         scope=Scope.INVOKE,
         response=JobOut,
         errors=(404,),
-        params=ID,
+        params=UUID_ID,
     ),
 )

@@ -14,7 +14,7 @@ from gateway.errors import BadRequest, NotFound, PayloadTooLarge
 from gateway.keys import KEY_RE, Scope
 from gateway.queue.models import Headers, InvocationOut, storable
 from gateway.queue.retry import State
-from gateway.routing import ANY_METHOD, SELF, Content, Route
+from gateway.routing import ANY_METHOD, SELF, UUID_ID, Content, Route
 from gateway.services import Services
 from gateway.upstream import HOP_BY_HOP as RAW_HOP_BY_HOP
 from gateway.validation import parse_query
@@ -167,7 +167,6 @@ ASYNC_HEADERS: dict[str, dict[str, object]] = {
     IDEMPOTENCY_KEY: {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
     CALLBACK_URL: {"type": "string", "format": "uri"},
 }
-ID = {"id": {"type": "string", "format": "uuid"}}
 
 
 def _async_route(path: str) -> Route:
@@ -206,7 +205,7 @@ ROUTES = (
         scope=Scope.INVOKE,
         response=InvocationOut,
         errors=(404,),
-        params=ID,
+        params=UUID_ID,
     ),
     Route(
         "POST",
@@ -217,6 +216,6 @@ ROUTES = (
         response=InvocationOut,
         status=202,
         errors=(404, 409),
-        params=ID,
+        params=UUID_ID,
     ),
 )

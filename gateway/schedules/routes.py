@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from gateway.errors import FunctionNotFound, NotFound
 from gateway.keys import Scope
-from gateway.routing import Route
+from gateway.routing import UUID_ID, Route
 from gateway.schedules.cron import Cron, CronError
 from gateway.schedules.store import ScheduleRow
 from gateway.services import Services
@@ -106,8 +106,6 @@ async def delete_schedule(request: web.Request, svc: Services) -> web.Response:
     return web.Response(status=204)
 
 
-ID = {"id": {"type": "string", "format": "uuid"}}
-
 ROUTES = (
     Route(
         "POST",
@@ -136,7 +134,7 @@ ROUTES = (
         scope=Scope.DEPLOY,
         response=ScheduleOut,
         errors=(404,),
-        params=ID,
+        params=UUID_ID,
     ),
     Route(
         "DELETE",
@@ -146,6 +144,6 @@ ROUTES = (
         scope=Scope.DEPLOY,
         status=204,
         errors=(404,),
-        params=ID,
+        params=UUID_ID,
     ),
 )
