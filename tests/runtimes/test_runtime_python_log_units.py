@@ -66,16 +66,29 @@ def test_cut_keeps_the_head_and_names_what_it_cut() -> None:
     assert cut("a" * 20 + "END", 3, keep_tail=True) == "[truncated 20 bytes] …END"
 
 
+class Splitter:
+    """A TextSplitter whose writes say which invocation is writing."""
+
+    def __init__(self, cap: int) -> None:
+        self.out: list[tuple[str, Invocation | None]] = []
+        self.key: Invocation | None = None
+        self.splitter = TextSplitter(cap, lambda t, k: self.out.append((t, k)), lambda: self.key)
+
+    def write(self, text: str, key: Invocation | None) -> int:
+        self.key = key
+        return self.splitter.write(text)
+
+
 def test_text_lines_are_joined_from_pieces_per_invocation() -> None:
-    out: list[tuple[str, object]] = []
-    splitter = TextSplitter(100, lambda text, key: out.append((text, key)))
+    split = Splitter(100)
+    out, splitter = split.out, split.splitter
     a, b = Invocation("a", 1000), Invocation("b", 1000)
-    splitter.write("hello", a)
-    splitter.write("other", b)
-    splitter.write(" world\nsecond\nthi", a)
-    splitter.write("\n", b)
-    splitter.write("", None)
-    splitter.write("\n", None)  # print() with nothing: an empty line
+    assert split.write("hello", a) == 5
+    split.write("other", b)
+    assert split.write(" world\nsecond\nthi", a) == 17
+    assert split.write("\n", b) == 1
+    assert split.write("", None) == 0
+    split.write("\n", None)  # print() with nothing: an empty line
     assert out == [("hello world", a), ("second", a), ("other", b), ("", None)]
     assert splitter.pending() == 1  # "thi" of a
     splitter.end(b)  # nothing left of b
@@ -85,19 +98,24 @@ def test_text_lines_are_joined_from_pieces_per_invocation() -> None:
 
 
 def test_a_ten_megabyte_line_is_cut_while_it_accumulates() -> None:
-    out: list[str] = []
-    splitter = TextSplitter(16384, lambda text, key: out.append(text))
+    split = Splitter(16384)
     piece = "y" * 10_000
     for _ in range(1000):
-        splitter.write(piece, None)
-        held = splitter._partials[None]
-        assert held.size <= 16384  # never the whole line
-    splitter.write("tail\n", None)
-    splitter.write("z" * 10_000_000 + "\n", None)  # and all in one write
-    assert out == [
+        split.write(piece, None)
+        assert split.splitter.held(None) <= 16 * 16384  # never the whole line
+    split.write("tail\n", None)
+    split.write("z" * 10_000_000 + "\n", None)  # and all in one write
+    assert [text for text, _ in split.out] == [
         "y" * 16384 + f"… [truncated {10_000_000 + 4 - 16384} bytes]",
         "z" * 16384 + f"… [truncated {10_000_000 - 16384} bytes]",
     ]
+
+
+def test_only_text_is_written() -> None:
+    split = Splitter(100)
+    for wrong in (b"bytes", 5, None):
+        with pytest.raises(TypeError, match="write\\(\\) argument must be str, not "):
+            split.write(wrong, None)  # type: ignore[arg-type]
 
 
 def test_bytes_from_a_pipe_become_lines_with_bad_bytes_escaped() -> None:

@@ -29,6 +29,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kapal_runtime import log
@@ -57,10 +58,8 @@ class Capture:
         self.line_bytes = config.log_line_bytes
         self.level = config.log_level
         add = self.buffer.add
-        self._out = TextSplitter(self.line_bytes, lambda text, inv: add("stdout", None, text, inv))
-        self._err = TextSplitter(self.line_bytes, lambda text, inv: add("stderr", None, text, inv))
-        self.stdout = StreamWriter("<stdout>", 1, self._out)
-        self.stderr = StreamWriter("<stderr>", 2, self._err)
+        self.stdout = StreamWriter("<stdout>", 1, self.line_bytes, partial(add, "stdout", None))
+        self.stderr = StreamWriter("<stderr>", 2, self.line_bytes, partial(add, "stderr", None))
         self._handler = RecordHandler(self)
         self._saved: dict[int, int] = {}  # fd -> a dup of what it was before capture
         self._previous: tuple[Any, Any] = (None, None)
@@ -80,8 +79,8 @@ class Capture:
         invocation = CURRENT.get()
         CURRENT.reset(token)
         if invocation is not None:
-            self._out.end(invocation)
-            self._err.end(invocation)
+            self.stdout.end(invocation)
+            self.stderr.end(invocation)
 
     # --- log.Sink: the runtime's own lines --------------------------------------------
 
@@ -142,8 +141,8 @@ class Capture:
         self._saved.clear()
         if self._reader is not None:
             self._reader.join(READER_DRAIN_S)
-        self._out.end_all()
-        self._err.end_all()
+        self.stdout.end_all()
+        self.stderr.end_all()
         rows, count = self.buffer.take_all()
         if count:
             log.log_event("logs_not_pulled", "warning", lines=count, dropped=self.buffer.dropped)
@@ -184,29 +183,26 @@ class Capture:
         self._handler.detached = True
 
 
-class StreamWriter(io.TextIOBase):
-    """`sys.stdout` or `sys.stderr` while captured: text goes to lines, not to an fd."""
+class StreamWriter(TextSplitter, io.TextIOBase):
+    """`sys.stdout` or `sys.stderr` while captured: text goes to lines, not to an fd.
+
+    It is the TextSplitter itself, so a print() (two writes or more) calls into no layer
+    more than the splitting."""
 
     # Class attributes: io.TextIOBase has read-only ones of these names.
     encoding = "utf-8"
     errors = "backslashreplace"
 
-    def __init__(self, name: str, fd: int, splitter: TextSplitter) -> None:
-        super().__init__()
+    def __init__(
+        self, name: str, fd: int, cap: int, emit: Callable[[str, Invocation | None], None]
+    ) -> None:
+        TextSplitter.__init__(self, cap, emit, CURRENT.get)
+        io.TextIOBase.__init__(self)
         self._name = name
         self._fd = fd
-        self._splitter = splitter
         # After a fork: the child's stream, straight to the fd.
         self._direct: io.TextIOWrapper | None = None
         self._binary = BinaryWriter(self)
-
-    def write(self, s: str, /) -> int:
-        if self._direct is not None:
-            return self._direct.write(s)
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self._splitter.write(s, CURRENT.get())
-        return len(s)
 
     def flush(self) -> None:
         # A line is recorded when it ends (or when its invocation does): nothing to flush.
@@ -218,6 +214,8 @@ class StreamWriter(io.TextIOBase):
         self._direct = io.TextIOWrapper(
             raw, encoding="utf-8", errors="backslashreplace", write_through=True
         )
+        # Found before the class's method by print() and everyone else.
+        self.__dict__["write"] = self._direct.write
 
     def fileno(self) -> int:
         return self._fd  # the pipe: what is written there is captured too

@@ -48,57 +48,75 @@ def bytes_in(text: str, start: int, end: int) -> int:
     return sum(utf8_len(text[i : min(i + _CHUNK, end)]) for i in range(start, end, _CHUNK))
 
 
-class _Partial:
-    """The start of a line not yet ended: its kept pieces and the bytes cut from it."""
-
-    __slots__ = ("over", "parts", "size")
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.size = 0  # characters in parts
-        self.over = 0  # bytes past the cap, counted and dropped
+# Pieces of an unfinished line held before they are joined and cut to the cap: a print()
+# is several writes, and joining at each one would cost more than the line.
+_PIECES = 16
 
 
 class TextSplitter:
-    """Lines from text written in pieces by many threads; each key (an invocation, or None
-    for output outside one) has its own unfinished line, so invocations never mix."""
+    """Lines from text written in pieces by many threads; each key (the invocation being
+    served when it is written, from `current`, or None outside one) has its own unfinished
+    line, so invocations never mix. `write` is a text stream's (capture.StreamWriter).
 
-    def __init__(self, cap: int, emit: Callable[[str, Invocation | None], None]) -> None:
+    An unfinished line holds at most `_PIECES` pieces of at most `cap` characters each.
+    """
+
+    def __init__(
+        self,
+        cap: int,
+        emit: Callable[[str, Invocation | None], None],
+        current: Callable[[], Invocation | None],
+    ) -> None:
         self._cap = cap
         self._emit = emit
-        self._partials: dict[Invocation | None, _Partial] = {}
+        self._current = current
+        # key -> the pieces of its unfinished line.
+        self._partials: dict[Invocation | None, list[str]] = {}
+        # key -> bytes already cut from its unfinished line (rarely any).
+        self._over: dict[Invocation | None, int] = {}
         self._lock = threading.RLock()
 
-    def write(self, text: str, key: Invocation | None) -> None:
+    def write(self, text: str, /) -> int:
+        if type(text) is not str and not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        key = self._current()
         if "\n" not in text:
-            if text:
-                with self._lock:
-                    self._hold(key, text)
-            return
-        cap = self._cap
-        pieces = text.split("\n")
+            if not text:
+                return 0
+            with self._lock:
+                if len(text) > self._cap:
+                    text = self._cut_piece(key, text)
+                parts = self._partials.get(key)
+                if parts is None:
+                    self._partials[key] = [text]
+                elif len(parts) < _PIECES:
+                    parts.append(text)
+                else:
+                    parts.append(text)
+                    self._compact(key, parts)
+            return len(text)
+        if text != "\n":
+            self._write_lines(text, key)
+            return len(text)
+        # A lone LF, as print() ends a line: the usual case, kept short.
         with self._lock:
-            partial = self._partials.pop(key, None)
-            if pieces[-1]:
-                self._hold(key, pieces[-1])
-        first = pieces[0]
-        over = 0
-        if partial is not None:
-            self._keep(partial, first)
-            first, over = "".join(partial.parts), partial.over
-        emit = self._emit
-        emit(cut(first, cap, over), key)
-        for i in range(1, len(pieces) - 1):
-            emit(cut(pieces[i], cap), key)
+            parts = self._partials.pop(key, None)
+            over = self._over.pop(key, 0) if self._over else 0
+        line = "" if parts is None else parts[0] if len(parts) == 1 else "".join(parts)
+        if over or len(line) * 4 > self._cap:
+            line = cut(line, self._cap, over)
+        self._emit(line, key)
+        return 1
 
     def end(self, key: Invocation | None) -> None:
         """The line `key` left unfinished is a line of its own (its invocation ended)."""
         if key not in self._partials:  # the usual case, and a read needs no lock
             return
         with self._lock:
-            partial = self._partials.pop(key, None)
-        if partial is not None:
-            self._emit(cut("".join(partial.parts), self._cap, partial.over), key)
+            parts = self._partials.pop(key, None)
+            over = self._over.pop(key, 0)
+        if parts is not None:
+            self._emit(cut("".join(parts), self._cap, over), key)
 
     def end_all(self) -> None:
         with self._lock:
@@ -110,22 +128,37 @@ class TextSplitter:
         """Keys with an unfinished line (for tests)."""
         return len(self._partials)
 
-    def _hold(self, key: Invocation | None, text: str) -> None:
-        partial = self._partials.get(key)
-        if partial is None:
-            partial = self._partials[key] = _Partial()
-        self._keep(partial, text)
+    def held(self, key: Invocation | None) -> int:
+        """Characters held of `key`'s unfinished line (for tests)."""
+        return sum(map(len, self._partials.get(key, ())))
 
-    def _keep(self, partial: _Partial, text: str) -> None:
-        room = self._cap - partial.size
-        if len(text) <= room:
-            partial.parts.append(text)
-            partial.size += len(text)
-            return
-        if room > 0:
-            partial.parts.append(text[:room])
-            partial.size = self._cap
-        partial.over += bytes_in(text, max(room, 0), len(text))
+    def _write_lines(self, text: str, key: Invocation | None) -> None:
+        cap = self._cap
+        pieces = text.split("\n")
+        tail = pieces[-1]
+        with self._lock:
+            parts = self._partials.pop(key, None)
+            over = self._over.pop(key, 0)
+            if tail:
+                if len(tail) > cap:
+                    tail = self._cut_piece(key, tail)
+                self._partials[key] = [tail]
+        first = pieces[0] if parts is None else "".join(parts) + pieces[0]
+        emit = self._emit
+        emit(cut(first, cap, over), key)
+        for i in range(1, len(pieces) - 1):
+            emit(cut(pieces[i], cap), key)
+
+    def _cut_piece(self, key: Invocation | None, text: str) -> str:
+        """The first `cap` characters of a piece; the bytes of the rest are counted."""
+        self._over[key] = self._over.get(key, 0) + bytes_in(text, self._cap, len(text))
+        return text[: self._cap]
+
+    def _compact(self, key: Invocation | None, parts: list[str]) -> None:
+        joined = "".join(parts)
+        if len(joined) > self._cap:
+            joined = self._cut_piece(key, joined)
+        parts[:] = [joined]
 
 
 class ByteSplitter:

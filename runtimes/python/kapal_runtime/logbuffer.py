@@ -1,10 +1,10 @@
 """Log lines waiting for the gateway: their COPY text rows, sequence numbers, acks and caps.
 
-Each line becomes one row of PostgreSQL COPY text format when it is recorded, so serving a
-pull is a join of ready bytes: `seq TAB ts TAB stream TAB level TAB request_id TAB text LF`.
-`seq` is not stored: line n of the buffer has seq `base + n`, so seqs are 1, 2, 3... per
-process with no gaps (a dropped line takes no seq). A pull's `after` frees every line up
-to it (the caller has stored them).
+Each line becomes one row of PostgreSQL COPY text format when it is recorded, by the thread
+that wrote it, so serving a pull is a join of ready bytes and costs the event loop little:
+`seq TAB ts TAB stream TAB level TAB request_id TAB text LF`. Row n of the buffer has seq
+`base + n`: seqs are 1, 2, 3... per process with no gaps (a dropped line takes no seq). A
+pull's `after` frees every line up to it (the caller has stored them).
 
 Caps, all in bytes of text as stored (UTF-8): a line is cut at `line_bytes` (by the
 splitters in lines.py); an invocation's output past `invocation_bytes` is replaced by one
@@ -46,13 +46,17 @@ def utf8_len(text: str) -> int:
 
 
 def format_row(ts: float, stream: str, level: str, request_id: str, text: str) -> bytes:
-    """One row without its seq; `level` and `request_id` are COPY fields (NULL or escaped)."""
-    row = f"\t{ts:.6f}\t{stream}\t{level}\t{request_id}\t{escape(text)}\n"
+    """A row from the TAB after its seq on; `level` and `request_id` are COPY fields (NULL or
+    escaped)."""
+    field = text
+    if not text.isprintable() or "\\" in text:  # one pass over most lines, not five
+        field = escape(text)
+    row = f"\t{ts:.6f}\t{stream}\t{level}\t{request_id}\t{field}\n"
     try:
         return row.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: shown escaped, like invalid bytes are
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        return f"\t{ts:.6f}\t{stream}\t{level}\t{request_id}\t{escape(text)}\n".encode()
+        text = escape(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        return f"\t{ts:.6f}\t{stream}\t{level}\t{request_id}\t{text}\n".encode()
 
 
 class Invocation:
@@ -121,40 +125,52 @@ class LogBuffer:
     ) -> None:
         """Record one line (already cut to the line cap). `capped`: counts against the
         invocation's budget (the runtime's own lines do not)."""
-        if capped and invocation is not None and invocation.left < 0:
-            with self._lock:  # over its budget already: not even formatted
-                self._dropped += 1
-            return
-        ts = time.time()
-        field = NULL if invocation is None else invocation.field
-        row = format_row(ts, stream, level or NULL, field, text)
-        charged = capped and invocation is not None
-        size = utf8_len(text) + 1 if charged else 0
-        with self._lock:
-            if charged:
-                assert invocation is not None
+        # The invocation to charge, and the bytes to charge it (the text and its LF).
+        budget: Invocation | None = None
+        size = 0
+        if invocation is None:
+            field = NULL
+        else:
+            field = invocation.field
+            if capped:
                 if invocation.left < 0:
-                    self._dropped += 1
+                    with self._lock:  # over its budget already: not even formatted
+                        self._dropped += 1
                     return
-                if size > invocation.left:
-                    invocation.left = -1
+                budget = invocation
+                size = (len(text) if text.isascii() else utf8_len(text)) + 1
+        ts = time.time()
+        row = format_row(ts, stream, level or NULL, field, text)
+        with self._lock:
+            if budget is not None:
+                if size > budget.left:
                     self._dropped += 1
-                    cap = self.invocation_bytes
-                    message = f"output of this invocation truncated at {cap} bytes"
+                    if budget.left < 0:
+                        return
+                    budget.left = -1
+                    message = (
+                        f"output of this invocation truncated at {self.invocation_bytes} bytes"
+                    )
                     row = format_row(ts, "runtime", "warning", field, message)
                 else:
-                    invocation.left -= size
+                    budget.left -= size
             if self._bytes + len(row) > self.buffer_bytes:
                 self._dropped += 1
                 self._unreported += 1
                 return
+            rows = self._rows
             if self._unreported:
                 message = f"log buffer full: {self._unreported} lines dropped"
-                marker = format_row(ts, "runtime", "warning", NULL, message)
                 self._unreported = 0
-                self._rows.append(marker)
+                marker = b"%d%b" % (
+                    self._base + len(rows),
+                    format_row(ts, "runtime", "warning", NULL, message),
+                )
+                rows.append(marker)
                 self._bytes += len(marker)
-            self._rows.append(row)
+            # The seq is written here, under the lock: rows are in seq order by construction.
+            row = b"%d%b" % (self._base + len(rows), row)
+            rows.append(row)
             self._bytes += len(row)
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
@@ -190,21 +206,19 @@ class LogBuffer:
             rows = self._rows[start : start + limit // 32 + 1]
         if not rows:
             return b"", base - 1
-        parts: list[bytes] = []
         size = 0
-        seq = base + start
+        count = 0
         for row in rows:
-            head = b"%d" % seq
-            parts.append(head)
-            parts.append(row)
-            size += len(head) + len(row)
-            seq += 1
+            size += len(row)
+            count += 1
             if size >= limit:
                 break
-        return b"".join(parts), seq - 1
+        if count < len(rows):
+            rows = rows[:count]
+        return b"".join(rows), base + start + count - 1
 
     def take_all(self) -> tuple[bytes, int]:
         """Every row not acked, for the last-resort dump at exit."""
         with self._lock:
-            rows, base = list(self._rows), self._base
-        return b"".join(b"%d%s" % (base + i, row) for i, row in enumerate(rows)), len(rows)
+            rows = list(self._rows)
+        return b"".join(rows), len(rows)
