@@ -5,12 +5,15 @@ The Python runtime runs on this host (no engine, no gateway, no Postgres):
   gateway does (`after` = last seen, 1 MiB pages); then both at once (long polls);
 - the same print loop in a plain process whose stdout is a pipe drained by a reader, as
   the container's stdout is read by dockerd (PYTHONUNBUFFERED=1, as in the image);
+- what tagging adds per invocation: the context copied for a sync handler's thread, and
+  the invocation's begin and end;
 - a trivial sync handler under wrk, capture on and off (KAPAL_LOG_PORT=0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 import subprocess
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +185,29 @@ def _pipe_print_us(n: int, unbuffered: bool) -> float:
     return round(seconds / n * 1e6, 2)
 
 
+def _per_invocation_ns() -> dict[str, float]:
+    """What tagging adds to each invocation, measured in this process (best of 5)."""
+    sys.path.insert(0, str(RUNTIME_DIR))
+    from kapal_runtime.capture import Capture
+    from kapal_runtime.config import RuntimeConfig
+
+    capture = Capture(RuntimeConfig.from_env({}))
+
+    def job() -> None:
+        pass
+
+    def best(stmt: str) -> float:
+        g = {"contextvars": contextvars, "job": job, "capture": capture}
+        n = 100_000
+        return round(min(timeit.repeat(stmt, globals=g, number=n, repeat=5)) / n * 1e9)
+
+    plain = best("job()")
+    return {
+        "copy_context_run_ns": best("contextvars.copy_context().run(job)") - plain,
+        "begin_end_ns": best("capture.end(capture.begin('0123456789abcdef'))"),
+    }
+
+
 def _sync_rps(code: Path, seconds: int, **env: str) -> dict[str, float]:
     runtime = Runtime(code, **env)
     try:
@@ -200,6 +227,7 @@ def run(quick: bool) -> dict[str, Any]:
         say("the same print loop to a pipe")
         result["pipe_print_us_unbuffered"] = _pipe_print_us(n, unbuffered=True)
         result["pipe_print_us_buffered"] = _pipe_print_us(n, unbuffered=False)
+        result.update(_per_invocation_ns())
         say("a trivial sync handler under wrk, capture on and off")
         seconds = 3 if quick else 10
         on = _sync_rps(code, seconds)
