@@ -1,4 +1,8 @@
-"""The runtime's HTTP server: /_/health, /_/init, and every other request as an invocation."""
+"""The runtime's HTTP server: /_/health, /_/init, and every other request as an invocation.
+
+Each invocation is tagged for the logs (capture.py) while it runs; the lines are served on
+a port of their own (logport.py), which outlives this server's drain at SIGTERM.
+"""
 
 import asyncio
 import enum
