@@ -65,6 +65,7 @@ class Capture:
         self._previous: tuple[Any, Any] = (None, None)
         self._reader: threading.Thread | None = None
         self._undo: list[Callable[[], None]] = []
+        self._fork_hook = False
         self.installed = False
 
     # --- what the server calls --------------------------------------------------------
@@ -121,8 +122,9 @@ class Capture:
         log.set_sink(self)
         self._undo.append(_patch_thread_start())
         self._undo.append(_patch_executor_submit())
-        if not self.installed:
+        if not self._fork_hook:  # it cannot be unregistered: once per Capture
             os.register_at_fork(after_in_child=self._after_fork_in_child)
+            self._fork_hook = True
         self.installed = True
 
     def close(self) -> None:
