@@ -101,9 +101,11 @@ class PoolConfig:
 @dataclass
 class Acquired:
     instance: Instance
-    # The request waited for an instance to start.
+    # The request waited for an instance that became ready meanwhile (a cold start).
     cold: bool
+    # Seconds it waited for a slot, and the part of that until its instance was ready.
     waited_s: float = 0.0
+    init_s: float = 0.0
 
     @property
     def tier(self) -> str:
@@ -238,7 +240,10 @@ class Pool:
             inst = self._pick()
             if inst is not None:
                 inst.in_flight += 1
-                return Acquired(inst, cold=True, waited_s=self.clock() - began)
+                now = self.clock()
+                if inst.since >= began:  # it came up while this request waited
+                    return Acquired(inst, True, now - began, inst.since - began)
+                return Acquired(inst, False, now - began)
             if self.closed:
                 raise UnknownFunction(self.spec.name)
 
@@ -419,6 +424,7 @@ class Pool:
             inst = max(paused, key=lambda i: i.last_used)
             if not inst.frozen:  # parked, not yet frozen: serve again at once
                 inst.state, inst.tier = InstanceState.READY, Tier.PAUSED
+                inst.since = self.clock()
                 if self.announce is not None:
                     self.announce("ready", inst)
                 self._wake(inst.free_slots)
