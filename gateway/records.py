@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import re
 from collections import Counter
@@ -141,7 +140,7 @@ class Recorder:
             async with self.db.acquire() as conn, conn.transaction():
                 await conn.execute(STAGE)
                 await conn.copy_to_table(
-                    "invocation_records_in", source=io.BytesIO(copy_text(batch)), format="text"
+                    "invocation_records_in", source=memoryview(copy_text(batch)), format="text"
                 )
                 await conn.execute(MOVE)
                 await conn.execute(

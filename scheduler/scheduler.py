@@ -110,6 +110,8 @@ class Scheduler:
         self.decide_s = decide_s
         self.resync_s = resync_s
         self.pools: dict[str, Pool] = {}
+        # Told what happened to each instance (for the function's log); set before start.
+        self.events: Callable[[Instance, str, str], None] | None = None
         self.leading = False
         # Concurrency other gateways reported: gateway -> (when, {function: n}).
         self._remote: dict[str, tuple[float, dict[str, int]]] = {}
@@ -135,6 +137,7 @@ class Scheduler:
             before_pause=self._before_pause,
         )
         pool.announce = self._announce
+        pool.events = self.events
         pool.leading = self.leading
         return pool
 
