@@ -137,9 +137,9 @@ def instance() -> Instance:
     return inst
 
 
-async def until(check: Any, timeout: float = 10.0) -> None:
+async def until(check: Any, within: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within
     while not await check():
         assert loop.time() < end, "timed out"
         await asyncio.sleep(0.05)
@@ -162,7 +162,7 @@ async def test_the_collector_stores_what_the_runtime_has_and_acknowledges_it(
             fake.write("two", "cd" * 16)
 
             async def stored(n: int) -> bool:
-                return await pool.fetchval("SELECT count(*) FROM function_logs") >= n
+                return bool(await pool.fetchval("SELECT count(*) FROM function_logs") >= n)
 
             await until(lambda: stored(2))
             fake.write("three")  # while the collector's poll waits
