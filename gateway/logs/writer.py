@@ -30,7 +30,7 @@ CHANNEL = "kapal_logs"
 # Events kept while Postgres is unreachable; older ones are dropped past it.
 MAX_EVENTS = 10_000
 # Bytes of pulled lines waiting to be written before a flush is started early.
-FLUSH_BYTES = 4 * 1024 * 1024
+FLUSH_BYTES = 512 * 1024
 COLUMNS = "function, version, instance, seq, ts, stream, level, request_id, line, batch"
 
 STAGE = (
