@@ -492,7 +492,10 @@ class Pool:
         inst.state, inst.frozen, inst.since = InstanceState.READY, False, self.clock()
         self.last_error = None
         start_ms = round((self.clock() - began) * 1000, 1)
-        self._event(inst, "info", f"instance ready ({inst.tier.value}, {start_ms} ms)")
+        if inst.tier is Tier.PAUSED:
+            self._event(inst, "info", f"instance resumed from pause in {start_ms} ms")
+        else:
+            self._event(inst, "info", f"instance started ({inst.tier.value}) in {start_ms} ms")
         log.info(
             "instance ready",
             extra={

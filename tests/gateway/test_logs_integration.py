@@ -272,7 +272,7 @@ async def test_a_traceback_outlives_its_container_and_the_gateway(
         ln["line"] for ln in await read_lines(http, gw, "failing") if ln["stream"] == "platform"
     ]
     assert any(p.startswith("image") and "built" in p for p in platform)
-    assert any(p.startswith("instance ready") for p in platform)
+    assert any(p.startswith("instance started (new)") for p in platform)
     assert any(p.startswith("instance stopped") for p in platform)
 
     gw.stop()
