@@ -5,6 +5,7 @@ import os
 import sys
 import threading
 
+from kapal_runtime.capture import Capture
 from kapal_runtime.config import ConfigError, RuntimeConfig
 from kapal_runtime.log import log_event
 from kapal_runtime.server import run
@@ -15,14 +16,22 @@ EXIT_GRACE_S = 1.0
 
 def main() -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
-        # Handlers' print() calls reach the container's logs as they happen.
+        # Without capture (KAPAL_LOG_PORT=0), print() calls reach stdout as they happen.
         sys.stdout.reconfigure(line_buffering=True)
     try:
         config = RuntimeConfig.from_env()
     except ConfigError as exc:
         log_event("config_invalid", "error", error=str(exc))
         return 2
-    run(config)
+    # From here on, output becomes tagged lines served on the log port (capture.py).
+    capture = Capture(config) if config.log_port else None
+    if capture is not None:
+        capture.install()
+    try:
+        run(config, capture)
+    finally:
+        if capture is not None:
+            capture.close()  # a failure's traceback, printed after this, reaches stderr
     _exit_soon(EXIT_GRACE_S)
     return 0
 

@@ -10,6 +10,7 @@ T = TypeVar("T")
 
 DEFAULT_HANDLER = "handler.handle"
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -43,12 +44,25 @@ class RuntimeConfig:
     threads: int = 64
     # "auto" uses uvloop when it can be imported.
     event_loop: str = "auto"
+    # TCP port the gateway pulls log lines from (GET /_/logs); 0: no capture, output
+    # stays on stdout and stderr (for running the runtime by hand).
+    log_port: int = 8081
+    # Level of the root logger (handlers' `logging` calls below it are not recorded).
+    log_level: str = "info"
+    # Bytes of output one invocation may write; past it, one marker line, then nothing.
+    log_invocation_bytes: int = 64 * 1024
+    # Longest line kept; a longer one is cut, saying how many bytes were cut.
+    log_line_bytes: int = 16 * 1024
+    # Bytes of lines not yet pulled and acked; past it, new lines are dropped and counted.
+    log_buffer_bytes: int = 8 * 1024 * 1024
+    # After the drain at SIGTERM, how long to wait for the gateway to ack the last lines.
+    log_drain_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RuntimeConfig":
         env = os.environ if env is None else env
         d = cls()
-        return cls(
+        config = cls(
             port=_read(env, "KAPAL_PORT", int, d.port, lambda v: 0 < v < 65536),
             function=env.get("KAPAL_FUNCTION", d.function),
             version=_read(env, "KAPAL_VERSION", int, d.version, lambda v: v >= 0),
@@ -62,7 +76,20 @@ class RuntimeConfig:
             concurrency=_read(env, "KAPAL_CONCURRENCY", int, d.concurrency, lambda v: v >= 0),
             threads=_read(env, "KAPAL_THREADS", int, d.threads, lambda v: 0 < v <= 4096),
             event_loop=_read(env, "KAPAL_EVENT_LOOP", str, d.event_loop, EVENT_LOOPS.__contains__),
+            log_port=_read(env, "KAPAL_LOG_PORT", int, d.log_port, lambda v: 0 <= v < 65536),
+            log_level=_read(env, "KAPAL_LOG_LEVEL", _lower, d.log_level, LOG_LEVELS.__contains__),
+            log_invocation_bytes=_read(
+                env, "KAPAL_LOG_INVOCATION_BYTES", int, d.log_invocation_bytes, _positive
+            ),
+            log_line_bytes=_read(env, "KAPAL_LOG_LINE_BYTES", int, d.log_line_bytes, _positive),
+            log_buffer_bytes=_read(
+                env, "KAPAL_LOG_BUFFER_BYTES", int, d.log_buffer_bytes, _positive
+            ),
+            log_drain_s=_read(env, "KAPAL_LOG_DRAIN_S", float, d.log_drain_s, _duration),
         )
+        if config.log_port and config.log_port == config.port:
+            raise ConfigError(f"KAPAL_LOG_PORT={config.log_port} is also KAPAL_PORT")
+        return config
 
 
 def _read(
@@ -86,6 +113,14 @@ def _read(
 
 def _positive(value: int) -> bool:
     return value > 0
+
+
+def _duration(value: float) -> bool:
+    return 0 <= value < 1e9  # also refuses nan
+
+
+def _lower(raw: str) -> str:
+    return raw.lower()
 
 
 def _flag(raw: str) -> bool:

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import binascii
+import contextvars
 import importlib
 import inspect
 import json
@@ -55,7 +56,10 @@ class LoadedHandler:
         """Call the handler (async ones on the loop, sync ones on a thread) and adapt it."""
         if self.is_async:
             return to_reply(await self.call(event, context))
-        reply: Reply = await threads.run(self._run_sync, event, context, asyncio.get_running_loop())
+        # In a copy of this context: what the handler writes carries this invocation's tag.
+        run_in_context = contextvars.copy_context().run
+        loop = asyncio.get_running_loop()
+        reply: Reply = await threads.run(run_in_context, self._run_sync, event, context, loop)
         return reply
 
     def _run_sync(self, event: Event, context: Context, loop: asyncio.AbstractEventLoop) -> Reply:

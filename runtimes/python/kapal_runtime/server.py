@@ -13,32 +13,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init
+from kapal_runtime.capture import Capture
 from kapal_runtime.config import RuntimeConfig
 from kapal_runtime.deadlines import DeadlineWatch
+from kapal_runtime.errors import REQUEST_ID, error, json_response, not_allowed
 from kapal_runtime.event import Context, Event, InvalidJSONBody
 from kapal_runtime.handler import LoadedHandler, load_handler
 from kapal_runtime.log import describe, log_event, log_traceback
+from kapal_runtime.logport import LogPort
 from kapal_runtime.threads import HandlerThreads
 
-REQUEST_ID = "X-Kapal-Request-Id"
 DEADLINE = "X-Kapal-Deadline"
-ERROR_KIND = "X-Kapal-Error"
-
-# Every error the runtime answers: code -> (HTTP status, X-Kapal-Error value).
-ERRORS: dict[str, tuple[int, str]] = {
-    "handler_error": (500, "handler"),
-    "handler_load_failed": (500, "load"),
-    "init_failed": (500, "init"),
-    "timeout": (504, "timeout"),
-    "busy": (503, "busy"),
-    "invalid_json": (400, "request"),
-    "body_too_large": (413, "request"),
-    "not_initialized": (503, "init"),
-    "invalid_init": (400, "init"),
-    "already_initialized": (409, "init"),
-    "not_found": (404, "runtime"),
-    "method_not_allowed": (405, "runtime"),
-}
 
 
 class State(enum.Enum):
@@ -60,8 +45,10 @@ class BodyTooLarge(Exception):
 class Runtime:
     """One runtime process: its configuration, its handler and the threads that run it."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, capture: Capture | None = None) -> None:
         self.config = config
+        # Tags what each invocation writes; None when output is not captured.
+        self.capture = capture
         self.function = config.function
         self.version = config.version
         self.state = State.PREWARM
@@ -80,7 +67,7 @@ class Runtime:
         try:
             self.handler = load_handler(spec, self.config.code_dir)
         except (Exception, SystemExit) as exc:
-            log_traceback(exc, "handler load: ")
+            log_traceback(exc)
             self._fail("handler_load_failed", describe(exc))
             log_event("handler_load_failed", "error", handler=spec, error=self.failure[1])
             return False
@@ -120,10 +107,14 @@ class Runtime:
         if limit and self.in_flight >= limit:
             return _busy(request, limit, request_id)
         self._open += 1
+        capture = self.capture
+        token = capture.begin(request_id) if capture is not None else None
         try:
             return await self._run(handler, request, path, request_id)
         finally:
             self._open -= 1
+            if capture is not None and token is not None:
+                capture.end(token)
 
     async def _run(
         self, handler: LoadedHandler, request: web.Request, path: str, request_id: str
@@ -152,7 +143,7 @@ class Runtime:
         except InvalidJSONBody as exc:
             return error("invalid_json", str(exc), request_id)
         except (Exception, SystemExit) as exc:
-            log_traceback(exc, f"[{request_id}] ")
+            log_traceback(exc)
             return error("handler_error", describe(exc), request_id)
         finally:
             self.deadlines.release(task)
@@ -162,21 +153,21 @@ class Runtime:
     async def _control(self, request: web.Request, path: str, request_id: str) -> web.Response:
         if path == "/_/health":
             if request.method not in ("GET", "HEAD"):
-                return _not_allowed("GET, HEAD", request_id)
+                return not_allowed("GET, HEAD", request_id)
             return self._health(request_id)
         if path == "/_/init":
             if request.method != "POST":
-                return _not_allowed("POST", request_id)
+                return not_allowed("POST", request_id)
             return await self._init(request, request_id)
         return error("not_found", f"no runtime endpoint {path}", request_id)
 
     def _health(self, request_id: str) -> web.Response:
         if self.state is State.READY:
-            return _json(200, self._status_ok(), request_id)
+            return json_response(200, self._status_ok(), request_id)
         if self.state is State.PREWARM:
-            return _json(200, _STATUS_PREWARM, request_id)
+            return json_response(200, _STATUS_PREWARM, request_id)
         if self.state is State.INITIALIZING:
-            return _json(503, _STATUS_INITIALIZING, request_id)
+            return json_response(503, _STATUS_INITIALIZING, request_id)
         return error(*self.failure, request_id)
 
     async def _init(self, request: web.Request, request_id: str) -> web.Response:
@@ -198,7 +189,7 @@ class Runtime:
             log_event("init_refused", "warning", error=str(exc))
             return error("invalid_init", str(exc), request_id)
         except Exception as exc:
-            log_traceback(exc, "init: ")
+            log_traceback(exc)
             self._fail("init_failed", describe(exc))
             log_event("init_failed", "error", error=self.failure[1])
             return error(*self.failure, request_id)
@@ -216,7 +207,7 @@ class Runtime:
         )
         if not loaded:
             return error(*self.failure, request_id)
-        return _json(200, self._status_ok(), request_id)
+        return json_response(200, self._status_ok(), request_id)
 
     def _status_ok(self) -> bytes:
         # function and version let a restarted gateway adopt a prewarm-specialized container;
@@ -257,6 +248,7 @@ class Runtime:
         log_event(
             "started",
             port=self.config.port,
+            log_port=self.config.log_port if self.capture else None,
             function=self.function,
             version=self.version,
             state=self.state.value,
@@ -277,17 +269,28 @@ class Runtime:
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(client_max_size=runtime.config.max_body_bytes)
     app.router.add_route("*", "/{path:.*}", runtime.dispatch)
+    if runtime.capture is not None:
+        config = runtime.config
+        port = LogPort(
+            runtime.capture.buffer,
+            config.log_port,
+            lambda: (runtime.function, runtime.version),
+            config.log_drain_s,
+        )
+        # First in, last out: it opens before the runtime starts and closes after it stopped.
+        app.cleanup_ctx.append(port.lifespan)
     app.cleanup_ctx.append(runtime.lifespan)
     app.on_shutdown.append(runtime.draining)
     return app
 
 
-def run(config: RuntimeConfig) -> None:
-    """Load the handler (unless prewarm), serve until SIGTERM or SIGINT, drain, return."""
+def run(config: RuntimeConfig, capture: Capture | None = None) -> None:
+    """Load the handler (unless prewarm), serve until SIGTERM or SIGINT, drain, let the
+    gateway pull the last lines, return."""
     loop = new_event_loop(config.event_loop)
     # Current before the handler is imported, for modules that look up the loop at import.
     asyncio.set_event_loop(loop)
-    runtime = Runtime(config)
+    runtime = Runtime(config, capture)
     if not config.prewarm:
         runtime.load(config.handler)
     web.run_app(
@@ -314,19 +317,6 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def error(
-    code: str, message: str, request_id: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    """The one shape of every runtime error: {"error": {"code", "message", "request_id"}}."""
-    status, kind = ERRORS[code]
-    payload = {"error": {"code": code, "message": message, "request_id": request_id}}
-    response = _json(status, json.dumps(payload, separators=(",", ":")).encode(), request_id)
-    response.headers[ERROR_KIND] = kind
-    if headers:
-        response.headers.update(headers)
-    return response
-
-
 def _busy(request: web.Request, limit: int, request_id: str) -> web.Response:
     """503 busy at once, the handler not run and the body not awaited."""
     message = f"this instance already runs its limit of {limit} invocations"
@@ -334,16 +324,6 @@ def _busy(request: web.Request, limit: int, request_id: str) -> web.Response:
     length = request.content_length
     if (length is None and request.can_read_body) or (length or 0) > BUSY_DRAIN_BYTES:
         response.force_close()
-    return response
-
-
-def _not_allowed(allow: str, request_id: str) -> web.Response:
-    return error("method_not_allowed", f"use {allow}", request_id, {"Allow": allow})
-
-
-def _json(status: int, body: bytes, request_id: str) -> web.Response:
-    response = web.Response(status=status, body=body, content_type="application/json")
-    response.headers[REQUEST_ID] = request_id
     return response
 
 

@@ -12,6 +12,7 @@ and the loop waiting briefly on a lock for a lone job's result, did not beat thi
 """
 
 import asyncio
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -66,7 +67,9 @@ class HandlerThreads:
         self._started += 1
         name = f"{self._name}-{self._started}"
         # Daemon: a handler that never returns must not keep the process alive at exit.
-        threading.Thread(target=self._work, name=name, daemon=True).start()
+        thread = threading.Thread(target=self._work, name=name, daemon=True)
+        # From an empty context: each job brings the context of its own caller.
+        contextvars.Context().run(thread.start)
 
     def _work(self) -> None:
         get = self._jobs.get
