@@ -294,12 +294,12 @@ async def test_records_carry_each_trigger(
         f"{gw.url}/v1/jobs", json={"function": "every", "items": [1, 2]}, headers=gw.headers
     ) as r:
         assert r.status == 201, await r.text()
-    schedule = {"function": "every", "cron": "0 0 1 1 *", "payload": {}}
+    schedule = {"function": "every", "cron": "* * * * *", "payload": {}}
     async with http.post(f"{gw.url}/v1/schedules", json=schedule, headers=gw.headers) as r:
         assert r.status == 201, await r.text()
     conn = await asyncpg.connect(gw.database_url)
     try:
-        await conn.execute("UPDATE schedules SET next_run = now() - interval '1 minute'")
+        await conn.execute("UPDATE schedules SET next_run = now() - interval '2 minutes'")
     finally:
         await conn.close()
     await call(http, gw, "every", do="print")
