@@ -117,6 +117,9 @@ class Deployer:
         async with self._locks[name]:
             await self.store.delete(name)
             await self.catalog.reload_functions()
+            # Its pool stops what it knows of (a specialized prewarm container among them,
+            # perhaps not yet renamed for it), then whatever else the engine has of it.
+            await self.catalog.scheduler.removed(name)
             # Whoever deletes stops what runs (other gateways only forget it), then the
             # images can go.
             await self.backend.remove_function(name)
