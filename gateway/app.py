@@ -8,6 +8,7 @@ from gateway import api, front, openapi
 from gateway.auth import auth_middleware
 from gateway.errors import error_middleware
 from gateway.jobs import routes as jobs
+from gateway.logs import routes as logs
 from gateway.queue import routes as queue
 from gateway.routing import OPEN, Route, bind
 from gateway.schedules import routes as schedules
@@ -34,6 +35,7 @@ ROUTES: tuple[Route, ...] = (
     *webhooks.ROUTES,
     *jobs.ROUTES,
     *schedules.ROUTES,
+    *logs.ROUTES,
 )
 # What the gateway serves on its public port: the front server's routes and these.
 DOCUMENT = openapi.document((*front.ROUTES, *ROUTES))

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import archive
@@ -24,6 +25,9 @@ from scheduler.models import FunctionConfig, FunctionSpec
 log = logging.getLogger("kapal.gateway.deploy")
 
 
+BuildEvent = Callable[[str, int, str, str, str], None]
+
+
 class Deployer:
     def __init__(
         self,
@@ -33,7 +37,10 @@ class Deployer:
         backend: DockerBackend,
         secrets: Secrets,
         catalog: Catalog,
+        event: BuildEvent | None = None,
     ) -> None:
+        # Puts what a build did in the function's log: (function, version, instance, text, level).
+        self.event = event
         self.catalog = catalog
         self.secrets = secrets
         self.settings = settings
@@ -62,10 +69,19 @@ class Deployer:
                 version = await self.store.next_version(name)
                 started = time.monotonic()
 
-                def progress(line: str) -> None:
-                    log.info("build", extra={"function": name, "version": version, "step": line})
+                output: list[str] = []
 
-                image = await self.builder.build(name, version, spec_in.runtime, root, progress)
+                def progress(line: str) -> None:
+                    output.append(line)
+                    log.debug("build", extra={"function": name, "version": version, "step": line})
+
+                try:
+                    image = await self.builder.build(name, version, spec_in.runtime, root, progress)
+                except Exception as e:
+                    self._built(name, version, output, f"image build failed: {e}", "error")
+                    raise
+                seconds = time.monotonic() - started
+                self._built(name, version, output, f"image {image} built in {seconds:.1f} s")
                 spec = FunctionSpec(
                     **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
                     name=name,
@@ -91,10 +107,19 @@ class Deployer:
                     },
                 )
 
+    def _built(
+        self, name: str, version: int, output: list[str], what: str, level: str = "info"
+    ) -> None:
+        if self.event is not None:
+            self.event(name, version, "", "\n".join([what, *output[-200:]]), level)
+
     async def delete(self, name: str) -> None:
         async with self._locks[name]:
             await self.store.delete(name)
             await self.catalog.reload_functions()
+            # Its pool stops what it knows of (a specialized prewarm container among them,
+            # perhaps not yet renamed for it), then whatever else the engine has of it.
+            await self.catalog.scheduler.removed(name)
             # Whoever deletes stops what runs (other gateways only forget it), then the
             # images can go.
             await self.backend.remove_function(name)

@@ -77,6 +77,8 @@ class Invoker:
         peer: bytes,
         request_id: bytes,
         strip_key: bool = False,
+        trigger: str = "http",
+        parent: bytes = b"",
     ) -> str:
         """Run `req` on an instance of `name`; returns the cold-start tier ("" when warm).
 
@@ -111,20 +113,16 @@ class Invoker:
             except BaseException as e:
                 status = getattr(e, "status", 502)
                 pool.release(inst)
+                if not isinstance(status, int):
+                    status = 502
                 self._record(
-                    req,
-                    name,
-                    target,
-                    request_id,
-                    inst,
-                    status if isinstance(status, int) else 502,
-                    acquired,
-                    wall_start,
-                    t0,
+                    req, target, request_id, inst, status, acquired, wall_start, t0, trigger, parent
                 )
                 raise
             pool.release(inst)
-            self._record(req, name, target, request_id, inst, status, acquired, wall_start, t0)
+            self._record(
+                req, target, request_id, inst, status, acquired, wall_start, t0, trigger, parent
+            )
             return acquired.tier
 
     async def _exchange(
@@ -165,7 +163,6 @@ class Invoker:
     def _record(
         self,
         req: Request,
-        name: str,
         target: bytes,
         request_id: bytes,
         inst: Instance,
@@ -173,19 +170,25 @@ class Invoker:
         acquired: Acquired,
         wall_start: float,
         t0: float,
+        trigger: str,
+        parent: bytes,
     ) -> None:
         self.recorder.add(
             InvocationRecord(
                 request_id,
-                name,
+                inst.spec.name,
                 inst.version,
+                trigger,
                 req.method,
                 target,
                 status,
-                acquired.cold,
+                acquired.tier,
                 inst.id,
                 wall_start,
                 (time.monotonic() - t0) * 1000,
+                acquired.waited_s * 1000,
+                acquired.init_s * 1000,
+                parent,
             )
         )
 
@@ -216,6 +219,9 @@ class Invoker:
         path_qs: str,
         headers: Mapping[str, str],
         body: bytes,
+        *,
+        trigger: str = "async",
+        parent: bytes = b"",
     ) -> CallResult:
         """Invoke a function from inside Kapal, the response buffered in memory.
 
@@ -232,7 +238,9 @@ class Invoker:
             body,
         )
         sink = BufferedResponse()
-        tier = await self.invoke(sink, req, name, target, b"kapal", rid)
+        tier = await self.invoke(
+            sink, req, name, target, b"kapal", rid, trigger=trigger, parent=parent
+        )
         out = {k.decode("latin-1"): v.decode("latin-1") for k, v in sink.headers}
         out["X-Kapal-Request-Id"] = rid.decode()
         return CallResult(sink.status, out, sink.data, rid.decode(), tier)

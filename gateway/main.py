@@ -19,7 +19,7 @@ import uvloop
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import logs, workers
+from gateway import jsonlog, workers
 from gateway.app import create_app
 from gateway.front import Front
 from gateway.http1 import ClientConnection
@@ -117,7 +117,7 @@ async def watch_parent(parent: int, stop: asyncio.Event) -> None:
 def run() -> None:
     settings = load_settings()
     secret_key = load_secret_key(settings)
-    logs.setup(settings.log_level)
+    jsonlog.setup(settings.log_level)
     index = worker_index(sys.argv[1:])
     if index is None and settings.workers > 1:
         # Time to drain, then to remove what the last one leaves.

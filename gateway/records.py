@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import re
 from collections import Counter
@@ -30,26 +29,35 @@ class InvocationRecord(NamedTuple):
     id: bytes  # 32 hex digits
     function: str
     version: int
+    trigger: str  # http | async | webhook | job | schedule
     method: bytes
     target: bytes  # the request target; the query is cut off when written
     status: int
-    cold: bool
+    tier: str  # the cold-start tier; "" when warm
     instance: str
     started_at: float  # seconds since the epoch
     duration_ms: float
+    wait_ms: float  # queued for a slot, cold start included
+    init_ms: float  # of that wait, starting the instance it got
+    parent: bytes  # the async invocation (32 hex digits) an attempt belongs to, or b""
 
 
+COLUMNS = (
+    "id, function, version, trigger, method, path, status, tier, instance, started_at,"
+    " duration_ms, wait_ms, init_ms, parent"
+)
 STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS invocation_records_in ("
-    " id uuid, function text, version integer, method text, path text, status integer,"
-    " cold boolean, instance text, started_at double precision, duration_ms double precision"
-    ") ON COMMIT DELETE ROWS"
+    " id uuid, function text, version integer, trigger text, method text, path text,"
+    " status integer, tier text, instance text, started_at double precision,"
+    " duration_ms double precision, wait_ms double precision, init_ms double precision,"
+    " parent uuid) ON COMMIT DELETE ROWS"
 )
 MOVE = (
-    "INSERT INTO invocation_records"
-    " (id, function, version, method, path, status, cold, instance, started_at, duration_ms)"
-    " SELECT id, function, version, method, path, status, cold, instance,"
-    " to_timestamp(started_at), duration_ms FROM invocation_records_in"
+    f"INSERT INTO invocation_records ({COLUMNS})"
+    " SELECT id, function, version, trigger, method, path, status, tier, instance,"
+    " to_timestamp(started_at), duration_ms, wait_ms, init_ms, parent"
+    " FROM invocation_records_in"
 )
 
 
@@ -72,18 +80,22 @@ def copy_text(batch: list[InvocationRecord]) -> bytes:
         if _SPECIAL.search(path):
             path = _SPECIAL.sub(_escape, path)
         lines.append(
-            b"%s\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t%r\t%r\n"
+            b"%s\t%s\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%r\t%r\t%r\t%r\t%s\n"
             % (
                 r.id,
                 r.function.encode(),
                 r.version,
+                r.trigger.encode(),
                 r.method,
                 path,
                 r.status,
-                b"t" if r.cold else b"f",
+                r.tier.encode() or b"\\N",
                 r.instance.encode(),
                 r.started_at,
                 r.duration_ms,
+                r.wait_ms,
+                r.init_ms,
+                r.parent or b"\\N",
             )
         )
     return b"".join(lines)
@@ -128,7 +140,7 @@ class Recorder:
             async with self.db.acquire() as conn, conn.transaction():
                 await conn.execute(STAGE)
                 await conn.copy_to_table(
-                    "invocation_records_in", source=io.BytesIO(copy_text(batch)), format="text"
+                    "invocation_records_in", source=memoryview(copy_text(batch)), format="text"
                 )
                 await conn.execute(MOVE)
                 await conn.execute(

@@ -24,6 +24,7 @@ from gateway.deploy import Deployer
 from gateway.invoke import Invoker
 from gateway.jobs.store import JobStore
 from gateway.keys import KeyCache, KeyStore
+from gateway.logs.service import Logs
 from gateway.queue.service import QueueService
 from gateway.ratelimit import RateLimiter
 from gateway.records import Recorder
@@ -62,6 +63,7 @@ class Services:
     cluster: Cluster
     catalog: Catalog
     recorder: Recorder
+    logs: Logs
     upstreams: Upstreams
     invoker: Invoker
     key_store: KeyStore
@@ -100,6 +102,7 @@ class Services:
             scheduler = _scheduler(settings, backend, functions, cluster)
             cluster.scheduler = scheduler
             recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
+            logs = Logs.build(settings, pg, scheduler)
             upstreams = Upstreams()
             invoker = Invoker(
                 settings, scheduler, recorder, upstreams, oom_killed=backend.oom_killed
@@ -120,9 +123,13 @@ class Services:
             stack.push_async_callback(cluster.leave, pg)
             specs = await catalog.load()
 
+            logs.writer.start()
+            stack.push_async_callback(logs.writer.close)
             loops = Supervisor()
             loops.add("kapal-catalog", lambda stop: catalog.run(settings.database_url, stop))
             loops.add("kapal-cluster", cluster.run)
+            loops.add("kapal-logs-collector", logs.collector.run)
+            loops.add("kapal-logs-feed", logs.feed.run)
             await scheduler.start(specs)
             stack.push_async_callback(loops.close)
             stack.push_async_callback(departure.close_scheduler, scheduler)
@@ -162,6 +169,7 @@ class Services:
                 cluster=cluster,
                 catalog=catalog,
                 recorder=recorder,
+                logs=logs,
                 upstreams=upstreams,
                 invoker=invoker,
                 key_store=key_store,
@@ -175,6 +183,7 @@ class Services:
                     backend,
                     secrets,
                     catalog,
+                    logs.writer.event,
                 ),
                 queue=queue,
                 webhooks=WebhookStore(queue.pg, cipher),
@@ -224,6 +233,7 @@ def _backend(settings: Settings) -> DockerBackend:
         settings.network,
         secrets_root=settings.secrets_root,
         isolate_host=settings.isolate_host,
+        runtime_env=settings.runtime_env(),
     )
 
 

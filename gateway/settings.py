@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     callback_timeout_s: float = Field(default=10.0, gt=0)
     # Deliveries of a callback before it is given up.
     callback_max_attempts: int = Field(default=8, ge=1)
+    # How often pulled function log lines are written, in seconds.
+    logs_flush_s: float = Field(default=0.2, gt=0)
+    # Days function log lines are kept.
+    logs_retention_days: int = Field(default=7, ge=1)
+    # Log lines a second a function may write (across its instances); more are dropped
+    # and counted, with a marker line. 0: unlimited.
+    log_rate_lines_s: float = Field(default=20_000.0, ge=0)
+    # Bytes of output one invocation may write; then one "truncated" marker line.
+    log_invocation_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Longest log line kept, in bytes; longer ones are cut.
+    log_line_bytes: int = Field(default=16 * 1024, ge=256)
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 
@@ -144,6 +155,13 @@ class Settings(BaseSettings):
         home = os.environ.get("KAPAL_HOME")
         base = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
         return base / "secret.key"
+
+    def runtime_env(self) -> dict[str, str]:
+        """What every function container is told about logging."""
+        return {
+            "KAPAL_LOG_INVOCATION_BYTES": str(self.log_invocation_bytes),
+            "KAPAL_LOG_LINE_BYTES": str(self.log_line_bytes),
+        }
 
     def base_images(self) -> dict[str, str]:
         return {"python": self.runtime_image_python}

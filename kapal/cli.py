@@ -13,7 +13,14 @@ from typing import Any
 
 from kapal.client import KapalClient
 from kapal.errors import KapalError
-from kapal.output import format_invoke_head, format_keys, format_table, invoke_error
+from kapal.output import (
+    format_invoke_head,
+    format_keys,
+    format_log_line,
+    format_records,
+    format_table,
+    invoke_error,
+)
 from kapal.spec import load_spec
 
 Command = Callable[[KapalClient, argparse.Namespace], Awaitable[int]]
@@ -161,6 +168,53 @@ async def secrets(client: KapalClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def logs(client: KapalClient, args: argparse.Namespace) -> int:
+    lines = client.logs(
+        args.name,
+        follow=args.follow,
+        since=args.since,
+        until=args.until,
+        request_id=args.request,
+        instance=args.instance,
+        limit=args.limit,
+    )
+    async for line in lines:
+        if args.json:
+            print(json.dumps(line), flush=args.follow)
+        else:
+            print(format_log_line(line), flush=args.follow)
+    return 0
+
+
+async def invocations(client: KapalClient, args: argparse.Namespace) -> int:
+    if args.id:
+        detail = await client.invocation(args.name, args.id)
+        if args.json:
+            _print_json(detail)
+            return 0
+        records = [detail["record"]] if detail.get("record") else detail.get("attempts", [])
+        print(format_records(records), end="")
+        for line in detail.get("logs", []):
+            print(format_log_line(line))
+        return 0
+    page = await client.invocations(
+        args.name,
+        since=args.since,
+        status=args.status,
+        cold=args.cold,
+        trigger=args.trigger,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    if args.json:
+        _print_json(page)
+        return 0
+    print(format_records(page["invocations"]), end="")
+    if page.get("next_cursor"):
+        _note(f"more: --cursor {page['next_cursor']}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "deploy": deploy,
     "invoke": invoke,
@@ -169,6 +223,8 @@ COMMANDS: dict[str, Command] = {
     "rm": rm,
     "keys": keys,
     "secrets": secrets,
+    "logs": logs,
+    "invocations": invocations,
 }
 
 
@@ -234,6 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rm", "delete a function")
     p.add_argument("name", metavar="NAME")
 
+    p = add("logs", "a function's log lines (prints, logging, tracebacks, platform events)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--since", metavar="WHEN", help="an age (10m, 2h, 1d) or a time (RFC 3339)")
+    p.add_argument("--until", metavar="WHEN", help="lines written before this")
+    p.add_argument("--request", metavar="ID", help="only this invocation's lines (request id)")
+    p.add_argument("--instance", metavar="ID", help="only this instance's lines")
+    p.add_argument("--limit", type=int, metavar="N", help="the newest N lines (default 1000)")
+
+    p = add("invocations", "a function's invocation records, newest first (or one, with logs)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("id", nargs="?", metavar="ID", help="one invocation (a request id)")
+    p.add_argument("--since", metavar="WHEN", help="an age (10m, 2h, 1d) or a time (RFC 3339)")
+    p.add_argument("--status", metavar="S", help="500, 5xx, ok or error")
+    p.add_argument("--cold", metavar="C", help="true, false, or a tier: paused, prewarm, new")
+    p.add_argument("--trigger", choices=("http", "async", "webhook", "job", "schedule"))
+    p.add_argument("--limit", type=int, metavar="N", help="records per page (default 100)")
+    p.add_argument("--cursor", metavar="C", help="the next page, as printed after the last")
+
     p = add("keys", "manage API keys (needs an admin key)")
     keys_commands = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = keys_commands.add_parser(
@@ -244,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         action="append",
         required=True,
-        choices=("admin", "deploy", "invoke"),
+        choices=("admin", "deploy", "invoke", "metrics"),
         help="what it may do (repeatable)",
     )
     k.add_argument("--rps", type=float, metavar="N", help="its own requests/s limit")

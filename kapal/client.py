@@ -7,7 +7,7 @@ import asyncio
 import builtins
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -216,6 +216,44 @@ class KapalClient:
         return InvokeResult(answer.status, answer.headers, answer.body)
 
     # -- plumbing --------------------------------------------------------------------
+
+    async def logs(
+        self, name: str, *, follow: bool = False, **query: str | int | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A function's log lines, oldest first; with `follow`, new ones until interrupted
+        (or the function is deleted). Query: since, until, request_id, instance, limit."""
+        params = {k: str(v) for k, v in query.items() if v is not None}
+        if follow:
+            params["follow"] = "1"
+        url = URL(self.url + f"/v1/functions/{_segment(name)}/logs", encoded=True)
+        # A followed stream may stay quiet for long: no total, no read timeout.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        try:
+            async with self._http().get(url, params=params, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    body = await resp.read()
+                    raise _api_error(_Answer(resp.status, resp.reason or "", resp.headers, body))
+                async for raw in resp.content:
+                    if raw.strip():
+                        yield json.loads(raw)
+        except aiohttp.ClientConnectorError as exc:
+            raise KapalAPIError(0, "unreachable", f"Kapal is not running at {self.url}") from exc
+        except aiohttp.ClientError as exc:
+            raise KapalAPIError(0, "transport_error", f"GET {url} failed: {exc}") from exc
+
+    async def invocations(self, name: str, **query: str | int | None) -> dict[str, Any]:
+        """A page of invocation records, newest first: {"invocations": [...], "next_cursor"}.
+        Query: since, status, cold, trigger, limit, cursor."""
+        params = "&".join(f"{k}={quote(str(v))}" for k, v in query.items() if v is not None)
+        path = f"/v1/functions/{_segment(name)}/invocations" + (f"?{params}" if params else "")
+        result: dict[str, Any] = await self._call("GET", path)
+        return result
+
+    async def invocation(self, name: str, id: str) -> dict[str, Any]:
+        """One invocation (or an async invocation's attempts) with its log lines."""
+        path = f"/v1/functions/{_segment(name)}/invocations/{_segment(id)}"
+        result: dict[str, Any] = await self._call("GET", path)
+        return result
 
     async def _upload(
         self, method: str, path: str, spec: Mapping[str, Any], archive: bytes

@@ -28,6 +28,36 @@ def format_table(functions: Sequence[dict[str, Any]], now: datetime | None = Non
     return _table(rows)
 
 
+RECORD_COLUMNS = ("STARTED", "ID", "TRIGGER", "STATUS", "COLD", "MS", "INSTANCE")
+
+
+def format_records(records: Sequence[dict[str, Any]]) -> str:
+    """The `kapal invocations` table: one line per invocation record."""
+    rows = [RECORD_COLUMNS] + [
+        (
+            str(r.get("started_at", "?"))[:23],
+            str(r.get("id", "?")),
+            str(r.get("trigger", "?")),
+            str(r.get("status", "?")),
+            r.get("tier") or "-",
+            f"{r.get('duration_ms', 0):.1f}",
+            str(r.get("instance", "")),
+        )
+        for r in records
+    ]
+    return _table(rows)
+
+
+def format_log_line(line: dict[str, Any]) -> str:
+    """One log line as `kapal logs` prints it: time, stream (and level), request, text."""
+    ts = str(line.get("ts", ""))[:23].replace("T", " ")
+    stream = str(line.get("stream", "?"))
+    if line.get("level"):
+        stream += f":{line['level']}"
+    request = str(line.get("request_id") or "")[:12] or "-"
+    return f"{ts} {stream:<14} {request:<12} {line.get('line', '')}"
+
+
 def format_keys(keys: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
     """The `kapal keys ls` table: ids, names and scopes (the API never returns secrets)."""
     now = now or datetime.now(UTC)

@@ -152,7 +152,7 @@ class ImageBuilder:
                 if "error" in chunk:
                     raise BuildFailed(f"image build failed: {chunk['error'].strip()}")
                 line = str(chunk.get("stream", "")).strip()
-                if line.startswith("Step "):
+                if line:
                     say(line)
         except docker.errors.DockerException as e:
             raise BuildFailed(f"image build failed: {e}") from e

@@ -94,10 +94,15 @@ def container_config(
     network: str,
     instance_id: str,
     secrets_root: Path | None = None,
+    runtime_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The create/host config of one function instance: labelled, limited, locked down."""
+    """The create/host config of one function instance: labelled, limited, locked down.
+
+    `runtime_env`: the platform's runtime settings (log caps), the same for every instance.
+    """
     env = {
         **spec.env,
+        **(runtime_env or {}),
         "KAPAL_FUNCTION": spec.name,
         "KAPAL_VERSION": str(spec.version),
         "KAPAL_HANDLER": spec.handler,
@@ -149,7 +154,9 @@ class DockerBackend:
         *,
         secrets_root: Path | None = None,
         isolate_host: bool = True,
+        runtime_env: dict[str, str] | None = None,
     ):
+        self.runtime_env = runtime_env or {}
         self.namespace = namespace
         self.network = network
         self.internal_network = internal_network_name(network)
@@ -258,7 +265,9 @@ class DockerBackend:
         await self._run(remove)
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
-        cfg = container_config(spec, self.namespace, self.network, instance_id, self.secrets_root)
+        cfg = container_config(
+            spec, self.namespace, self.network, instance_id, self.secrets_root, self.runtime_env
+        )
 
         def start() -> Running:
             host_config = self.api.create_host_config(**cfg["host_config"])

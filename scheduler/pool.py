@@ -101,9 +101,11 @@ class PoolConfig:
 @dataclass
 class Acquired:
     instance: Instance
-    # The request waited for an instance to start.
+    # The request waited for an instance that became ready meanwhile (a cold start).
     cold: bool
+    # Seconds it waited for a slot, and the part of that until its instance was ready.
     waited_s: float = 0.0
+    init_s: float = 0.0
 
     @property
     def tier(self) -> str:
@@ -180,6 +182,8 @@ class Pool:
         self.remote = 0
         # Tells other gateways that an instance is parked ("park") or serves again ("ready").
         self.announce: Callable[[str, Instance], None] | None = None
+        # Told what happened to an instance, for the function's log: (instance, level, what).
+        self.events: Callable[[Instance, str, str], None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks = _Tasks()
 
@@ -238,7 +242,10 @@ class Pool:
             inst = self._pick()
             if inst is not None:
                 inst.in_flight += 1
-                return Acquired(inst, cold=True, waited_s=self.clock() - began)
+                now = self.clock()
+                if inst.since >= began:  # it came up while this request waited
+                    return Acquired(inst, True, now - began, inst.since - began)
+                return Acquired(inst, False, now - began)
             if self.closed:
                 raise UnknownFunction(self.spec.name)
 
@@ -248,7 +255,7 @@ class Pool:
         inst.last_used = self.clock()
         if inst.state is InstanceState.DRAINING:
             if inst.in_flight == 0 and self.leading:
-                self._stop(inst)
+                self._stop(inst, why="drained: a new version serves")
         elif inst.state is InstanceState.READY:
             self._wake(1)
 
@@ -336,7 +343,7 @@ class Pool:
             "instance discarded",
             extra={"function": self.spec.name, "instance": inst.id, "reason": reason},
         )
-        self._stop(inst, grace_s=0.0)
+        self._stop(inst, grace_s=0.0, why=f"replaced: {reason}")
         if self._waiters:
             self.poke()
 
@@ -419,6 +426,7 @@ class Pool:
             inst = max(paused, key=lambda i: i.last_used)
             if not inst.frozen:  # parked, not yet frozen: serve again at once
                 inst.state, inst.tier = InstanceState.READY, Tier.PAUSED
+                inst.since = self.clock()
                 if self.announce is not None:
                     self.announce("ready", inst)
                 self._wake(inst.free_slots)
@@ -483,6 +491,11 @@ class Pool:
             return
         inst.state, inst.frozen, inst.since = InstanceState.READY, False, self.clock()
         self.last_error = None
+        start_ms = round((self.clock() - began) * 1000, 1)
+        if inst.tier is Tier.PAUSED:
+            self._event(inst, "info", f"instance resumed from pause in {start_ms} ms")
+        else:
+            self._event(inst, "info", f"instance started ({inst.tier.value}) in {start_ms} ms")
         log.info(
             "instance ready",
             extra={
@@ -490,7 +503,7 @@ class Pool:
                 "version": inst.version,
                 "instance": inst.id,
                 "tier": inst.tier.value,
-                "start_ms": round((self.clock() - began) * 1000, 1),
+                "start_ms": start_ms,
             },
         )
         self._wake(inst.free_slots)
@@ -513,6 +526,7 @@ class Pool:
             await self.backend.pause(inst.container_id)
             if inst.state is InstanceState.PAUSED:
                 inst.frozen = True
+                self._event(inst, "info", "instance paused (a standby)")
             else:  # picked again while freezing
                 await self.backend.unpause(inst.container_id)
         except Exception as e:
@@ -526,6 +540,7 @@ class Pool:
             "instance failed to start",
             extra={"function": self.spec.name, "instance": inst.id, "error": message},
         )
+        self._event(inst, "error", f"instance failed to start: {message}")
         self.instances.pop(inst.id, None)
         inst.state = InstanceState.STOPPING
         if inst.container_id:
@@ -534,7 +549,13 @@ class Pool:
         if not self.active():
             self._fail_waiters(StartFailed(f"function {self.spec.name} failed to start: {message}"))
 
-    def _stop(self, inst: Instance, grace_s: float | None = None) -> None:
+    def _event(self, inst: Instance, level: str, what: str) -> None:
+        if self.events is not None:
+            self.events(inst, level, what)
+
+    def _stop(self, inst: Instance, grace_s: float | None = None, why: str = "scaled down") -> None:
+        if inst.state is not InstanceState.STOPPING:
+            self._event(inst, "info", f"instance stopped ({why})")
         inst.state = InstanceState.STOPPING
         self.instances.pop(inst.id, None)
         if inst.container_id:
@@ -566,7 +587,7 @@ class Pool:
             if inst.state in (InstanceState.STARTING, InstanceState.READY):
                 inst.state = InstanceState.DRAINING
             if self.leading and inst.in_flight == 0 and inst.state is not InstanceState.STARTING:
-                self._stop(inst)
+                self._stop(inst, why=f"version {spec.version} replaces it")
         if not self.leading:
             return
         # Replace what was serving, so traffic does not fall back to cold starts.
@@ -600,7 +621,7 @@ class Pool:
                     "standby idle, removing",
                     extra={"function": self.spec.name, "instance": inst.id},
                 )
-                self._stop(inst)
+                self._stop(inst, why="idle standby removed")
 
     async def close(self, grace_s: float = 0.0, *, stop: bool = True) -> None:
         """Fail whoever waits (function deleted, or shutdown) and, with `stop`, stop every

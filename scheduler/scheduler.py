@@ -110,6 +110,10 @@ class Scheduler:
         self.decide_s = decide_s
         self.resync_s = resync_s
         self.pools: dict[str, Pool] = {}
+        # Pools of deleted functions still stopping their instances.
+        self._removing: dict[str, asyncio.Task[None]] = {}
+        # Told what happened to each instance (for the function's log); set before start.
+        self.events: Callable[[Instance, str, str], None] | None = None
         self.leading = False
         # Concurrency other gateways reported: gateway -> (when, {function: n}).
         self._remote: dict[str, tuple[float, dict[str, int]]] = {}
@@ -135,6 +139,7 @@ class Scheduler:
             before_pause=self._before_pause,
         )
         pool.announce = self._announce
+        pool.events = self.events
         pool.leading = self.leading
         return pool
 
@@ -160,7 +165,9 @@ class Scheduler:
                 pool.update(spec)
         for name in [n for n in self.pools if n not in wanted]:
             pool = self.pools.pop(name)
-            self._spawn(pool.close(grace_s=0.0, stop=self.leading), f"remove-{name}")
+            task = self._spawn(pool.close(grace_s=0.0, stop=self.leading), f"remove-{name}")
+            self._removing[name] = task
+            task.add_done_callback(self._removed)
 
     # -- leading -------------------------------------------------------------------------
 
@@ -381,11 +388,23 @@ class Scheduler:
             if self.prewarm is not None and not starting:
                 self.prewarm.refill()
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _removed(self, task: asyncio.Task[None]) -> None:
+        for name, t in list(self._removing.items()):
+            if t is task:
+                del self._removing[name]
+
+    async def removed(self, name: str) -> None:
+        """Wait until the pool of a deleted function has stopped what it ran."""
+        task = self._removing.get(name)
+        if task is not None:
+            await asyncio.shield(task)
 
     def set_backlog(self, name: str, depth: int) -> None:
         """How many queued invocations wait for `name` (feeds scaling)."""

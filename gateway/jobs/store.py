@@ -27,6 +27,7 @@ ITEM_COLUMNS = (
     "max_retries",
     "job_id",
     "item_index",
+    "trigger",
 )
 ITEM_HEADERS = json.dumps([["Content-Type", "application/json"]])
 
@@ -64,7 +65,7 @@ class JobStore:
         """The job and every item, durably, in one transaction (COPY for the items)."""
         job_id = uuid.uuid4()
         records = [
-            (uuid.uuid4(), function, "POST", "/", ITEM_HEADERS, body, max_retries, job_id, n)
+            (uuid.uuid4(), function, "POST", "/", ITEM_HEADERS, body, max_retries, job_id, n, "job")
             for n, body in enumerate(items)
         ]
         async with self.pool.acquire() as conn, conn.transaction():

@@ -59,6 +59,7 @@ class QueueManager:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         max_retries: int | None = None,
+        trigger: str = "async",
     ) -> uuid.UUID:
         """Durably accept one invocation (group-committed); returns its id."""
         item = NewInvocation(
@@ -71,6 +72,7 @@ class QueueManager:
             self.max_retries(function) if max_retries is None else max_retries,
             idempotency_key,
             callback_url,
+            trigger,
         )
         try:
             return await self._enqueues.submit(item)

@@ -29,6 +29,8 @@ class NewInvocation:
     max_retries: int
     idempotency_key: str | None = None
     callback_url: str | None = None
+    # What made it: async (the API), webhook or schedule (job items are written apart).
+    trigger: str = "async"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class Claimed:
     attempt: int
     max_retries: int
     job_id: uuid.UUID | None
+    trigger: str = "async"
 
     @classmethod
     def from_row(cls, r: asyncpg.Record) -> Claimed:
@@ -57,6 +60,7 @@ class Claimed:
             r["attempts"],
             r["max_retries"],
             r["job_id"],
+            r["trigger"],
         )
 
 

@@ -5,10 +5,11 @@
 -- repeated idempotency keys are skipped; workers are notified when rows went in.
 WITH inserted AS (
     INSERT INTO invocations
-        (id, function, method, path, headers, body, max_retries, idempotency_key, callback_url)
+        (id, function, method, path, headers, body, max_retries, idempotency_key, callback_url,
+         trigger)
     SELECT * FROM unnest(
         $1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::int[],
-        $8::text[], $9::text[])
+        $8::text[], $9::text[], $11::text[])
     ON CONFLICT (function, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ), notified AS (
@@ -56,7 +57,7 @@ WHERE id IN (
             SELECT count(*) FROM invocations
             WHERE status = 'running' AND function = $1 AND job_id = $2)) END)
     FOR UPDATE SKIP LOCKED)
-RETURNING id, function, method, path, headers, body, attempts, max_retries, job_id
+RETURNING id, function, method, path, headers, body, attempts, max_retries, job_id, trigger
 
 -- name: finish
 -- Results of attempts, as one statement; only the current claim (worker, attempt) counts.

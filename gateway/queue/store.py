@@ -71,6 +71,7 @@ class QueueStore:
                 [i.idempotency_key for i in items],
                 [i.callback_url for i in items],
                 payload(Lane(i.function) for i in items),
+                [i.trigger for i in items],
             )
         }
         out = [i.id for i in items]

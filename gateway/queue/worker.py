@@ -162,7 +162,15 @@ class QueueWorker:
         body: bytes | None = None
         error: str | None = None
         try:
-            res = await self.invoker.call(row.function, row.method, row.path, headers, row.body)
+            res = await self.invoker.call(
+                row.function,
+                row.method,
+                row.path,
+                headers,
+                row.body,
+                trigger=row.trigger,
+                parent=row.id.hex.encode(),
+            )
             result = AttemptResult(
                 status=res.status,
                 retry_after_s=parse_retry_after(res.headers.get("Retry-After"), time.time()),

@@ -94,6 +94,7 @@ class ScheduleStore:
                         r["payload"].encode(),
                         max_retries.get(r["function"], 0),
                         f"schedule:{r['id']}:{stamp}",
+                        trigger="schedule",
                     )
                     await self.queue.enqueue_on(conn, [item])
                     fired += 1

@@ -129,6 +129,7 @@ async def deliver(request: web.Request, svc: Services) -> web.Response:
         headers,
         body,
         idempotency_key=None if delivery is None else f"webhook:{hook.id}:{delivery}"[:512],
+        trigger="webhook",
     )
     return accepted(id)
 

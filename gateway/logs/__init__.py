@@ -1,0 +1,1 @@
+"""Function logs: lines pulled from runtimes, platform events, stored and followed."""
