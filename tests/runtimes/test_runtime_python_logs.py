@@ -373,6 +373,7 @@ async def test_lines_of_the_drain_are_pulled_after_the_main_port_closed(
     # A long log drain: an exit soon after the ack is the ack's doing, not the timeout's.
     env = {"KAPAL_CODE_DIR": str(code), "KAPAL_LOG_DRAIN_S": "30"}
     process = start_runtime(code, env)
+    await process.pull(http, 0)  # a gateway collects from it
     marker = tmp_path / "started"
     request = asyncio.create_task(call(http, f"{process.url}/slow?s=1&marker={marker}", "late-1"))
     try:
@@ -404,6 +405,7 @@ async def test_with_nobody_pulling_the_runtime_exits_after_the_log_drain(
     env = {"KAPAL_CODE_DIR": str(code), "KAPAL_LOG_DRAIN_S": "1"}
     process = start_runtime(code, env)
     try:
+        await process.pull(http, 0)  # a gateway collects from it, then goes away
         assert await call(http, f"{process.url}/print?n=unpulled", "gone-1") == 204
         started = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
@@ -413,6 +415,22 @@ async def test_with_nobody_pulling_the_runtime_exits_after_the_log_drain(
         first, *rows = process.stderr().splitlines()
         assert json.loads(first)["event"] == "logs_not_pulled"
         assert any(row.endswith("\tstdout\t\\N\tgone-1\tprinted unpulled") for row in rows)
+    finally:
+        process.stop()
+
+
+async def test_a_runtime_nobody_ever_pulled_from_does_not_wait_for_acks(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    code = write_files(tmp_path / "function", {"handler.py": HANDLER})
+    env = {"KAPAL_CODE_DIR": str(code), "KAPAL_LOG_DRAIN_S": "60"}
+    process = start_runtime(code, env)
+    try:
+        assert await call(http, f"{process.url}/print?n=unpulled", "never-1") == 204
+        process.proc.send_signal(signal.SIGTERM)
+        # Well before the 60 s drain (a prewarmed container nobody specialized).
+        assert await asyncio.to_thread(process.proc.wait, 15) == 0
+        assert "printed unpulled" in process.stderr()
     finally:
         process.stop()
 

@@ -895,6 +895,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(
     code = write_files(tmp_path / "function", {"handler.py": HANDLER})
     env = {"KAPAL_CODE_DIR": str(code), "KAPAL_TIMEOUT_S": "10", "KAPAL_LOG_DRAIN_S": "10"}
     process = start_runtime(code, env)
+    await process.pull(http, 0)  # a gateway collects from it
     marker = tmp_path / "started"
 
     async def slow() -> tuple[int, str]:

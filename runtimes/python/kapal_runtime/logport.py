@@ -69,6 +69,9 @@ class LogPort:
         self._armed = False
         self._acked = asyncio.Event()
         self._closing = False
+        # Whether a gateway ever pulled: a container nobody collects from (a prewarmed
+        # one never specialized) does not wait at exit for acks that will not come.
+        self._pulled = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -85,7 +88,9 @@ class LogPort:
         await self.close()
 
     async def drain(self) -> None:
-        """Until every line is acked, or `drain_s` passes."""
+        """Until every line is acked, or `drain_s` passes (not at all if nobody pulls)."""
+        if not self._pulled:
+            return
         loop = asyncio.get_running_loop()
         until = loop.time() + self.drain_s
         while self.buffer.acked < self.buffer.last_seq:
@@ -118,6 +123,7 @@ class LogPort:
             after, wait, limit = parse_query(request.query)
         except BadParameter as exc:
             return error("invalid_parameter", str(exc), request_id)
+        self._pulled = True
         buffer = self.buffer
         buffer.ack(after)
         if buffer.acked >= buffer.last_seq:
