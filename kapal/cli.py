@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         action="append",
         required=True,
-        choices=("admin", "deploy", "invoke"),
+        choices=("admin", "deploy", "invoke", "metrics"),
         help="what it may do (repeatable)",
     )
     k.add_argument("--rps", type=float, metavar="N", help="its own requests/s limit")
