@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway import archive
 from gateway.catalog import Catalog
 from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import FunctionStore
 from gateway.vault import Secrets
@@ -33,8 +34,10 @@ class Deployer:
         backend: DockerBackend,
         secrets: Secrets,
         catalog: Catalog,
+        metrics: Metrics,
     ) -> None:
         self.catalog = catalog
+        self.metrics = metrics
         self.secrets = secrets
         self.settings = settings
         self.store = store
@@ -65,7 +68,12 @@ class Deployer:
                 def progress(line: str) -> None:
                     log.info("build", extra={"function": name, "version": version, "step": line})
 
-                image = await self.builder.build(name, version, spec_in.runtime, root, progress)
+                built = False
+                try:
+                    image = await self.builder.build(name, version, spec_in.runtime, root, progress)
+                    built = True
+                finally:
+                    self.metrics.build_took(time.monotonic() - started, built)
                 spec = FunctionSpec(
                     **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
                     name=name,
