@@ -45,3 +45,8 @@ def create_app(svc: Services, routes: tuple[Route, ...] = ROUTES) -> web.Applica
     bound = bind(app, routes, svc)
     app.middlewares.extend([error_middleware, auth_middleware(svc.gate, bound)])
     return app
+
+
+def create_metrics_app(svc: Services) -> web.Application:
+    """Only GET /metrics, keyed as on the public port: for `KAPAL_METRICS_LISTEN`."""
+    return create_app(svc, exporter.ROUTES)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +13,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import GatewayFactory
 from tests.gateway.queue_support import wait_final
-from tests.support import GatewayProcess, deploy
+from tests.support import GatewayProcess, deploy, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +188,51 @@ async def test_queued_work_retries_and_dead_letters(
     await scrape_until(  # the slow ones drain
         http, deployed, key, lambda s: total(s, "kapal_queue_depth", function="slow") == 0
     )
+
+
+def consecutive_free_ports(n: int) -> int:
+    """The first of `n` consecutive ports nothing listens on (as far as can be told)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + n):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise AssertionError("no consecutive free ports")
+
+
+async def test_each_worker_is_a_target_of_its_own(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    port = consecutive_free_ports(2)
+    gw = make_gateway(KAPAL_WORKERS="2", KAPAL_METRICS_LISTEN=f"127.0.0.1:{port}")
+    targets = [f"http://127.0.0.1:{p}/metrics" for p in (port, port + 1)]
+
+    async def leading() -> list[float] | None:
+        """Each worker's kapal_leading; None while one does not answer yet."""
+        out = []
+        for url in targets:
+            try:
+                async with http.get(url, headers=gw.headers) as r:
+                    assert r.status == 200, await r.text()
+                    text = await r.text()
+            except aiohttp.ClientConnectorError:
+                return None  # the gateway answered once one worker was up
+            samples = {
+                s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            }
+            out.append(samples["kapal_leading"])
+        return out
+
+    deadline = time.monotonic() + 20
+    while (seen := await leading()) not in ([1.0, 0.0], [0.0, 1.0]):
+        assert time.monotonic() < deadline, f"not one leader among the workers: {seen}"
+        await asyncio.sleep(0.2)
+    async with http.get(targets[0]) as r:
+        assert r.status == 401
+    async with http.get(f"http://127.0.0.1:{port}/v1/functions", headers=gw.headers) as r:
+        assert r.status == 404  # metrics only
