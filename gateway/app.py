@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import api, front, openapi
+from gateway import api, exporter, front, openapi
 from gateway.auth import auth_middleware
 from gateway.errors import error_middleware
 from gateway.jobs import routes as jobs
@@ -36,13 +36,19 @@ ROUTES: tuple[Route, ...] = (
     *jobs.ROUTES,
     *schedules.ROUTES,
     *logs.ROUTES,
+    *exporter.ROUTES,
 )
 # What the gateway serves on its public port: the front server's routes and these.
 DOCUMENT = openapi.document((*front.ROUTES, *ROUTES))
 
 
-def create_app(svc: Services) -> web.Application:
+def create_app(svc: Services, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     app = web.Application(client_max_size=svc.settings.max_code_bytes + (1 << 20))
-    routes = bind(app, ROUTES, svc)
-    app.middlewares.extend([error_middleware, auth_middleware(svc.gate, routes)])
+    bound = bind(app, routes, svc)
+    app.middlewares.extend([error_middleware, auth_middleware(svc.gate, bound)])
     return app
+
+
+def create_metrics_app(svc: Services) -> web.Application:
+    """Only GET /metrics, keyed as on the public port: for `KAPAL_METRICS_LISTEN`."""
+    return create_app(svc, exporter.ROUTES)

@@ -14,6 +14,7 @@ from pathlib import Path
 from gateway import archive
 from gateway.catalog import Catalog
 from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import FunctionStore
 from gateway.vault import Secrets
@@ -37,11 +38,13 @@ class Deployer:
         backend: DockerBackend,
         secrets: Secrets,
         catalog: Catalog,
+        metrics: Metrics,
         event: BuildEvent | None = None,
     ) -> None:
         # Puts what a build did in the function's log: (function, version, instance, text, level).
         self.event = event
         self.catalog = catalog
+        self.metrics = metrics
         self.secrets = secrets
         self.settings = settings
         self.store = store
@@ -78,9 +81,11 @@ class Deployer:
                 try:
                     image = await self.builder.build(name, version, spec_in.runtime, root, progress)
                 except Exception as e:
+                    self.metrics.build_took(time.monotonic() - started, False)
                     self._built(name, version, output, f"image build failed: {e}", "error")
                     raise
                 seconds = time.monotonic() - started
+                self.metrics.build_took(seconds, True)
                 self._built(name, version, output, f"image {image} built in {seconds:.1f} s")
                 spec = FunctionSpec(
                     **spec_in.model_dump(include=set(FunctionConfig.model_fields)),

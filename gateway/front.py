@@ -52,6 +52,7 @@ class Front:
         self.invoker = svc.invoker
         self.gate = svc.gate
         self.upstreams = svc.upstreams
+        self.metrics = svc.metrics
         self.management_address = management_address
         self.connections: set[ClientConnection] = set()
         # Who may open one more connection (the caps and timeouts of the public port).
@@ -98,14 +99,20 @@ class Front:
         # Unknown and private functions look the same to a caller without a key.
         if pool is None or not pool.spec.public:
             authorization = next((v for n, v in req.headers if n.lower() == b"authorization"), None)
-            self.gate.authorize(
-                authorization.decode("latin-1") if authorization is not None else None,
-                Scope.INVOKE,
-            )
+            try:
+                self.gate.authorize(
+                    authorization.decode("latin-1") if authorization is not None else None,
+                    Scope.INVOKE,
+                )
+            except RateLimited:
+                if pool is not None:  # names of no function are not a metric's label
+                    self.metrics.rejections[(name, "key_rate_limit")] += 1
+                raise
         if pool is None:
             return
         rate = pool.spec.limits.rps or self.settings.function_rps or None
         if rate and (wait := self.gate.limiter.take(f"fn:{name}", rate)):
+            self.metrics.rejections[(name, "rate_limit")] += 1
             raise RateLimited(
                 f"function {name} is over its rate limit of {rate:g} requests/s",
                 headers={"Retry-After": retry_after(wait)},

@@ -21,6 +21,7 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from gateway.metrics import Metrics
 from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
 from gateway.request import Request
@@ -60,7 +61,10 @@ class Invoker:
         recorder: Recorder,
         upstreams: Upstreams,
         oom_killed: Callable[[str], Awaitable[bool]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        # Where rejections are counted (`GET /metrics`).
+        self.metrics = metrics or Metrics()
         # Asks the backend whether a container was killed for using too much memory.
         self.oom_killed = oom_killed
         self.settings = settings
@@ -95,7 +99,11 @@ class Invoker:
         wall_start, t0 = time.time(), time.monotonic()
         wait_until = t0 + self.settings.queue_timeout_s
         while True:
-            acquired = await pool.acquire(wait_until)
+            try:
+                acquired = await pool.acquire(wait_until)
+            except NoCapacity as e:
+                self.metrics.rejections[(name, e.reason)] += 1
+                raise
             inst = acquired.instance
             try:
                 status = await self._exchange(
@@ -106,8 +114,9 @@ class Invoker:
                 pool.release(inst)
                 pool.busy(inst)
                 if not req.replayable or time.monotonic() >= wait_until:
+                    self.metrics.rejections[(name, "busy")] += 1
                     raise NoCapacity(
-                        f"every instance of {name} is busy", retry_after_s=1.0
+                        f"every instance of {name} is busy", retry_after_s=1.0, reason="busy"
                     ) from None
                 continue
             except BaseException as e:

@@ -34,6 +34,8 @@ class Scope(StrEnum):
     DEPLOY = "deploy"
     # Invoke private functions.
     INVOKE = "invoke"
+    # Read GET /metrics (a Prometheus scraper's key).
+    METRICS = "metrics"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import jsonlog, workers
-from gateway.app import create_app
+from gateway.app import create_app, create_metrics_app
 from gateway.front import Front
 from gateway.http1 import ClientConnection
 from gateway.server import GatewayRunner
@@ -52,11 +52,17 @@ def load_secret_key(settings: Settings) -> bytes:
 
 
 async def serve(
-    settings: Settings, secret_key: bytes, stop: asyncio.Event, *, reuse_port: bool = False
+    settings: Settings,
+    secret_key: bytes,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
+    worker: int = 0,
 ) -> None:
     """Serve until `stop` is set, then drain in-flight work and close everything.
 
-    `reuse_port`: one of several workers listening on the same port (`gateway.workers`).
+    `reuse_port`: one of several workers listening on the same port (`gateway.workers`),
+    this one numbered `worker`.
     """
     loop = asyncio.get_running_loop()
     async with Services.open(settings, secret_key) as svc:
@@ -70,8 +76,17 @@ async def serve(
         with tempfile.TemporaryDirectory(prefix="kapal-gw-") as tmp:
             socket_path = str(Path(tmp) / "management.sock")
             await runner.setup()
+            metrics_runner: web.AppRunner | None = None
             try:
                 await web.UnixSite(runner, socket_path).start()
+                if (address := settings.metrics_address(worker)) is not None:
+                    host, port = address
+                    metrics_runner = web.AppRunner(
+                        create_metrics_app(svc), access_log=None, handle_signals=False
+                    )
+                    await metrics_runner.setup()
+                    await web.TCPSite(metrics_runner, host, port).start()
+                    log.info("metrics listening", extra={"listen": f"{host}:{port}"})
                 front = Front(svc, f"unix:{socket_path}")
                 server = await loop.create_server(
                     lambda: ClientConnection(front, front.table),
@@ -87,6 +102,8 @@ async def serve(
                 server.close()
                 await front.drain(settings.stop_grace_s)
             finally:
+                if metrics_runner is not None:
+                    await metrics_runner.cleanup()
                 await runner.cleanup()
 
 
@@ -134,7 +151,7 @@ def run() -> None:
             return
         watcher = asyncio.create_task(watch_parent(parent, stop))
         try:
-            await serve(settings, secret_key, stop, reuse_port=True)
+            await serve(settings, secret_key, stop, reuse_port=True, worker=index)
         finally:
             watcher.cancel()
 

@@ -7,6 +7,8 @@ import contextlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import NamedTuple
 
 import asyncpg
@@ -101,19 +103,43 @@ def copy_text(batch: list[InvocationRecord]) -> bytes:
     return b"".join(lines)
 
 
+Fold = Callable[[Iterable[InvocationRecord]], None]
+
+
 class Recorder:
-    def __init__(self, db: asyncpg.Pool, flush_s: float, retention_days: int) -> None:
+    """Records kept in `pending` until flushed; `fold` (the metrics) sees each one once,
+    before its flush or at a scrape (`fold_pending`), whichever comes first."""
+
+    def __init__(
+        self, db: asyncpg.Pool, flush_s: float, retention_days: int, fold: Fold | None = None
+    ) -> None:
         self.db = db
         self.flush_s = flush_s
         self.retention_days = retention_days
+        self.fold = fold
         self.pending: list[InvocationRecord] = []
+        # How many records at the start of `pending` were folded already.
+        self.folded = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, record: InvocationRecord) -> None:
         self.pending.append(record)
         if len(self.pending) > MAX_PENDING:
-            del self.pending[: len(self.pending) - MAX_PENDING]
+            self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self.pending) - MAX_PENDING
+        if self.fold is not None and self.folded < excess:  # counted, if never stored
+            self.fold(islice(self.pending, self.folded, excess))
+        del self.pending[:excess]
+        self.folded = max(0, self.folded - excess)
+
+    def fold_pending(self) -> None:
+        """Fold the records not folded yet (a scrape: current without waiting for a flush)."""
+        if self.fold is not None and self.folded < len(self.pending):
+            self.fold(islice(self.pending, self.folded, None))
+            self.folded = len(self.pending)
 
     def pending_count(self, function: str) -> int:
         return sum(1 for r in self.pending if r.function == function)
@@ -134,7 +160,8 @@ class Recorder:
     async def flush(self) -> None:
         if not self.pending:
             return
-        batch, self.pending = self.pending, []
+        self.fold_pending()
+        batch, self.pending, self.folded = self.pending, [], 0
         counts = Counter(r.function for r in batch)
         try:
             async with self.db.acquire() as conn, conn.transaction():
@@ -154,6 +181,7 @@ class Recorder:
         except (OSError, asyncpg.PostgresError) as e:
             log.warning("writing invocation records failed; will retry", extra={"error": str(e)})
             self.pending[:0] = batch
+            self.folded += len(batch)
 
     async def _retain(self) -> None:
         try:

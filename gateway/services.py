@@ -21,11 +21,14 @@ from gateway.auth import Gate
 from gateway.catalog import Catalog
 from gateway.cluster import Cluster
 from gateway.deploy import Deployer
+from gateway.exporter import CachedQueueStats, Exporter
 from gateway.invoke import Invoker
 from gateway.jobs.store import JobStore
 from gateway.keys import KeyCache, KeyStore
 from gateway.logs.service import Logs
+from gateway.metrics import Metrics
 from gateway.queue.service import QueueService
+from gateway.queue.store import QueueStore
 from gateway.ratelimit import RateLimiter
 from gateway.records import Recorder
 from gateway.schedules.store import ScheduleStore
@@ -76,6 +79,10 @@ class Services:
     webhooks: WebhookStore
     jobs: JobStore
     schedules: ScheduleStore
+    # Counts other parts bump for /metrics (e.g. `log_lines_dropped[(function, reason)]`).
+    metrics: Metrics
+    # GET /metrics.
+    exporter: Exporter
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -101,11 +108,22 @@ class Services:
             cluster = Cluster(settings.database_url, settings.namespace, limiter)
             scheduler = _scheduler(settings, backend, functions, cluster)
             cluster.scheduler = scheduler
-            recorder = Recorder(pg, settings.records_flush_s, settings.records_retention_days)
-            logs = Logs.build(settings, pg, scheduler)
+            metrics = Metrics()
+            recorder = Recorder(
+                pg,
+                settings.records_flush_s,
+                settings.records_retention_days,
+                fold=metrics.invocations.fold,
+            )
+            logs = Logs.build(settings, pg, scheduler, metrics)
             upstreams = Upstreams()
             invoker = Invoker(
-                settings, scheduler, recorder, upstreams, oom_killed=backend.oom_killed
+                settings,
+                scheduler,
+                recorder,
+                upstreams,
+                oom_killed=backend.oom_killed,
+                metrics=metrics,
             )
             secrets = Secrets(
                 SecretStore(pg, cipher),
@@ -130,6 +148,7 @@ class Services:
             loops.add("kapal-cluster", cluster.run)
             loops.add("kapal-logs-collector", logs.collector.run)
             loops.add("kapal-logs-feed", logs.feed.run)
+            loops.add("kapal-loop-lag", metrics.watch_loop_lag)
             await scheduler.start(specs)
             stack.push_async_callback(loops.close)
             stack.push_async_callback(departure.close_scheduler, scheduler)
@@ -141,7 +160,7 @@ class Services:
             recorder.start()
             stack.callback(upstreams.close)
 
-            queue = await QueueService.open(settings, scheduler, invoker, catalog)
+            queue = await QueueService.open(settings, scheduler, invoker, catalog, metrics)
             stack.push_async_callback(queue.close)
             await queue.start()
             schedules = ScheduleStore(queue.pg, queue.store)
@@ -183,12 +202,18 @@ class Services:
                     backend,
                     secrets,
                     catalog,
+                    metrics,
                     logs.writer.event,
                 ),
                 queue=queue,
                 webhooks=WebhookStore(queue.pg, cipher),
                 jobs=JobStore(queue.pg),
                 schedules=schedules,
+                metrics=metrics,
+                # The management API's connections: the queue's are for its workers.
+                exporter=Exporter(
+                    metrics, recorder, scheduler, CachedQueueStats(QueueStore(pg).stats)
+                ),
             )
 
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     catalog_refresh_s: float = Field(default=2.0, gt=0)
     # Gateway processes serving the port on this host (SO_REUSEPORT), each a full gateway.
     workers: int = Field(default=1, ge=1, le=64)
+    # host:port where GET /metrics is served too (and nothing else), worker I on port + I:
+    # on the shared public port a scrape reaches whichever worker the kernel picks.
+    metrics_listen: str | None = None
     # Requests a second one API key may make, unless the key sets its own; 0: unlimited.
     key_rps: float = Field(default=1000.0, ge=0)
     # Invocations a second of a function without `limits.rps`; 0: unlimited.
@@ -125,9 +128,11 @@ class Settings(BaseSettings):
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _host_port(cls, v: str) -> str:
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"must be host:port, got {v!r}")
@@ -140,6 +145,13 @@ class Settings(BaseSettings):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    def metrics_address(self, worker: int) -> tuple[str, int] | None:
+        """Where worker `worker` serves GET /metrics on a port of its own, if anywhere."""
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host, int(port) + worker
 
     @property
     def network(self) -> str:

@@ -68,8 +68,9 @@ class KeyCreate(BaseModel):
     name: Annotated[
         str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*$")
     ]
-    # What the key may do: admin (everything), deploy (functions), invoke (private functions).
-    scopes: Annotated[list[Scope], Field(min_length=1, max_length=3)]
+    # What the key may do: admin (everything), deploy (functions), invoke (private
+    # functions), metrics (GET /metrics).
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=len(Scope))]
     # Requests a second this key may make; null: the gateway's default.
     rps: Annotated[float | None, Field(gt=0, le=1_000_000)] = None
 

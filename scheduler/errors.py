@@ -17,9 +17,13 @@ class NoCapacity(SchedulerError):
 
     status, code = 503, "unavailable"
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float = 1.0, reason: str = "no_capacity"
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        # Why, in a word (a metric label): buffer_full, wait_timeout, busy.
+        self.reason = reason
 
 
 class StartFailed(SchedulerError):

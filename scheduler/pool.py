@@ -218,7 +218,10 @@ class Pool:
             raise UnknownFunction(self.spec.name)
         if len(self._waiters) >= self.config.buffer_size:
             self.rejected += 1
-            raise NoCapacity(f"function {self.spec.name} is at capacity: wait buffer is full")
+            raise NoCapacity(
+                f"function {self.spec.name} is at capacity: wait buffer is full",
+                reason="buffer_full",
+            )
         began = self.clock()
         loop = asyncio.get_running_loop()
         while True:
@@ -230,7 +233,9 @@ class Pool:
             except TimeoutError:
                 self.rejected += 1
                 raise NoCapacity(
-                    f"no instance of {self.spec.name} became free in time", retry_after_s=1.0
+                    f"no instance of {self.spec.name} became free in time",
+                    retry_after_s=1.0,
+                    reason="wait_timeout",
                 ) from None
             finally:
                 if not fut.done() or fut.cancelled():

@@ -9,6 +9,7 @@ import asyncpg
 from gateway.logs.collector import LogCollector
 from gateway.logs.feed import LogFeed
 from gateway.logs.writer import LogWriter
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from scheduler.pool import Instance
 from scheduler.scheduler import Scheduler
@@ -21,9 +22,21 @@ class Logs:
     feed: LogFeed
 
     @classmethod
-    def build(cls, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler) -> Logs:
-        """Wired to the scheduler, whose instance events go into each function's log."""
-        writer = LogWriter(pg, settings.logs_flush_s, settings.logs_retention_days)
+    def build(
+        cls, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler, metrics: Metrics
+    ) -> Logs:
+        """Wired to the scheduler, whose instance events go into each function's log, and
+        to the metrics, which count the lines dropped (by the caps, or refused)."""
+
+        def dropped(function: str, reason: str, lines: int) -> None:
+            metrics.log_lines_dropped[(function, reason)] += lines
+
+        writer = LogWriter(
+            pg,
+            settings.logs_flush_s,
+            settings.logs_retention_days,
+            refused=lambda function, lines: dropped(function, "refused", lines),
+        )
 
         def event(inst: Instance, level: str, what: str) -> None:
             writer.event(inst.spec.name, inst.version, inst.id, what, level)
@@ -31,6 +44,6 @@ class Logs:
         scheduler.events = event
         return cls(
             writer,
-            LogCollector(scheduler, writer, pg, settings.log_rate_lines_s),
+            LogCollector(scheduler, writer, pg, settings.log_rate_lines_s, dropped),
             LogFeed(settings.database_url),
         )

@@ -101,7 +101,7 @@ UPDATE invocations SET
         THEN 'pending' ELSE callback_state END,
     callback_at = now()
 WHERE status = 'running' AND lease_until < now()
-RETURNING id
+RETURNING id, function, status
 
 -- name: release_own
 -- A clean shutdown hands its unfinished rows back; the interrupted attempt does not count.
@@ -174,3 +174,22 @@ RETURNING id, function, status, attempts, callback_url, callback_attempts, creat
 UPDATE invocations SET
     callback_state = $2, callback_attempts = callback_attempts + 1, callback_at = $3
 WHERE id = $1
+
+-- name: stats
+-- For /metrics, one round trip: queued invocations outside jobs per function, with how
+-- long the oldest ready one has waited past its run_at (ready rows only: one waiting for
+-- its retry backoff is not late); then the items of unfinished jobs per function and
+-- state (finished jobs are left out: their items stay for days and would be rescanned).
+SELECT function, NULL::text AS state, count(*) AS n,
+    COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
+        AS oldest_s
+FROM invocations
+WHERE status = 'queued' AND job_id IS NULL
+GROUP BY function
+UNION ALL
+SELECT i.function, i.status, count(*), 0::float8
+FROM invocations i
+WHERE i.job_id IN (
+    SELECT job_id FROM invocations
+    WHERE status IN ('queued', 'running') AND job_id IS NOT NULL)
+GROUP BY i.function, i.status

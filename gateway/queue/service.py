@@ -11,6 +11,7 @@ import asyncpg
 
 from gateway.catalog import Catalog
 from gateway.invoke import Invoker
+from gateway.metrics import Metrics
 from gateway.queue.callbacks import CallbackSender
 from gateway.queue.manager import QueueManager
 from gateway.queue.store import QueueStore
@@ -29,14 +30,19 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 class QueueService:
     @classmethod
     async def open(
-        cls, settings: Settings, scheduler: Scheduler, invoker: Invoker, catalog: Catalog
+        cls,
+        settings: Settings,
+        scheduler: Scheduler,
+        invoker: Invoker,
+        catalog: Catalog,
+        metrics: Metrics,
     ) -> QueueService:
         """The queue on a connection pool of its own (the hot path must not wait on the
         management API's connections, nor they on it)."""
         pg = await asyncpg.create_pool(
             settings.database_url, min_size=2, max_size=12, reset=_keep_session
         )
-        return cls(settings, pg, scheduler, invoker, catalog)
+        return cls(settings, pg, scheduler, invoker, catalog, metrics)
 
     def __init__(
         self,
@@ -45,6 +51,7 @@ class QueueService:
         scheduler: Scheduler,
         invoker: Invoker,
         catalog: Catalog,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.pg = pg
@@ -52,7 +59,9 @@ class QueueService:
         worker_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.store = QueueStore(pg)
         self.manager = QueueManager(self.store, catalog, worker_id)
-        self.worker = QueueWorker(settings, self.store, self.manager, invoker, scheduler, catalog)
+        self.worker = QueueWorker(
+            settings, self.store, self.manager, invoker, scheduler, catalog, metrics
+        )
         self.callbacks = CallbackSender(settings, self.store)
         # Writers stop last: attempts still finishing need somewhere to record results.
         self.writers = Supervisor()

@@ -28,6 +28,16 @@ class LaneDepth:
     queued: int
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """What the queue holds, for /metrics."""
+
+    # function -> (queued invocations outside jobs, seconds the oldest ready one waited).
+    queued: dict[str, tuple[int, float]]
+    # (function, state) -> items of unfinished jobs.
+    job_items: dict[tuple[str, str], int]
+
+
 class QueueStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -135,8 +145,9 @@ class QueueStore:
     async def heartbeat(self, worker: str, lease_s: float) -> None:
         await self.pool.execute(Q["heartbeat"], worker, lease_s)
 
-    async def recover_expired(self) -> int:
-        return len(await self.pool.fetch(Q["recover_expired"]))
+    async def recover_expired(self) -> list[tuple[str, str]]:
+        """Rows of lost workers queued again or dead: (function, new status) of each."""
+        return [(r["function"], r["status"]) for r in await self.pool.fetch(Q["recover_expired"])]
 
     async def release_own(self, worker: str) -> None:
         await self.pool.execute(Q["release_own"], worker)
@@ -146,6 +157,16 @@ class QueueStore:
             LaneDepth(Lane(r["function"], r["job_id"]), r["job_concurrency"], r["n"])
             for r in await self.pool.fetch(Q["depth"])
         ]
+
+    async def stats(self) -> QueueStats:
+        queued: dict[str, tuple[int, float]] = {}
+        job_items: dict[tuple[str, str], int] = {}
+        for r in await self.pool.fetch(Q["stats"]):
+            if r["state"] is None:
+                queued[r["function"]] = (r["n"], r["oldest_s"])
+            else:
+                job_items[(r["function"], r["state"])] = r["n"]
+        return QueueStats(queued, job_items)
 
     async def get(self, id: uuid.UUID) -> asyncpg.Record | None:
         return await self.pool.fetchrow(Q["get"], id)

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from gateway.catalog import Catalog
 from gateway.errors import problem
 from gateway.invoke import Invoker
+from gateway.metrics import Metrics
 from gateway.queue import lanes
 from gateway.queue.lanes import Lane, parse_payload
 from gateway.queue.manager import QueueManager
@@ -45,8 +46,11 @@ class QueueWorker:
         invoker: Invoker,
         scheduler: Scheduler,
         catalog: Catalog,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        # Where this gateway's retries and dead letters are counted.
+        self.metrics = metrics or Metrics()
         self.store = store
         self.manager = manager
         self.invoker = invoker
@@ -202,7 +206,12 @@ class QueueWorker:
         )
         if not await self.manager.record(outcome):
             log.warning("result dropped: the claim was lost", extra={"invocation": str(row.id)})
-        elif decision.state is not State.SUCCEEDED:
+            return
+        if decision.state is State.QUEUED:
+            self.metrics.async_retries[row.function] += 1
+        elif decision.state is State.DEAD:
+            self.metrics.dead_letters[row.function] += 1
+        if decision.state is not State.SUCCEEDED:
             log.info(
                 "invocation attempt failed",
                 extra={
@@ -233,7 +242,11 @@ class QueueWorker:
             try:
                 if self.running:
                     await self.store.heartbeat(self.worker_id, self.settings.queue_lease_s)
-                await self.store.recover_expired()
+                for function, state in await self.store.recover_expired():
+                    if state == State.DEAD:
+                        self.metrics.dead_letters[function] += 1
+                    else:
+                        self.metrics.async_retries[function] += 1
                 self.refresh.clear()
                 depth = await self.store.depth()
             except (OSError, asyncpg.PostgresError) as e:

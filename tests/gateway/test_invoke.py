@@ -15,6 +15,7 @@ from gateway.records import Recorder
 from gateway.settings import Settings
 from gateway.upstream import Upstreams
 from scheduler.backend import Running
+from scheduler.errors import NoCapacity
 from scheduler.models import FunctionSpec, Limits
 from scheduler.pool import PoolConfig
 from scheduler.scheduler import Scheduler
@@ -149,3 +150,18 @@ async def test_connection_lost_is_upstream_failed(invoker: tuple[Invoker, LocalB
     await asyncio.sleep(0.05)
     assert backend.removed == ["c1"]
     assert (await inv.call("f", "GET", "/", {}, b"")).status == 200
+
+
+async def test_a_rejection_is_counted_with_its_reason() -> None:
+    backend = LocalBackend("127.0.0.1:9")
+    scheduler = Scheduler(backend, PoolConfig(buffer_size=0))  # type: ignore[arg-type]
+    await scheduler.start([FunctionSpec(name="f", version=1, image="x")])
+    recorder = Recorder(None, 1.0, 1)  # type: ignore[arg-type]
+    inv = Invoker(Settings(database_url="postgresql://unused"), scheduler, recorder, Upstreams())
+    try:
+        with pytest.raises(NoCapacity):
+            await inv.call("f", "GET", "/", {}, b"")
+        assert inv.metrics.rejections == {("f", "buffer_full"): 1}
+        assert recorder.pending == []  # no instance, no record
+    finally:
+        await scheduler.close()

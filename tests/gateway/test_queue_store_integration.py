@@ -70,11 +70,11 @@ async def test_expired_leases_are_run_again_or_dead(store: QueueStore) -> None:
     await store.enqueue([item()])
     (claimed,) = await store.claim(Lane("f"), 1, "lost", 30, 100)
     await store.pool.execute("UPDATE invocations SET lease_until = now() - interval '1 s'")
-    assert await store.recover_expired() == 1
+    assert await store.recover_expired() == [("f", "queued")]
     (again,) = await store.claim(Lane("f"), 1, "w2", 30, 100)
     assert again.id == claimed.id and again.attempt == 2
     await store.pool.execute("UPDATE invocations SET lease_until = now() - interval '1 s'")
-    assert await store.recover_expired() == 1
+    assert await store.recover_expired() == [("f", "dead")]
     row = await store.get(claimed.id)
     assert row is not None and row["status"] == "dead"  # max_retries=1: two attempts
 

@@ -136,8 +136,8 @@ async def test_upkeep_feeds_queue_depth_to_the_scheduler_and_readies_lanes() -> 
     class FakeStore:
         async def heartbeat(self, worker: str, lease_s: float) -> None: ...
 
-        async def recover_expired(self) -> int:
-            return 0
+        async def recover_expired(self) -> list[tuple[str, str]]:
+            return [("a", "queued"), ("a", "dead")]
 
         async def retain(self, days: int) -> int:
             return 0
@@ -167,6 +167,9 @@ async def test_upkeep_feeds_queue_depth_to_the_scheduler_and_readies_lanes() -> 
     )
     await worker.run_upkeep(stop)
     assert backlog == {"a": 12, "b": 0}
+    # Rows of a lost worker, run again or dead: counted by the gateway that decided it.
+    assert worker.metrics.async_retries == {"a": 1}
+    assert worker.metrics.dead_letters == {"a": 1}
     assert worker.ready == {Lane("a"), Lane("a", job)}
     assert worker.job_limits == {job: 2}
     assert worker.wake.is_set()
