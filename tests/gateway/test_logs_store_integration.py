@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.integration
 
 def row(seq: int, text: str, request_id: str | None = None, stream: str = "stdout") -> bytes:
     rid = request_id if request_id is not None else "\\N"
-    return f"{seq}\t1700000000.{seq:06d}\t{stream}\t\\N\t{rid}\t{text}\n".encode()
+    # Written now: older lines would be the retention's to delete.
+    return f"{seq}\t{time.time():.6f}\t{stream}\t\\N\t{rid}\t{text}\n".encode()
 
 
 @contextlib.asynccontextmanager
