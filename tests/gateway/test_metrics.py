@@ -63,7 +63,7 @@ class FakeConn:
         return None
 
     async def copy_to_table(self, table: str, source: Any, format: str) -> None:
-        self.db.written += source.getvalue().count(b"\n")
+        self.db.written += bytes(source).count(b"\n")
 
 
 class FakeDb:
