@@ -142,9 +142,10 @@ class LogCollector:
                 ) as r:
                     if r.status != 200:
                         raise ValueError(f"log port answered {r.status}")
-                    body = await r.content.read(MAX_BODY + 1)
-                    if len(body) > MAX_BODY:
-                        raise ValueError("log answer too large")
+                    # Whole rows or nothing: the length is known before reading.
+                    if r.content_length is None or r.content_length > MAX_BODY:
+                        raise ValueError(f"log answer of {r.content_length} bytes refused")
+                    body = await r.read()
                     last = int(r.headers["X-Kapal-Log-Last"])
                     total_dropped = int(r.headers.get("X-Kapal-Log-Dropped", "0"))
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as e:

@@ -173,6 +173,11 @@ async def test_the_collector_stores_what_the_runtime_has_and_acknowledges_it(
             rows = await pool.fetch("SELECT seq, line, instance FROM function_logs ORDER BY seq")
             assert [(r["seq"], r["line"]) for r in rows] == [(1, "one"), (2, "two"), (3, "three")]
             assert {r["instance"] for r in rows} == {"i1"}
+            # An answer of many socket reads is stored whole, not cut mid-row.
+            for _ in range(3000):
+                fake.write("x" * 300)
+            await until(lambda: stored(3003))
+            assert await pool.fetchval("SELECT count(*) FROM function_logs") == 3003
         finally:
             stop.set()
             await task
@@ -187,7 +192,7 @@ async def test_the_collector_stores_what_the_runtime_has_and_acknowledges_it(
         task = asyncio.create_task(collector.run(stop))
         try:
             await until(lambda: _true(bool(fake.acks)))
-            assert fake.acks[0] == 3
+            assert fake.acks[0] == 3003
         finally:
             stop.set()
             await task
