@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from gateway import db
 from gateway.keys import KeyCache
 from gateway.store import FunctionStore
 from gateway.supervisor import either
@@ -126,22 +127,10 @@ class Catalog:
                 await listener
 
     async def _listen(self, database_url: str, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                conn = await asyncpg.connect(database_url)
-            except (OSError, asyncpg.PostgresError) as e:
-                log.warning("catalog listener cannot connect", extra={"error": str(e)})
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                await conn.add_listener(CHANNEL, lambda *args: self.changed(str(args[-1])))
-                # Whatever changed while we were not listening.
-                self.changed(FUNCTIONS)
-                self.changed(SECRETS)
-                self.changed(KEYS)
-                while not stop.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2.0)
+        await db.listen(database_url, CHANNEL, self.changed, self._missed, stop, "catalog")
+
+    def _missed(self) -> None:
+        """Whatever changed while we were not listening."""
+        self.changed(FUNCTIONS)
+        self.changed(SECRETS)
+        self.changed(KEYS)

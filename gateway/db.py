@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -59,3 +62,32 @@ async def connect(url: str) -> asyncpg.Pool:
     async with pool.acquire() as conn:
         await migrate(conn)
     return pool
+
+
+async def listen(
+    url: str,
+    channel: str,
+    received: Callable[[str], None],
+    connected: Callable[[], None],
+    stop: asyncio.Event,
+    what: str,
+) -> None:
+    """LISTEN on `channel` until `stop`, reconnecting; `received(payload)` per notification,
+    `connected()` after each (re)connect, for what was missed while not listening."""
+    while not stop.is_set():
+        try:
+            conn = await asyncpg.connect(url)
+        except (OSError, asyncpg.PostgresError) as e:
+            log.warning(f"{what} listener cannot connect", extra={"error": str(e)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            continue
+        try:
+            await conn.add_listener(channel, lambda *args: received(str(args[-1])))
+            connected()
+            while not stop.is_set() and not conn.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2.0)

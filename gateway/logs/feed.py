@@ -15,8 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 
-import asyncpg
-
+from gateway import db
 from gateway.logs.writer import CHANNEL
 
 log = logging.getLogger("kapal.gateway.logs")
@@ -53,24 +52,11 @@ class LogFeed:
             wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                conn = await asyncpg.connect(self.database_url)
-            except (OSError, asyncpg.PostgresError) as e:
-                log.warning("log listener cannot connect", extra={"error": str(e)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
-            try:
-                await conn.add_listener(CHANNEL, lambda *args: self._notified(str(args[-1])))
-                for function in list(self._followers):  # what came while not listening
-                    self._notified(function)
-                while not stop.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2.0)
+        await db.listen(self.database_url, CHANNEL, self._notified, self._missed, stop, "log")
+
+    def _missed(self) -> None:
+        for function in list(self._followers):  # what came while not listening
+            self._notified(function)
 
 
 class BatchCursor:
