@@ -1,23 +1,27 @@
-"""Management API routes: functions (deploy, update, list, get, delete), keys, secrets, health."""
+"""Management API routes: functions (deploy, update, list, get, delete, versions, rollback),
+keys, secrets, health."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.auth import bearer
-from gateway.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge
+from gateway.deploy import Plan
+from gateway.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge, problem
 from gateway.keys import ApiKey, Scope
 from gateway.keys import parse as parse_key
 from gateway.records import Recorder
 from gateway.routing import OPEN, Content, Route
 from gateway.services import Services
 from gateway.store import FunctionRow
-from gateway.validation import describe, parse_json
+from gateway.validation import describe, parse_json, parse_query
 from gateway.wire import (
     DeploySpec,
     FunctionOut,
@@ -30,11 +34,14 @@ from gateway.wire import (
     SecretPut,
     VersionOut,
 )
-from scheduler.models import NAME_RE
+from scheduler.models import NAME_RE, FunctionConfig
 from scheduler.scheduler import Scheduler
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_JSON_BYTES = 64 * 1024
+NDJSON = "application/x-ndjson"
+# On a deploy's answer: whether it made a version (false: skip_unchanged found none to make).
+CREATED_HEADER = "X-Kapal-Version-Created"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -147,21 +154,144 @@ def _name(request: web.Request) -> str:
     return name
 
 
-async def create_function(request: web.Request, svc: Services) -> web.Response:
-    spec, code = await read_deploy_body(request, svc.settings.max_code_bytes)
-    if spec.name is None:
-        raise InvalidSpec("name: field required")
-    await svc.deployer.deploy(spec.name, spec, code, create=True)
-    row = await svc.functions.get(spec.name)
-    return web.json_response(function_out(row, svc.scheduler, svc.recorder), status=201)
+class DeployQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A spec and code equal to the current version's build nothing and make no version.
+    skip_unchanged: bool = False
 
 
-async def update_function(request: web.Request, svc: Services) -> web.Response:
-    name = _name(request)
+def _wants_stream(request: web.Request) -> bool:
+    return NDJSON in request.headers.get("Accept", "")
+
+
+async def _deploy(
+    request: web.Request, svc: Services, name: str | None, *, create: bool
+) -> web.StreamResponse:
+    """POST (create) or PUT (update): checked whole before the build starts; then built
+    and answered at the end, or, asked for `application/x-ndjson`, streamed as it goes."""
+    q = parse_query(DeployQuery, request.query)
     spec, code = await read_deploy_body(request, svc.settings.max_code_bytes)
-    if spec.name is not None and spec.name != name:
+    if name is None:
+        if spec.name is None:
+            raise InvalidSpec("name: field required")
+        name = spec.name
+    elif spec.name is not None and spec.name != name:
         raise InvalidSpec(f"name: spec names {spec.name!r} but the URL names {name!r}")
-    await svc.deployer.deploy(name, spec, code, create=False)
+    ok = 201 if create else 200
+    async with svc.deployer.plan(name, spec, code, create=create) as plan:
+        if not _wants_stream(request):
+            done = await svc.deployer.deploy(plan, skip_unchanged=q.skip_unchanged)
+            row = await svc.functions.get(name)
+            return web.json_response(
+                function_out(row, svc.scheduler, svc.recorder),
+                status=ok if done.created else 200,
+                headers={CREATED_HEADER: str(done.created).lower()},
+            )
+        return await _deploy_streamed(request, svc, plan, q.skip_unchanged, ok)
+
+
+async def _deploy_streamed(
+    request: web.Request, svc: Services, plan: Plan, skip_unchanged: bool, ok: int
+) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def say(event: dict[str, Any]) -> None:  # from the build's thread too
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    async def run() -> None:
+        try:
+            done = await svc.deployer.deploy(plan, skip_unchanged=skip_unchanged, on_event=say)
+            row = await svc.functions.get(plan.name)
+            body = function_out(row, svc.scheduler, svc.recorder)
+            say({"event": "done", "status": ok if done.created else 200, "function": body})
+        except Exception as e:
+            p = problem(e)
+            say(
+                {
+                    "event": "error",
+                    "status": p.status,
+                    "error": {"code": p.code, "message": p.message},
+                }
+            )
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, None)
+
+    response = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-store"})
+    await response.prepare(request)
+    # The deploy goes on if the client leaves: what was accepted is built and recorded.
+    task = asyncio.create_task(run())
+    gone = False
+    try:
+        while (event := await events.get()) is not None:
+            if gone:
+                continue
+            try:
+                await response.write(json.dumps(event, default=str).encode() + b"\n")
+            except ConnectionResetError:
+                gone = True
+    finally:
+        # The unpacked code lives until the build is done with it, even if we are cancelled.
+        await asyncio.shield(task)
+    if not gone:
+        await response.write_eof()
+    return response
+
+
+async def create_function(request: web.Request, svc: Services) -> web.StreamResponse:
+    return await _deploy(request, svc, None, create=True)
+
+
+async def update_function(request: web.Request, svc: Services) -> web.StreamResponse:
+    return await _deploy(request, svc, _name(request), create=False)
+
+
+class VersionDetailOut(BaseModel):
+    version: int
+    image: str
+    created_at: datetime
+    # Digest of the code folder it was built from (same code, same digest).
+    code_sha256: str
+    # The version that serves now.
+    current: bool
+    spec: FunctionConfig
+
+
+class VersionList(BaseModel):
+    # Oldest first.
+    versions: list[VersionDetailOut]
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The version to serve again; absent, the highest below the current one.
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
+async def list_versions(request: web.Request, svc: Services) -> web.Response:
+    versions = await svc.functions.versions(_name(request))
+    out = VersionList(
+        versions=[
+            VersionDetailOut(
+                version=v.spec.version,
+                image=v.spec.image,
+                created_at=v.created_at,
+                code_sha256=v.code_sha256,
+                current=v.current,
+                spec=FunctionConfig(**v.spec.model_dump(include=set(FunctionConfig.model_fields))),
+            )
+            for v in versions
+        ]
+    )
+    return web.json_response(text=out.model_dump_json(by_alias=True))
+
+
+async def rollback(request: web.Request, svc: Services) -> web.Response:
+    name = _name(request)
+    body = await read_json(request, RollbackIn)
+    await svc.deployer.rollback(name, body.version)
     row = await svc.functions.get(name)
     return web.json_response(function_out(row, svc.scheduler, svc.recorder))
 
@@ -263,6 +393,26 @@ DEPLOY_BODY = Content(
     description="spec: the function spec (JSON); code: a .zip or .tar.gz of its folder",
 )
 DEPLOY_ERRORS = (400, 404, 409, 413, 422)
+DEPLOY_HEADERS = {
+    "Accept": {
+        "type": "string",
+        "description": f"{NDJSON}: stream the deploy's progress, one JSON event per line",
+    }
+}
+DEPLOYED = Content(
+    {
+        "application/json": {"schema": {"$ref": "#/components/schemas/FunctionOut"}},
+        NDJSON: {
+            "schema": {
+                "type": "string",
+                "description": "events: started, build (one per output line), unchanged,"
+                " built, then done (with the status and the function) or error",
+            }
+        },
+    },
+    models=(FunctionOut,),
+    description="the function, or (Accept: application/x-ndjson) the deploy's events",
+)
 
 ROUTES = (
     Route("GET", "/healthz", healthz, "the gateway is up", scope=OPEN, response=Health),
@@ -281,9 +431,12 @@ ROUTES = (
         "deploy a new function",
         scope=Scope.DEPLOY,
         body=DEPLOY_BODY,
-        response=FunctionOut,
+        response=DEPLOYED,
         status=201,
+        also=(200,),
         errors=DEPLOY_ERRORS,
+        query=DeployQuery,
+        headers=DEPLOY_HEADERS,
     ),
     Route(
         "GET",
@@ -310,8 +463,31 @@ ROUTES = (
         "deploy a new version",
         scope=Scope.DEPLOY,
         body=DEPLOY_BODY,
-        response=FunctionOut,
+        response=DEPLOYED,
         errors=DEPLOY_ERRORS,
+        params=NAME,
+        query=DeployQuery,
+        headers=DEPLOY_HEADERS,
+    ),
+    Route(
+        "GET",
+        "/v1/functions/{name}/versions",
+        list_versions,
+        "a function's versions, oldest first, with the spec each was deployed with",
+        scope=Scope.DEPLOY,
+        response=VersionList,
+        errors=(400, 404),
+        params=NAME,
+    ),
+    Route(
+        "POST",
+        "/v1/functions/{name}/rollback",
+        rollback,
+        "serve an earlier version again (the one before the current by default)",
+        scope=Scope.DEPLOY,
+        body=RollbackIn,
+        response=FunctionOut,
+        errors=(400, 404, 409, 413, 422),
         params=NAME,
     ),
     Route(

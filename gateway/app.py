@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import api, exporter, front, openapi
+from gateway import api, exporter, front, openapi, stats
 from gateway.auth import auth_middleware
 from gateway.errors import error_middleware
 from gateway.jobs import routes as jobs
@@ -36,6 +36,7 @@ ROUTES: tuple[Route, ...] = (
     *jobs.ROUTES,
     *schedules.ROUTES,
     *logs.ROUTES,
+    *stats.ROUTES,
     *exporter.ROUTES,
 )
 # What the gateway serves on its public port: the front server's routes and these.

@@ -6,6 +6,7 @@ allowed, more unpacked bytes than allowed, and suspicious compression ratios (bo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import stat
@@ -169,6 +170,23 @@ def pack(root: Path) -> bytes:
             else:
                 tar.addfile(info)
     return buf.getvalue()
+
+
+def digest(root: Path) -> str:
+    """sha256 of what the code folder holds (paths, executable bits, contents), not of an
+    archive of it: the same code sent twice, packed at other times, has the same digest."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix().encode()
+        if path.is_file():
+            executable = b"x" if path.stat().st_mode & 0o111 else b"-"
+            h.update(b"f%d:%s%s" % (len(rel), rel, executable))
+            data = path.read_bytes()
+            h.update(b"%d:" % len(data))
+            h.update(data)
+        else:
+            h.update(b"d%d:%s" % (len(rel), rel))
+    return h.hexdigest()
 
 
 def remove_tree(path: Path) -> None:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway import archive
 from gateway.catalog import Catalog
 from gateway.errors import FunctionExists, FunctionNotFound
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.store import FunctionStore
+from gateway.store import FunctionStore, VersionDetail
 from gateway.vault import Secrets
 from gateway.wire import DeploySpec
 from scheduler.builder import ImageBuilder, image_repository
@@ -27,6 +29,35 @@ log = logging.getLogger("kapal.gateway.deploy")
 
 
 BuildEvent = Callable[[str, int, str, str, str], None]
+# A deploy's progress as the stream sends it: {"event": "build", "line": ...}, ...
+DeployEvent = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A deploy checked and unpacked, not yet built."""
+
+    name: str
+    spec: DeploySpec
+    root: Path
+    code: bytes
+    digest: str
+    has_dependencies: bool
+    create: bool
+
+
+@dataclass(frozen=True)
+class Deployed:
+    version: int
+    # False: the spec and code were those of the current version; nothing was built.
+    created: bool
+
+
+def _same(current: VersionDetail, plan: Plan) -> bool:
+    fields = set(FunctionConfig.model_fields)
+    return current.code_sha256 == plan.digest and current.spec.model_dump(
+        include=fields
+    ) == plan.spec.model_dump(include=fields)
 
 
 class Deployer:
@@ -52,65 +83,105 @@ class Deployer:
         self.backend = backend
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def deploy(self, name: str, spec_in: DeploySpec, code: bytes, *, create: bool) -> None:
+    @asynccontextmanager
+    async def plan(
+        self, name: str, spec_in: DeploySpec, code: bytes, *, create: bool
+    ) -> AsyncIterator[Plan]:
+        """Check a deploy before anything is built: the code unpacks and has its handler,
+        its secrets exist, the function exists (or not, for a create). The unpacked folder
+        lasts as long as the block."""
         limits = archive.Limits(self.settings.max_code_files, self.settings.max_unpacked_bytes)
         with tempfile.TemporaryDirectory(prefix="kapal-code-") as tmp:
             root = await asyncio.to_thread(archive.unpack, code, Path(tmp), limits)
             archive.check_handler(root, spec_in.handler)
             # Kept in Postgres: what the image was built from, and what a prewarmed
             # container is specialized with.
-            code = await asyncio.to_thread(archive.pack, root)
+            packed = await asyncio.to_thread(archive.pack, root)
+            digest = await asyncio.to_thread(archive.digest, root)
             requirements = root / "requirements.txt"
             has_dependencies = requirements.is_file() and bool(requirements.read_text().strip())
             await self.secrets.check(spec_in.secrets)
-            async with self._locks[name]:
-                exists = await self.store.exists(name)
-                if create and exists:
-                    raise FunctionExists(f"function {name} already exists; PUT to update it")
-                if not create and not exists:
-                    raise FunctionNotFound(f"function {name} not found")
-                version = await self.store.next_version(name)
-                started = time.monotonic()
+            self._check_exists(name, await self.store.exists(name), create)
+            yield Plan(name, spec_in, root, packed, digest, has_dependencies, create)
 
-                output: list[str] = []
+    @staticmethod
+    def _check_exists(name: str, exists: bool, create: bool) -> None:
+        if create and exists:
+            raise FunctionExists(f"function {name} already exists; PUT to update it")
+        if not create and not exists:
+            raise FunctionNotFound(f"function {name} not found")
 
-                def progress(line: str) -> None:
-                    output.append(line)
-                    log.debug("build", extra={"function": name, "version": version, "step": line})
+    async def deploy(
+        self, plan: Plan, *, skip_unchanged: bool = False, on_event: DeployEvent | None = None
+    ) -> Deployed:
+        """Build and record a new version of what `plan` checked. With `skip_unchanged`,
+        a spec and code equal to the current version's build nothing. `on_event` hears
+        each step (from any thread)."""
+        name, spec_in = plan.name, plan.spec
+        say: DeployEvent = on_event or (lambda event: None)
+        async with self._locks[name]:
+            current = await self.store.current(name)
+            self._check_exists(name, current is not None, plan.create)
+            if skip_unchanged and current is not None and _same(current, plan):
+                say({"event": "unchanged", "version": current.spec.version})
+                return Deployed(current.spec.version, created=False)
+            version = await self.store.next_version(name)
+            say({"event": "started", "function": name, "version": version})
+            started = time.monotonic()
 
-                try:
-                    image = await self.builder.build(name, version, spec_in.runtime, root, progress)
-                except Exception as e:
-                    self.metrics.build_took(time.monotonic() - started, False)
-                    self._built(name, version, output, f"image build failed: {e}", "error")
-                    raise
-                seconds = time.monotonic() - started
-                self.metrics.build_took(seconds, True)
-                self._built(name, version, output, f"image {image} built in {seconds:.1f} s")
-                spec = FunctionSpec(
-                    **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
-                    name=name,
-                    version=version,
-                    image=image,
-                    has_dependencies=has_dependencies,
+            output: list[str] = []
+
+            def progress(line: str) -> None:
+                output.append(line)
+                say({"event": "build", "line": line})
+                log.debug("build", extra={"function": name, "version": version, "step": line})
+
+            try:
+                image = await self.builder.build(
+                    name, version, spec_in.runtime, plan.root, progress
                 )
-                try:
-                    sha = hashlib.sha256(code).hexdigest()
-                    await self.store.add_version(spec, code, sha, create=create)
-                except BaseException:
-                    await self.backend.remove_image(image)
-                    raise
-                # Every gateway hears of it (catalog notification); this one at once.
-                await self.catalog.reload_functions()
-                log.info(
-                    "deployed",
-                    extra={
-                        "function": name,
-                        "version": version,
-                        "image": image,
-                        "seconds": round(time.monotonic() - started, 3),
-                    },
-                )
+            except Exception as e:
+                self.metrics.build_took(time.monotonic() - started, False)
+                self._built(name, version, output, f"image build failed: {e}", "error")
+                raise
+            seconds = time.monotonic() - started
+            self.metrics.build_took(seconds, True)
+            self._built(name, version, output, f"image {image} built in {seconds:.1f} s")
+            say({"event": "built", "image": image, "seconds": round(seconds, 3)})
+            spec = FunctionSpec(
+                **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
+                name=name,
+                version=version,
+                image=image,
+                has_dependencies=plan.has_dependencies,
+            )
+            base = None if current is None else current.spec.version
+            try:
+                await self.store.add_version(spec, plan.code, plan.digest, base=base)
+            except BaseException:
+                await self.backend.remove_image(image)
+                raise
+            # Every gateway hears of it (catalog notification); this one at once.
+            await self.catalog.reload_functions()
+            log.info(
+                "deployed",
+                extra={
+                    "function": name,
+                    "version": version,
+                    "image": image,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
+            return Deployed(version, created=True)
+
+    async def rollback(self, name: str, version: int | None) -> int:
+        """Serve an earlier version again (its image is kept); pools roll over to it as to
+        a new version, draining what serves now."""
+        async with self._locks[name]:
+            to = await self.store.rollback(name, version)
+            await self.catalog.reload_functions()
+        log.info("rolled back", extra={"function": name, "version": to})
+        return to
 
     def _built(
         self, name: str, version: int, output: list[str], what: str, level: str = "info"

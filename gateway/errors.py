@@ -76,6 +76,14 @@ class FunctionExists(KapalError):
     status, code = 409, "function_exists"
 
 
+class VersionNotFound(KapalError):
+    status, code = 404, "version_not_found"
+
+
+class NoEarlierVersion(KapalError):
+    status, code = 409, "no_earlier_version"
+
+
 class Conflict(KapalError):
     status, code = 409, "conflict"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.errors import FunctionExists, FunctionNotFound, NoEarlierVersion, VersionNotFound
 from scheduler.models import FunctionSpec
 
 
@@ -18,6 +18,16 @@ class VersionRow:
     version: int
     image: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionDetail:
+    """One version with what it was deployed from (GET /v1/functions/{name}/versions)."""
+
+    spec: FunctionSpec
+    code_sha256: str
+    created_at: datetime
+    current: bool
 
 
 @dataclass(frozen=True)
@@ -47,18 +57,80 @@ class FunctionStore:
         return [_spec(r) for r in rows]
 
     async def next_version(self, name: str) -> int:
-        current = await self.pool.fetchval(
-            "SELECT current_version FROM functions WHERE name = $1", name
+        """One more than any version it ever had (a rollback leaves later versions kept)."""
+        latest = await self.pool.fetchval(
+            "SELECT max(version) FROM function_versions WHERE name = $1", name
         )
-        return 1 if current is None else int(current) + 1
+        return 1 if latest is None else int(latest) + 1
+
+    async def current(self, name: str) -> VersionDetail | None:
+        """The version that serves now, None for a function that does not exist."""
+        row = await self.pool.fetchrow(
+            "SELECT v.name, v.version, v.spec, v.image, v.code_sha256, v.created_at"
+            " FROM functions f JOIN function_versions v"
+            " ON v.name = f.name AND v.version = f.current_version WHERE f.name = $1",
+            name,
+        )
+        if row is None:
+            return None
+        return VersionDetail(_spec(row), row["code_sha256"], row["created_at"], True)
+
+    async def versions(self, name: str) -> list[VersionDetail]:
+        """Every version of a function, oldest first."""
+        async with self.pool.acquire() as conn:
+            current = await conn.fetchval(
+                "SELECT current_version FROM functions WHERE name = $1", name
+            )
+            if current is None:
+                raise FunctionNotFound(f"function {name} not found")
+            rows = await conn.fetch(
+                "SELECT name, version, spec, image, code_sha256, created_at"
+                " FROM function_versions WHERE name = $1 ORDER BY version",
+                name,
+            )
+        return [
+            VersionDetail(_spec(r), r["code_sha256"], r["created_at"], r["version"] == current)
+            for r in rows
+        ]
+
+    async def rollback(self, name: str, version: int | None) -> int:
+        """Point the function at an earlier version kept in Postgres (`None`: the highest
+        below the current one); returns it. Its image is kept until the function goes."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "SELECT current_version FROM functions WHERE name = $1 FOR UPDATE", name
+            )
+            if current is None:
+                raise FunctionNotFound(f"function {name} not found")
+            if version is None:
+                version = await conn.fetchval(
+                    "SELECT max(version) FROM function_versions WHERE name = $1 AND version < $2",
+                    name,
+                    current,
+                )
+                if version is None:
+                    raise NoEarlierVersion(f"function {name} has no version before {current}")
+            elif not await conn.fetchval(
+                "SELECT 1 FROM function_versions WHERE name = $1 AND version = $2", name, version
+            ):
+                raise VersionNotFound(f"function {name} has no version {version}")
+            if version != current:
+                await conn.execute(
+                    "UPDATE functions SET current_version = $2, updated_at = now() WHERE name = $1",
+                    name,
+                    version,
+                )
+        return int(version)
 
     async def exists(self, name: str) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM functions WHERE name = $1", name))
 
     async def add_version(
-        self, spec: FunctionSpec, code: bytes, code_sha256: str, *, create: bool
+        self, spec: FunctionSpec, code: bytes, code_sha256: str, *, base: int | None
     ) -> None:
-        """Record a new version; `create` for a new function. Atomic."""
+        """Record a new version and make it current; `base` is the version that served when
+        the deploy began (None: a new function). Atomic; refused if another deploy won."""
+        create = base is None
         body = spec.model_dump(exclude={"version", "image", "name"}, by_alias=True)
         async with self.pool.acquire() as conn, conn.transaction():
             if create:
@@ -76,7 +148,7 @@ class FunctionStore:
                 )
                 if current is None:
                     raise FunctionNotFound(f"function {spec.name} not found")
-                if current != spec.version - 1:
+                if current != base:
                     raise FunctionExists(
                         f"function {spec.name} was updated concurrently (now version {current})"
                     )

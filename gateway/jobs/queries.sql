@@ -25,3 +25,11 @@ WITH job AS (
 UPDATE invocations SET status = 'cancelled', finished_at = now()
 WHERE job_id = (SELECT id FROM job) AND status = 'queued'
 RETURNING id
+
+-- name: list
+SELECT id, function, total, max_concurrency, max_retries, created_at, cancelled_at
+FROM jobs WHERE ($1::text IS NULL OR function = $1) ORDER BY created_at DESC, id LIMIT $2
+
+-- name: counts_many
+SELECT job_id, status, count(*) AS n, min(started_at) AS first_start, max(finished_at) AS last_finish
+FROM invocations WHERE job_id = ANY($1::uuid[]) GROUP BY job_id, status

@@ -116,6 +116,27 @@ async def get_job(request: web.Request, svc: Services) -> web.Response:
     return web.json_response(text=out.model_dump_json())
 
 
+class JobListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Only this function's jobs.
+    function: FunctionName | None = None
+    # The newest this many.
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+
+
+class JobList(BaseModel):
+    # Newest first.
+    jobs: list[JobOut]
+
+
+async def list_jobs(request: web.Request, svc: Services) -> web.Response:
+    q = parse_query(JobListQuery, request.query)
+    now = datetime.now(UTC)
+    jobs = [job_out(job, counts, now) for job, counts in await svc.jobs.recent(q.function, q.limit)]
+    return web.json_response(text=JobList(jobs=jobs).model_dump_json())
+
+
 def result_line(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"index": row["item_index"], "status": row["status"]}
     body: bytes | None = row["result_body"]
@@ -190,6 +211,16 @@ ROUTES = (
         response=JobCreated,
         status=201,
         errors=(400, 404, 413, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/jobs",
+        list_jobs,
+        "list batch jobs with their progress, newest first",
+        scope=Scope.INVOKE,
+        query=JobListQuery,
+        response=JobList,
+        errors=(422,),
     ),
     Route(
         "GET",

@@ -85,6 +85,18 @@ class JobStore:
     async def counts(self, id: uuid.UUID) -> list[StateCount]:
         return [StateCount(**dict(r)) for r in await self.pool.fetch(Q["counts"], id)]
 
+    async def recent(
+        self, function: str | None, limit: int
+    ) -> list[tuple[JobRow, list[StateCount]]]:
+        """The newest jobs (of one function, or all) with their counts, in two queries."""
+        async with self.pool.acquire() as conn:
+            jobs = [JobRow(**dict(r)) for r in await conn.fetch(Q["list"], function, limit)]
+            counts: dict[uuid.UUID, list[StateCount]] = {j.id: [] for j in jobs}
+            for r in await conn.fetch(Q["counts_many"], list(counts)):
+                row = dict(r)
+                counts[row.pop("job_id")].append(StateCount(**row))
+        return [(j, counts[j.id]) for j in jobs]
+
     async def results(self, id: uuid.UUID, prefetch: int = 1000) -> AsyncIterator[Any]:
         """Items in index order, read with a cursor (a job may hold millions)."""
         async with self.pool.acquire() as conn, conn.transaction():
