@@ -13,6 +13,7 @@ from gateway.queue import routes as queue
 from gateway.routing import OPEN, Route, bind
 from gateway.schedules import routes as schedules
 from gateway.services import Services
+from gateway.ui import routes as ui
 from gateway.webhooks import routes as webhooks
 
 
@@ -38,6 +39,7 @@ ROUTES: tuple[Route, ...] = (
     *logs.ROUTES,
     *stats.ROUTES,
     *exporter.ROUTES,
+    *ui.ROUTES,
 )
 # What the gateway serves on its public port: the front server's routes and these.
 DOCUMENT = openapi.document((*front.ROUTES, *ROUTES))

@@ -1,0 +1,48 @@
+// Small hand-drawn SVG line charts of a per-minute series (null: no calls that minute).
+import { h, s } from "./dom.js";
+
+const W = 120;
+const H = 32;
+
+function segments(values, max) {
+  const step = values.length > 1 ? W / (values.length - 1) : 0;
+  const out = [];
+  let cur = [];
+  values.forEach((v, i) => {
+    if (v === null || v === undefined) {
+      if (cur.length) out.push(cur);
+      cur = [];
+      return;
+    }
+    const y = H - 2 - (max > 0 ? (v / max) * (H - 4) : 0);
+    cur.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
+  });
+  if (cur.length) out.push(cur);
+  // A lone point is drawn as a short flat line so it can be seen.
+  return out.map((pts) => (pts.length === 1 ? [pts[0], pts[0].replace(/^[\d.]+/, (x) => String(+x + 2))] : pts));
+}
+
+// series: [[values...], ...] (up to two lines); label: caption; shown: the figure at the right.
+export function sparkline(label, series, shown, name) {
+  const max = Math.max(0, ...series.flat().filter((v) => v !== null && v !== undefined));
+  const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+    "aria-label": `${label}: ${shown}` });
+  series.forEach((values, i) => {
+    for (const pts of segments(values, max)) svg.append(s("polyline", { class: `s${i}`, points: pts.join(" ") }));
+  });
+  return h("figure", { class: "spark", "data-chart": name },
+    h("figcaption", {}, h("span", {}, label), h("b", {}, shown)), svg);
+}
+
+// The four charts of a function's STATS (see GET /v1/stats).
+export function statCharts(stats, step) {
+  const pts = stats.series;
+  const t = stats.total;
+  return [
+    sparkline("req/s", [pts.map((p) => p.count / step)], t.rps.toFixed(2), "rps"),
+    sparkline("p50 / p99", [pts.map((p) => p.p50_ms), pts.map((p) => p.p99_ms)],
+      t.p50_ms === null ? "–" : `${Math.round(t.p50_ms)} / ${Math.round(t.p99_ms)} ms`, "latency"),
+    sparkline("errors", [pts.map((p) => p.errors)], String(t.errors), "errors"),
+    sparkline("cold starts", [pts.map((p) => p.cold)], String(t.cold), "cold"),
+  ];
+}
