@@ -1,5 +1,6 @@
 // Small hand-drawn SVG line charts of a per-minute series (null: no calls that minute).
 import { h, s } from "./dom.js";
+import { rate } from "./functions.js";
 
 const W = 120;
 const H = 32;
@@ -39,7 +40,7 @@ export function statCharts(stats, step) {
   const pts = stats.series;
   const t = stats.total;
   return [
-    sparkline("req/s", [pts.map((p) => p.count / step)], t.rps.toFixed(2), "rps"),
+    sparkline("req/s", [pts.map((p) => p.count / step)], rate(t.rps), "rps"),
     sparkline("p50 / p99", [pts.map((p) => p.p50_ms), pts.map((p) => p.p99_ms)],
       t.p50_ms === null ? "–" : `${Math.round(t.p50_ms)} / ${Math.round(t.p99_ms)} ms`, "latency"),
     sparkline("errors", [pts.map((p) => p.errors)], String(t.errors), "errors"),

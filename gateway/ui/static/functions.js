@@ -24,8 +24,13 @@ function states(instances) {
 function totals(t) {
   const cell = (v, label) => h("div", {}, h("b", {}, v), h("span", {}, label));
   return h("div", { class: "totals" },
-    cell(t.rps.toFixed(2), "req/s"), cell(ms(t.p50_ms), "p50"), cell(ms(t.p99_ms), "p99"),
+    cell(rate(t.rps), "req/s"), cell(ms(t.p50_ms), "p50"), cell(ms(t.p99_ms), "p99"),
     cell(String(t.errors), "errors"), cell(String(t.cold), "cold"));
+}
+
+// Few calls over the window are still shown as more than nothing.
+export function rate(rps) {
+  return rps >= 10 ? rps.toFixed(0) : rps >= 0.1 || rps === 0 ? rps.toFixed(2) : rps.toPrecision(1);
 }
 
 const EMPTY = { total: { count: 0, errors: 0, cold: 0, rps: 0, p50_ms: null, p99_ms: null }, series: [] };
