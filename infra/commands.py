@@ -19,13 +19,16 @@ from infra.state import state_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LISTEN = "127.0.0.1:8080"
+# Commands the tests use beyond the engine (command -> Debian package), installed when
+# missing: wrk for the load tests, Chromium for the dashboard's browser tests.
+TEST_TOOLS = {"wrk": "wrk", "chromium": "chromium"}
 
 USAGE = """\
 usage: python -m infra COMMAND [ARGS]
 
   setup            install and start Docker if needed, build the base runtime images
   up               setup, start Postgres, run the gateway until Ctrl-C
-  test [ARGS...]   setup (and wrk), run pytest with ARGS, stop what was started
+  test [ARGS...]   setup (and wrk, chromium), run pytest with ARGS, stop what was started
   down             stop a Postgres or dockerd that an earlier `up` left running
 """
 
@@ -105,7 +108,7 @@ def cmd_up(_: list[str]) -> int:
 
 def cmd_test(pytest_args: list[str]) -> int:
     state = state_dir()
-    engine = _setup(state, extra_commands={"wrk": "wrk"})
+    engine = _setup(state, extra_commands=TEST_TOOLS)
     try:
         argv = [sys.executable, "-m", "pytest", *pytest_args]
         print(f"running {' '.join(argv[2:])}", flush=True)

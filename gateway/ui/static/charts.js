@@ -1,6 +1,5 @@
 // Small hand-drawn SVG line charts of a per-minute series (null: no calls that minute).
-import { h, s } from "./dom.js";
-import { rate } from "./functions.js";
+import { h, rate, s } from "./dom.js";
 
 const W = 120;
 const H = 32;
@@ -9,18 +8,18 @@ function segments(values, max) {
   const step = values.length > 1 ? W / (values.length - 1) : 0;
   const out = [];
   let cur = [];
+  const end = () => {
+    // A lone point is drawn as a short flat line so it can be seen.
+    if (cur.length === 1) cur = [[Math.max(0, cur[0][0] - 2), cur[0][1]], [Math.min(W, cur[0][0] + 2), cur[0][1]]];
+    if (cur.length) out.push(cur.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`));
+    cur = [];
+  };
   values.forEach((v, i) => {
-    if (v === null || v === undefined) {
-      if (cur.length) out.push(cur);
-      cur = [];
-      return;
-    }
-    const y = H - 2 - (max > 0 ? (v / max) * (H - 4) : 0);
-    cur.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
+    if (v === null || v === undefined) return end();
+    cur.push([i * step, H - 2 - (max > 0 ? (v / max) * (H - 4) : 0)]);
   });
-  if (cur.length) out.push(cur);
-  // A lone point is drawn as a short flat line so it can be seen.
-  return out.map((pts) => (pts.length === 1 ? [pts[0], pts[0].replace(/^[\d.]+/, (x) => String(+x + 2))] : pts));
+  end();
+  return out;
 }
 
 // series: [[values...], ...] (up to two lines); label: caption; shown: the figure at the right.

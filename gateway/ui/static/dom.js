@@ -41,6 +41,11 @@ export function ms(v) {
   return v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ms`;
 }
 
+// Few calls over the window are still shown as more than nothing.
+export function rate(rps) {
+  return rps >= 10 ? rps.toFixed(0) : rps >= 0.1 || rps === 0 ? rps.toFixed(2) : rps.toPrecision(1);
+}
+
 export function when(iso) {
   if (!iso) return "–";
   const d = new Date(iso);

@@ -2,7 +2,7 @@
 // invocations (with their lines) and a live log tail.
 import { ApiError, enc } from "./api.js";
 import { statCharts } from "./charts.js";
-import { h, ms, replace, statusClass, table, when } from "./dom.js";
+import { h, ms, rate, replace, statusClass, table, when } from "./dom.js";
 import { outcome, Section } from "./section.js";
 
 const STATES = ["ready", "busy", "paused", "starting", "draining"];
@@ -26,11 +26,6 @@ function totals(t) {
   return h("div", { class: "totals" },
     cell(rate(t.rps), "req/s"), cell(ms(t.p50_ms), "p50"), cell(ms(t.p99_ms), "p99"),
     cell(String(t.errors), "errors"), cell(String(t.cold), "cold"));
-}
-
-// Few calls over the window are still shown as more than nothing.
-export function rate(rps) {
-  return rps >= 10 ? rps.toFixed(0) : rps >= 0.1 || rps === 0 ? rps.toFixed(2) : rps.toPrecision(1);
 }
 
 const EMPTY = { total: { count: 0, errors: 0, cold: 0, rps: 0, p50_ms: null, p99_ms: null }, series: [] };

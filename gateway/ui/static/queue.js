@@ -10,7 +10,7 @@ function eta(s) {
 }
 
 export function jobsView() {
-  const jobs = new Section(null, "jobs");
+  const jobs = new Section("", "jobs");
   const detail = new Section("Job", "job");
   let api;
   let picked = null;
@@ -46,7 +46,7 @@ export function jobsView() {
 
 export function deadView() {
   const note = h("p", { hidden: true, id: "redrive-note" });
-  const dead = new Section(null, "dead", note);
+  const dead = new Section("", "dead", note);
   let api;
 
   async function redrive(inv, button) {

@@ -4,9 +4,10 @@ import { h, replace } from "./dom.js";
 
 export class Section {
   constructor(title, id, ...extra) {
+    const panel = title !== null;
     this.body = h("div", {});
     this.error = h("p", { class: "error", role: "alert", hidden: true });
-    this.el = h("section", { class: "panel", id }, title ? h("h2", {}, title) : null, ...extra,
+    this.el = h("section", { class: panel ? "panel" : "", id }, title ? h("h2", {}, title) : null, ...extra,
       this.error, this.body);
   }
 
