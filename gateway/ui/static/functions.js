@@ -197,7 +197,7 @@ export function functionView(name) {
         invocations.update(() => api.get(`${base}/invocations?limit=25`), (d) => table(
           ["started", "status", "trigger", "duration", "cold", "request id"],
           d.invocations.map((r) => h("tr", { class: `pick${r.id === picked ? " picked" : ""}`, "data-id": r.id,
-            onclick: () => pick(r.id) },
+            tabIndex: 0, onclick: () => pick(r.id), onkeydown: (e) => e.key === "Enter" && pick(r.id) },
             h("td", {}, when(r.started_at)), h("td", { class: statusClass(r.status) }, String(r.status)),
             h("td", {}, r.trigger), h("td", {}, ms(r.duration_ms)), h("td", {}, r.tier || "warm"),
             h("td", { class: "mono" }, r.id.slice(0, 12)))),

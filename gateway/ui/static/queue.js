@@ -21,6 +21,12 @@ export function jobsView() {
     table(["state", "items"], Object.entries(j.counts).map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, String(v))))),
   ]);
 
+  function open(id) {
+    picked = id;
+    detail.el.hidden = false;
+    showJob();
+  }
+
   return {
     start(root, a) {
       api = a;
@@ -29,8 +35,8 @@ export function jobsView() {
     async refresh() {
       await jobs.update(() => api.get("/v1/jobs?limit=50"), (d) => table(
         ["created", "function", "state", "progress", "", "retries"],
-        d.jobs.map((j) => h("tr", { class: "pick", "data-job": j.id,
-          onclick: () => { picked = j.id; detail.el.hidden = false; showJob(); } },
+        d.jobs.map((j) => h("tr", { class: "pick", "data-job": j.id, tabIndex: 0,
+          onclick: () => open(j.id), onkeydown: (e) => e.key === "Enter" && open(j.id) },
           h("td", {}, when(j.created_at)), h("td", {}, j.function), h("td", {}, j.state),
           h("td", {}, h("progress", { max: Math.max(1, j.total), value: j.done,
             "aria-label": `${j.function} job progress` })),
