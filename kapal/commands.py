@@ -145,7 +145,7 @@ async def deploy_manifest(client: KapalClient, args: argparse.Namespace) -> int:
         if fn.name not in displays:
             displays[fn.name] = BuildDisplay(fn.name, args.json, prefix=f"{fn.name}| ")
         if args.json:
-            print_ndjson({"function": fn.name, **event})
+            print_ndjson({"deploying": fn.name, **event})
         else:
             displays[fn.name].event(event)
 
@@ -239,7 +239,7 @@ async def versions(client: KapalClient, args: argparse.Namespace) -> int:
         [
             (
                 v["version"],
-                "*" if v.get("current") else "",
+                "yes" if v.get("current") else "no",
                 v.get("image"),
                 str(v.get("code_sha256", ""))[:12],
                 v.get("created_at"),

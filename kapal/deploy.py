@@ -100,26 +100,28 @@ class Plan:
 async def check(client: KapalClient, manifest: Manifest) -> dict[str, bytes]:
     """Everything that can be checked before a change: folders, handlers, secrets, code.
     Returns each function's code archive."""
-    path = manifest.path
     secrets = {s["name"] for s in await client.list_secrets()}
     archives: dict[str, bytes] = {}
     for fn in manifest.functions:
-        where = f"{path}:{fn.line}: functions.{fn.name}"
+
+        def where(field: str, fn: ManifestFunction = fn) -> str:
+            return manifest.where("functions", fn.name, field)
+
         if not fn.folder.is_dir():
-            raise ManifestError(f"{where}.folder: {fn.folder} is not a folder")
+            raise ManifestError(f"{where('folder')}: {fn.folder} is not a folder")
         handler = str(fn.spec.get("handler", "handler.handle"))
         if handler_file(fn.folder, handler) is None:
-            raise ManifestError(f"{where}.handler: no file in {fn.folder} for {handler!r}")
+            raise ManifestError(f"{where('handler')}: no file in {fn.folder} for {handler!r}")
         missing = [s for s in fn.spec.get("secrets", []) if s not in secrets]
         if missing:
             raise ManifestError(
-                f"{where}.secrets: no secret named {', '.join(missing)} on {client.url}"
+                f"{where('secrets')}: no secret named {', '.join(missing)} on {client.url}"
                 " (kapal secrets set NAME)"
             )
         try:
             archives[fn.name] = await asyncio.to_thread(build_archive, fn.folder)
         except KapalAPIError as exc:
-            raise ManifestError(f"{where}.folder: {exc.message}") from exc
+            raise ManifestError(f"{where('folder')}: {exc.message}") from exc
     return archives
 
 
@@ -203,11 +205,11 @@ async def apply(
         what = (
             "created"
             if done.function_created
-            else f"version {version}"
+            else "updated"
             if done.version_created
             else "unchanged"
         )
-        say(f"{fn.name}: {what} (version {version})")
+        say(f"{fn.name}: {what}, version {version}")
         applied.functions.append(
             {
                 "name": fn.name,

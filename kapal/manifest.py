@@ -94,14 +94,18 @@ class ManifestFunction:
     spec: dict[str, Any]
     webhooks: list[WebhookEntry]
     schedules: list[ScheduleEntry]
-    # Where it is declared, for messages.
-    line: int
 
 
 @dataclass(frozen=True)
 class Manifest:
     path: Path
     functions: list[ManifestFunction]
+    # The composed YAML, for the line of a field found wrong after parsing.
+    root: yaml.Node | None
+
+    def where(self, *loc: int | str) -> str:
+        """`file:line: dotted.field` of a field (or of what holds it when it is absent)."""
+        return f"{self.path}:{line_of(self.root, loc)}: " + ".".join(str(p) for p in loc)
 
 
 def canonical(value: Any) -> str:
@@ -127,11 +131,12 @@ def load_manifest(path: Path) -> Manifest:
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = error["loc"]
-        where = ".".join(str(part) for part in loc) or "(top)"
+        where = ".".join(str(part) for part in loc if part != "[key]") or "(top)"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
         raise ManifestError(
-            f"{path}:{line_of(root, loc)}: {where}: {error['msg']}{got}{more}"
+            f"{path}:{line_of(root, loc)}: {where}: "
+            f"{error['msg'].removeprefix('Value error, ')}{got}{more}"
         ) from exc
     base = path.resolve().parent
     functions = []
@@ -149,24 +154,25 @@ def load_manifest(path: Path) -> Manifest:
                 spec={"name": name, **spec},
                 webhooks=entry.webhooks,
                 schedules=entry.schedules,
-                line=line_of(root, ("functions", name)),
             )
         )
-    return Manifest(path, functions)
+    return Manifest(path, functions, root)
 
 
 def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     """The 1-based line of the node at `loc` (a pydantic error location), or of the
     deepest node on the way there (a missing field: the mapping that lacks it)."""
     line = node.start_mark.line + 1 if node is not None else 1
+    key_line = line
     for part in loc:
+        if part == "[key]":  # the mapping key itself is wrong (a function's name)
+            return key_line
         child: yaml.Node | None = None
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if str(key.value) == str(part):
-                    # An unknown field is reported at its key; a bad value at the value.
                     child = value
-                    line = key.start_mark.line + 1
+                    key_line = key.start_mark.line + 1
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
             if 0 <= part < len(node.value):
