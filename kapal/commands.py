@@ -727,18 +727,17 @@ async def top(client: KapalClient, args: argparse.Namespace) -> int:
         else:
             console().print(top_table(rows, args.minutes))
         return 0
-    with Live(console=console(), auto_refresh=False) as live:
+    out = console()
+    if not out.is_terminal:
+        # Into a pipe or a file: one table after the other, until interrupted.
         while True:
-            live.update(
-                top_table(
-                    await top_rows(
-                        client,
-                        args.minutes,
-                    ),
-                    args.minutes,
-                ),
-                refresh=True,
-            )
+            out.print(top_table(await top_rows(client, args.minutes), args.minutes))
+            sys.stdout.flush()
+            await asyncio.sleep(args.interval)
+    with Live(console=out, auto_refresh=False) as live:
+        while True:
+            live.update(top_table(await top_rows(client, args.minutes), args.minutes))
+            live.refresh()
             await asyncio.sleep(args.interval)
 
 

@@ -7,6 +7,7 @@ file order and build on what the earlier ones left (a re-deploy, a new version, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import shutil
@@ -469,6 +470,67 @@ async def test_logs_and_invocations(kapal: Any) -> None:
 
     ghost = await kapal("logs", "ghost")
     assert ghost.code == 1 and "ghost" in ghost.err
+
+
+async def until_printed(
+    shared_gateway: GatewayProcess,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    want: str,
+    meanwhile: Any = None,
+    within: float = 30.0,
+) -> str:
+    """Run a command that does not end by itself until its output holds `want`."""
+    capsys.readouterr()
+    auth = ["--url", shared_gateway.url, "--api-key", shared_gateway.admin_key or ""]
+    task = asyncio.create_task(cli.run([*auth, *argv]))
+    seen = ""
+    end = time.monotonic() + within
+    try:
+        while want not in seen:
+            assert not task.done(), f"{argv} ended: {task.result()}, {seen!r}"
+            assert time.monotonic() < end, f"{want!r} never printed by {argv}: {seen!r}"
+            if meanwhile is not None:
+                await meanwhile()
+            await asyncio.sleep(0.2)
+            seen += capsys.readouterr().out
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return seen
+
+
+async def test_logs_follow_prints_new_lines(
+    shared_gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = "followed-" + str(time.time_ns())
+
+    async def call() -> None:
+        await cli.run(
+            [
+                "--url",
+                shared_gateway.url,
+                "--api-key",
+                shared_gateway.admin_key or "",
+                "invoke",
+                "m-echo",
+                "-p",
+                marker,
+            ]
+        )
+
+    seen = await until_printed(
+        shared_gateway, capsys, ["logs", "m-echo", "-f", "--since", "1s"], "echo ", call
+    )
+    assert "stdout" in seen
+
+
+async def test_top_without_once_keeps_printing(
+    shared_gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = await until_printed(shared_gateway, capsys, ["top", "--interval", "0.1"], "m-echo")
+    assert "\x1b" not in seen and "FUNCTION" in seen
 
 
 # -- jobs --------------------------------------------------------------------------
