@@ -128,7 +128,7 @@ async def check(client: KapalClient, manifest: Manifest) -> dict[str, bytes]:
 async def plan(client: KapalClient, manifest: Manifest) -> Plan:
     result = Plan(await check(client, manifest))
     names = {fn.name for fn in manifest.functions}
-    _match(
+    pair(
         [h for h in await client.webhooks() if h["function"] in names],
         [(fn.name, h.verify) for fn in manifest.functions for h in fn.webhooks],
         lambda h: (h["function"], h["verify"]),
@@ -137,7 +137,7 @@ async def plan(client: KapalClient, manifest: Manifest) -> Plan:
         result.webhooks_to_remove,
         result.webhooks_to_create,
     )
-    _match(
+    pair(
         [s for s in await client.schedules() if s["function"] in names],
         [(fn.name, s) for fn in manifest.functions for s in fn.schedules],
         lambda s: (s["function"], s["cron"], s["timezone"], canonical(s["payload"])),
@@ -149,7 +149,7 @@ async def plan(client: KapalClient, manifest: Manifest) -> Plan:
     return result
 
 
-def _match(
+def pair(
     existing: list[dict[str, Any]],
     wanted: list[Any],
     key_of_existing: Callable[[dict[str, Any]], Any],
