@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kapal.client import KapalClient
-from kapal.commands import COMMANDS, Command, overrides
+from kapal.commands import COMMANDS, Command
+from kapal.commands.functions import overrides
 from kapal.errors import KapalError
 
 __all__ = ["build_parser", "main", "overrides", "run"]

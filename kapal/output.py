@@ -16,6 +16,13 @@ from kapal.client import InvokeResult
 
 # Not a terminal: no width to fit, so no cell is wrapped or cut.
 PIPE_WIDTH = 1000
+# How often a command that waits (deploy --wait, jobs --wait, invoke --wait) asks again.
+POLL_S = 0.5
+
+
+def note(message: str) -> None:
+    """A message for the person at the terminal, on stderr (stdout stays for data)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def console(stderr: bool = False) -> Console:
