@@ -244,6 +244,13 @@ async def test_deploying_the_same_manifest_again_changes_nothing(kapal: Any, pro
             "functions.m-plain.folder",
             "is not a folder",
         ),
+        (
+            "    folder: double\n",
+            "    folder: double\n    handler: missing.handle\n",
+            12,
+            "functions.m-double.handler",
+            "no file in",
+        ),
         ("  m-plain:\n", "  M_Plain:\n", 17, "functions.M_Plain", "must be a lowercase DNS label"),
     ],
 )
