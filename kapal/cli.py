@@ -1,29 +1,29 @@
-"""The `kapal` command: deploy, invoke and manage functions on a Kapal gateway."""
+"""The `kapal` command: parse the arguments, run the command, and turn every failure into
+one line on stderr and a non-zero exit status."""
 
 import argparse
 import asyncio
+import importlib.metadata
 import importlib.util
-import json
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from kapal.client import KapalClient
+from kapal.commands import COMMANDS, Command
+from kapal.commands.functions import overrides
 from kapal.errors import KapalError
-from kapal.output import (
-    format_invoke_head,
-    format_keys,
-    format_log_line,
-    format_records,
-    format_table,
-    invoke_error,
-)
-from kapal.spec import load_spec
 
-Command = Callable[[KapalClient, argparse.Namespace], Awaitable[int]]
+__all__ = ["build_parser", "main", "overrides", "run"]
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("kapal")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,16 +38,23 @@ async def run(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run the command: 0 done, 1 failed, 2 bad usage."""
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed the usage error or the help
+    except SystemExit as exc:  # argparse has printed the usage error, the help or --version
         return exc.code if isinstance(exc.code, int) else 2
     if args.command == "up":
         return up()
     try:
-        async with KapalClient(args.url) as client:
+        async with KapalClient(args.url, api_key=args.api_key) as client:
             command: Command = COMMANDS[args.command]
             return await command(client, args)
     except KapalError as exc:
         _error(str(exc))
+        return 1
+    except BrokenPipeError:
+        # `kapal logs | head`: the reader left; nothing more to say.
+        sys.stderr.close()
+        return 1
+    except Exception as exc:  # a bug, or an answer we did not expect: still one line
+        _error(f"{type(exc).__name__}: {exc}")
         return 1
 
 
@@ -62,172 +69,6 @@ def up() -> int:
     return 0  # only reached when execv is replaced (tests)
 
 
-async def deploy(client: KapalClient, args: argparse.Namespace) -> int:
-    folder: Path = args.folder
-    spec = load_spec(folder, _overrides(args))
-    if not args.json:
-        _note(f"deploying {spec['name']} from {folder} ...")
-    started = time.monotonic()
-    function, created = await client.deploy_or_update(folder, spec)
-    elapsed = time.monotonic() - started
-    if args.json:
-        _print_json(function)
-        return 0
-    name = function.get("name", spec["name"])
-    print(
-        f"{'deployed' if created else 'updated'} {name} version {function.get('version', '?')} "
-        f"(image {function.get('image', '?')}) in {elapsed:.1f}s"
-    )
-    print(f"curl {client.url}/fn/{name}")
-    return 0
-
-
-async def invoke(client: KapalClient, args: argparse.Namespace) -> int:
-    data = _read_data(args.data)
-    headers: list[tuple[str, str]] = args.header or []
-    if data is not None and not any(k.lower() == "content-type" for k, _ in headers):
-        headers = [*headers, ("Content-Type", _guess_content_type(data))]
-    result = await client.invoke(
-        args.name,
-        args.path,
-        method=args.method,
-        data=data,
-        headers=headers,
-        query=args.query or [],
-    )
-    if args.include:
-        sys.stderr.write(format_invoke_head(result))
-        sys.stderr.flush()
-    sys.stdout.flush()
-    sys.stdout.buffer.write(result.body)
-    sys.stdout.buffer.flush()
-    if not result.ok:
-        _error(invoke_error(args.name, result))
-        return 1
-    return 0
-
-
-async def ls(client: KapalClient, args: argparse.Namespace) -> int:
-    functions = await client.list()
-    if args.json:
-        _print_json(functions)
-    else:
-        print(format_table(functions), end="")
-    return 0
-
-
-async def get(client: KapalClient, args: argparse.Namespace) -> int:
-    _print_json(await client.get(args.name))
-    return 0
-
-
-async def rm(client: KapalClient, args: argparse.Namespace) -> int:
-    await client.delete(args.name)
-    print(f"removed {args.name}")
-    return 0
-
-
-async def keys(client: KapalClient, args: argparse.Namespace) -> int:
-    if args.keys_command == "create":
-        created = await client.create_key(args.name, args.scope, args.rps)
-        if args.json:
-            _print_json(created)
-            return 0
-        print(created["key"])
-        _note(
-            f"created API key {created['id']} ({', '.join(created['scopes'])});"
-            " it is shown this once: store it now"
-        )
-    elif args.keys_command == "ls":
-        listed = await client.list_keys()
-        if args.json:
-            _print_json(listed)
-        else:
-            print(format_keys(listed), end="")
-    else:
-        await client.revoke_key(args.id)
-        print(f"revoked {args.id}")
-    return 0
-
-
-async def secrets(client: KapalClient, args: argparse.Namespace) -> int:
-    if args.secrets_command == "set":
-        # From stdin, so the value stays out of shell history and `ps`.
-        value = sys.stdin.read()
-        await client.put_secret(args.name, value.removesuffix("\n"))
-        print(f"set {args.name}")
-    elif args.secrets_command == "ls":
-        listed = await client.list_secrets()
-        if args.json:
-            _print_json(listed)
-        else:
-            print("".join(f"{s['name']}\n" for s in listed), end="")
-    else:
-        await client.delete_secret(args.name)
-        print(f"removed {args.name}")
-    return 0
-
-
-async def logs(client: KapalClient, args: argparse.Namespace) -> int:
-    lines = client.logs(
-        args.name,
-        follow=args.follow,
-        since=args.since,
-        until=args.until,
-        request_id=args.request,
-        instance=args.instance,
-        limit=args.limit,
-    )
-    async for line in lines:
-        if args.json:
-            print(json.dumps(line), flush=args.follow)
-        else:
-            print(format_log_line(line), flush=args.follow)
-    return 0
-
-
-async def invocations(client: KapalClient, args: argparse.Namespace) -> int:
-    if args.id:
-        detail = await client.invocation(args.name, args.id)
-        if args.json:
-            _print_json(detail)
-            return 0
-        records = [detail["record"]] if detail.get("record") else detail.get("attempts", [])
-        print(format_records(records), end="")
-        for line in detail.get("logs", []):
-            print(format_log_line(line))
-        return 0
-    page = await client.invocations(
-        args.name,
-        since=args.since,
-        status=args.status,
-        cold=args.cold,
-        trigger=args.trigger,
-        limit=args.limit,
-        cursor=args.cursor,
-    )
-    if args.json:
-        _print_json(page)
-        return 0
-    print(format_records(page["invocations"]), end="")
-    if page.get("next_cursor"):
-        _note(f"more: --cursor {page['next_cursor']}")
-    return 0
-
-
-COMMANDS: dict[str, Command] = {
-    "deploy": deploy,
-    "invoke": invoke,
-    "ls": ls,
-    "get": get,
-    "rm": rm,
-    "keys": keys,
-    "secrets": secrets,
-    "logs": logs,
-    "invocations": invocations,
-}
-
-
 # -- arguments ---------------------------------------------------------------------
 
 
@@ -235,17 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kapal", description="Deploy and call functions on Kapal.", parents=[_globals(True)]
     )
+    parser.add_argument("--version", action="version", version=f"kapal {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, summary: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+    def add(name: str, summary: str, group: Any = commands) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = group.add_parser(
             name, help=summary, description=summary, parents=[_globals(False)]
         )
+        return made
+
+    def group(p: argparse.ArgumentParser, dest: str) -> Any:
+        return p.add_subparsers(dest=dest, required=True, metavar="ACTION")
 
     add("up", "start Kapal on this machine (Docker, Postgres, gateway)")
 
-    p = add("deploy", "deploy a function folder (creates it, or adds a version)")
-    p.add_argument("folder", type=Path, metavar="DIR", help="folder with the function's code")
+    p = add("deploy", "deploy a function folder, or every function of a kapal.yaml")
+    p.add_argument(
+        "folder", type=Path, nargs="?", metavar="DIR", help="folder with the function's code"
+    )
+    p.add_argument("-f", "--file", type=Path, metavar="KAPAL_YAML", help="deploy a manifest")
+    p.add_argument("--wait", action="store_true", help="until scaling.min instances are ready")
+    p.add_argument("--wait-timeout", type=float, default=120.0, metavar="S")
     p.add_argument("--name", help="function name (default: kapal.toml, else the folder name)")
     p.add_argument("--runtime", help="language runtime (default: python)")
     p.add_argument("--handler", help="module.function to call (default: handler.handle)")
@@ -283,12 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-H", "--header", action="append", type=_pair(":"), metavar="'K: V'")
     p.add_argument("-q", "--query", action="append", type=_pair("="), metavar="K=V")
     p.add_argument("-i", "--include", action="store_true", help="status and headers to stderr")
+    p.add_argument("--async", dest="async_", action="store_true", help="queue it; print the id")
+    p.add_argument("--wait", action="store_true", help="with --async: print the result when done")
 
     add("ls", "list functions")
-    p = add("get", "show one function as JSON")
+    p = add("get", "show one function: version, pool, instances")
     p.add_argument("name", metavar="NAME")
-    p = add("rm", "delete a function")
+    p = add("rm", "delete a function, or every function of a kapal.yaml")
+    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("-f", "--file", type=Path, metavar="KAPAL_YAML")
+    p = add("versions", "a function's versions, oldest first")
     p.add_argument("name", metavar="NAME")
+    p = add("rollback", "serve an earlier version (default: the one before the current)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", type=int, metavar="N", help="this version")
 
     p = add("logs", "a function's log lines (prints, logging, tracebacks, platform events)")
     p.add_argument("name", metavar="NAME")
@@ -309,11 +168,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="records per page (default 100)")
     p.add_argument("--cursor", metavar="C", help="the next page, as printed after the last")
 
+    p = add("dead", "dead letters: async invocations out of retries")
+    actions = p.add_subparsers(dest="dead_command", metavar="ACTION")
+    k = actions.add_parser("retry", help="run one again", parents=[_globals(False)])
+    k.add_argument("id", metavar="ID")
+    p.add_argument("--function", metavar="NAME", help="only this function's")
+    p.add_argument("--limit", type=int, metavar="N")
+
+    p = add("jobs", "batch jobs: one invocation per item")
+    actions = group(p, "jobs_command")
+    k = add("create", "a job from a JSON Lines file", actions)
+    k.add_argument("function", metavar="FN")
+    k.add_argument("--items", required=True, metavar="FILE.jsonl", help="one JSON item a line")
+    k.add_argument("--max-concurrency", type=int, metavar="N")
+    k.add_argument("--retries", type=int, metavar="N")
+    k.add_argument("--wait", action="store_true", help="a progress bar until done, then counts")
+    for action, summary in (
+        ("get", "a job's progress"),
+        ("results", "a job's results, in item order"),
+        ("cancel", "cancel what has not run"),
+    ):
+        add(action, summary, actions).add_argument("id", metavar="ID")
+    k = add("ls", "jobs, newest first", actions)
+    k.add_argument("--function", metavar="NAME")
+    k.add_argument("--limit", type=int, metavar="N")
+
+    p = add("webhooks", "webhook endpoints")
+    actions = group(p, "webhooks_command")
+    k = add("create", "an endpoint; its secret is shown once", actions)
+    k.add_argument("function", metavar="FN")
+    k.add_argument("--verify", required=True, choices=("github", "stripe", "hmac-sha256", "none"))
+    add("ls", "list endpoints", actions)
+    for action, summary in (
+        ("get", "one endpoint"),
+        ("rotate", "a new secret, shown once"),
+        ("rm", "delete an endpoint"),
+    ):
+        add(action, summary, actions).add_argument("id", metavar="ID")
+
+    p = add("schedules", "cron schedules")
+    actions = group(p, "schedules_command")
+    k = add("create", "a schedule", actions)
+    k.add_argument("function", metavar="FN")
+    k.add_argument("--cron", required=True, metavar="EXPR", help="'*/5 * * * *', @hourly, ...")
+    k.add_argument("--payload", metavar="JSON", help="body of each invocation")
+    k.add_argument("--timezone", default="UTC", metavar="TZ")
+    add("ls", "list schedules", actions)
+    for action, summary in (("get", "one schedule"), ("rm", "delete a schedule")):
+        add(action, summary, actions).add_argument("id", metavar="ID")
+
     p = add("keys", "manage API keys (needs an admin key)")
-    keys_commands = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    k = keys_commands.add_parser(
-        "create", help="create a key; it is printed once", parents=[_globals(False)]
-    )
+    actions = group(p, "keys_command")
+    k = add("create", "create a key; it is printed once", actions)
     k.add_argument("name", metavar="NAME", help="what the key is for")
     k.add_argument(
         "--scope",
@@ -323,23 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="what it may do (repeatable)",
     )
     k.add_argument("--rps", type=float, metavar="N", help="its own requests/s limit")
-    keys_commands.add_parser(
-        "ls", help="list keys (never their secrets)", parents=[_globals(False)]
-    )
-    k = keys_commands.add_parser("rm", help="revoke a key", parents=[_globals(False)])
-    k.add_argument("id", metavar="ID")
+    add("ls", "list keys (never their secrets)", actions)
+    add("rm", "revoke a key", actions).add_argument("id", metavar="ID")
 
     p = add("secrets", "manage secrets (needs an admin key)")
-    secret_commands = p.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
-    k = secret_commands.add_parser(
-        "set",
-        help="create or replace a secret; the value is read from stdin",
-        parents=[_globals(False)],
+    actions = group(p, "secrets_command")
+    add("set", "create or replace a secret; the value is read from stdin", actions).add_argument(
+        "name", metavar="NAME"
     )
-    k.add_argument("name", metavar="NAME")
-    secret_commands.add_parser("ls", help="list secret names", parents=[_globals(False)])
-    k = secret_commands.add_parser("rm", help="delete a secret", parents=[_globals(False)])
-    k.add_argument("name", metavar="NAME")
+    add("ls", "list secret names", actions)
+    add("rm", "delete a secret", actions).add_argument("name", metavar="NAME")
+
+    p = add("top", "live table of functions: rps, p50/p99, errors, cold starts, instances")
+    p.add_argument("--once", action="store_true", help="print one table and exit")
+    p.add_argument("--minutes", type=int, default=15, metavar="N", help="window (1..1440)")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh period")
     return parser
 
 
@@ -354,10 +258,16 @@ def _globals(top: bool) -> argparse.ArgumentParser:
         help="gateway URL (default: $KAPAL_URL or http://127.0.0.1:8080)",
     )
     parser.add_argument(
+        "--api-key",
+        default=None if top else default,
+        metavar="KEY",
+        help="API key (default: $KAPAL_API_KEY, else the admin key `kapal up` saved)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         default=False if top else default,
-        help="machine-readable output (ls, deploy, keys)",
+        help="machine-readable output: one JSON document, or NDJSON for streams",
     )
     return parser
 
@@ -372,61 +282,6 @@ def _pair(separator: str) -> Callable[[str], tuple[str, str]]:
     return parse
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "name": args.name,
-        "runtime": args.runtime,
-        "handler": args.handler,
-        "env": dict(args.env or []),
-        "limits": {
-            "timeout_s": args.timeout,
-            "memory_mb": args.memory,
-            "cpus": args.cpus,
-            "rps": args.rps,
-        },
-        "public": args.public,
-        "secrets": args.secret,
-        "network": {"outbound": args.outbound},
-        "scaling": {
-            "min": args.min,
-            "max": args.max,
-            "concurrency": args.concurrency,
-            "idle_timeout_s": args.idle_timeout,
-        },
-    }
-
-
-def _read_data(data: str | None) -> bytes | None:
-    if data is None:
-        return None
-    if data == "@-":
-        return sys.stdin.buffer.read()
-    if data.startswith("@"):
-        try:
-            return Path(data[1:]).read_bytes()
-        except OSError as exc:
-            raise KapalError(f"cannot read {data[1:]}: {exc.strerror or exc}") from exc
-    return data.encode()
-
-
-def _guess_content_type(data: bytes) -> str:
-    # `-d '{"a": 1}'` should reach a handler as JSON without a -H.
-    if data.lstrip()[:1] in (b"{", b"["):
-        try:
-            json.loads(data)
-            return "application/json"
-        except ValueError:
-            pass
-    return "application/octet-stream"
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    one_line = " ".join(message.split())
+    print(f"error: {one_line}", file=sys.stderr, flush=True)

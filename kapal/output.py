@@ -1,51 +1,104 @@
-"""How the CLI shows things: the function table, ages, invocation heads and errors."""
+"""How the CLI shows things: rich tables and progress on a terminal, plain text (no escape
+codes) into a pipe or a file, JSON with `--json`; ages, invocation heads and errors."""
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from kapal.client import InvokeResult
 
-COLUMNS = ("NAME", "VERSION", "INSTANCES", "INVOCATIONS", "UPDATED")
-KEY_COLUMNS = ("ID", "NAME", "SCOPES", "RPS", "CREATED")
+# Not a terminal: no width to fit, so no cell is wrapped or cut.
+PIPE_WIDTH = 1000
+# How often a command that waits (deploy --wait, jobs --wait, invoke --wait) asks again.
+POLL_S = 0.5
 
 
-def format_table(functions: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
-    """The `kapal ls` table, header included, one line per function."""
+def note(message: str) -> None:
+    """A message for the person at the terminal, on stderr (stdout stays for data)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def console(stderr: bool = False) -> Console:
+    """A console on the current stdout (or stderr): colour only when it is a terminal."""
+    file = sys.stderr if stderr else sys.stdout
+    terminal = file.isatty()
+    return Console(
+        file=file,
+        width=None if terminal else PIPE_WIDTH,
+        force_terminal=terminal,
+        no_color=not terminal,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        soft_wrap=not terminal,
+    )
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A borderless table: header, then one line per row ("-" for None)."""
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*("-" if cell is None else str(cell) for cell in row))
+    return grid
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    console().print(table(columns, rows))
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def print_ndjson(value: Any) -> None:
+    print(json.dumps(value, default=str), flush=True)
+
+
+def functions_table(functions: Sequence[dict[str, Any]], now: datetime | None = None) -> Table:
+    """The `kapal ls` table: one line per function."""
     now = now or datetime.now(UTC)
-    rows = [COLUMNS] + [
+    return table(
+        ("NAME", "VERSION", "INSTANCES", "INVOCATIONS", "PUBLIC", "UPDATED"),
         (
-            str(fn.get("name", "?")),
-            str(fn.get("version", "?")),
-            str(len(fn.get("instances") or [])),
-            str(fn.get("invocations", 0)),
-            format_age(fn.get("updated_at"), now),
-        )
-        for fn in functions
-    ]
-    return _table(rows)
+            (
+                fn.get("name", "?"),
+                fn.get("version", "?"),
+                len(fn.get("instances") or []),
+                fn.get("invocations", 0),
+                "yes" if fn.get("public") else "no",
+                format_age(fn.get("updated_at"), now),
+            )
+            for fn in functions
+        ),
+    )
 
 
-RECORD_COLUMNS = ("STARTED", "ID", "TRIGGER", "STATUS", "COLD", "MS", "INSTANCE")
-
-
-def format_records(records: Sequence[dict[str, Any]]) -> str:
+def records_table(records: Sequence[dict[str, Any]]) -> Table:
     """The `kapal invocations` table: one line per invocation record."""
-    rows = [RECORD_COLUMNS] + [
+    return table(
+        ("STARTED", "ID", "TRIGGER", "STATUS", "COLD", "MS", "INSTANCE"),
         (
-            str(r.get("started_at", "?"))[:23],
-            str(r.get("id", "?")),
-            str(r.get("trigger", "?")),
-            str(r.get("status", "?")),
-            r.get("tier") or "-",
-            f"{r.get('duration_ms', 0):.1f}",
-            str(r.get("instance", "")),
-        )
-        for r in records
-    ]
-    return _table(rows)
+            (
+                str(r.get("started_at", "?"))[:23],
+                r.get("id", "?"),
+                r.get("trigger", "?"),
+                r.get("status", "?"),
+                r.get("tier"),
+                f"{r.get('duration_ms', 0):.1f}",
+                r.get("instance", ""),
+            )
+            for r in records
+        ),
+    )
 
 
 def format_log_line(line: dict[str, Any]) -> str:
@@ -56,31 +109,6 @@ def format_log_line(line: dict[str, Any]) -> str:
         stream += f":{line['level']}"
     request = str(line.get("request_id") or "")[:12] or "-"
     return f"{ts} {stream:<14} {request:<12} {line.get('line', '')}"
-
-
-def format_keys(keys: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
-    """The `kapal keys ls` table: ids, names and scopes (the API never returns secrets)."""
-    now = now or datetime.now(UTC)
-    rows = [KEY_COLUMNS] + [
-        (
-            str(k.get("id", "?")),
-            str(k.get("name", "")),
-            ",".join(k.get("scopes") or []),
-            "-" if k.get("rps") is None else f"{k['rps']:g}",
-            format_age(k.get("created_at"), now),
-        )
-        for k in keys
-    ]
-    return _table(rows)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        + "\n"
-        for row in rows
-    )
 
 
 def format_age(timestamp: str | None, now: datetime) -> str:

@@ -1,9 +1,17 @@
 from datetime import UTC, datetime
 
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from kapal.client import InvokeResult
-from kapal.output import format_age, format_invoke_head, format_table, invoke_error
+from kapal.output import (
+    console,
+    format_age,
+    format_invoke_head,
+    functions_table,
+    invoke_error,
+    print_table,
+)
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -22,27 +30,35 @@ def test_format_age() -> None:
     assert format_age("yesterday", NOW) == "yesterday"
 
 
-def test_format_table_aligns_columns() -> None:
+def test_a_table_into_a_pipe_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
     functions = [
         {
             "name": "hello",
             "version": 12,
             "instances": [{"id": "i1"}, {"id": "i2"}],
             "invocations": 1500,
+            "public": True,
             "updated_at": "2024-05-01T11:00:00Z",
         },
         {"name": "a", "version": 1},
     ]
 
-    assert format_table(functions, NOW) == (
-        "NAME   VERSION  INSTANCES  INVOCATIONS  UPDATED\n"
-        "hello  12       2          1500         1h ago\n"
-        "a      1        0          0            -\n"
-    )
+    console().print(functions_table(functions, NOW))
+
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out.endswith("\n")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "VERSION", "INSTANCES", "INVOCATIONS", "PUBLIC", "UPDATED"]
+    assert lines[2].split() == ["hello", "12", "2", "1500", "yes", "1h", "ago"]
+    assert lines[3].split() == ["a", "1", "0", "0", "no", "-"]
+    # Columns line up: each cell starts under its header.
+    assert lines[2].index("1500") == lines[0].index("INVOCATIONS")
 
 
-def test_format_table_without_functions_is_the_header() -> None:
-    assert format_table([], NOW) == "NAME  VERSION  INSTANCES  INVOCATIONS  UPDATED\n"
+def test_a_long_cell_is_not_cut_in_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
+    print_table(("ID", "URL"), [("x", "http://" + "a" * 300)])
+
+    assert "http://" + "a" * 300 in capsys.readouterr().out
 
 
 def test_format_invoke_head() -> None:
