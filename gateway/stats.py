@@ -20,8 +20,9 @@ from scheduler.models import NAME_RE
 
 STEP_S = 60
 
-# One row per (function, minute) with calls, then one per function for the whole window.
-SERIES = """
+# One row per (function, minute) with calls, and one per function for the whole window
+# (its minute null): percentiles of a window are not sums of per-minute ones.
+FIGURES = """
 SELECT function, date_trunc('minute', started_at) AS t, count(*) AS count,
        count(*) FILTER (WHERE status >= 500) AS errors,
        count(*) FILTER (WHERE tier IS NOT NULL) AS cold,
@@ -29,17 +30,7 @@ SELECT function, date_trunc('minute', started_at) AS t, count(*) AS count,
        percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
 FROM invocation_records
 WHERE started_at >= $1 AND ($2::text IS NULL OR function = $2)
-GROUP BY 1, 2
-"""
-TOTALS = """
-SELECT function, count(*) AS count,
-       count(*) FILTER (WHERE status >= 500) AS errors,
-       count(*) FILTER (WHERE tier IS NOT NULL) AS cold,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms
-FROM invocation_records
-WHERE started_at >= $1 AND ($2::text IS NULL OR function = $2)
-GROUP BY 1
+GROUP BY GROUPING SETS ((function, date_trunc('minute', started_at)), (function))
 """
 
 
@@ -99,13 +90,12 @@ async def stats(
     async with svc.pg.acquire() as conn:
         now: datetime = await conn.fetchval("SELECT now()")
         first = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes - 1)
-        series = await conn.fetch(SERIES, first, only)
-        totals = await conn.fetch(TOTALS, first, only)
+        rows = await conn.fetch(FIGURES, first, only)
     elapsed = max((now - first).total_seconds(), 1.0)
     minutes_of = [first + timedelta(minutes=i) for i in range(minutes)]
     points: dict[str, dict[datetime, Minute]] = {n: {} for n in names}
-    for r in series:
-        if r["function"] in points:
+    for r in rows:
+        if r["function"] in points and r["t"] is not None:
             points[r["function"]][r["t"]] = Minute(t=r["t"], **_figures(r))
     out = {
         n: FunctionStats(
@@ -113,8 +103,8 @@ async def stats(
         )
         for n in names
     }
-    for r in totals:
-        if r["function"] in out:
+    for r in rows:
+        if r["function"] in out and r["t"] is None:
             out[r["function"]].total = Totals(**_figures(r), rps=round(r["count"] / elapsed, 3))
     return out
 

@@ -12,15 +12,19 @@ from kapal.output import (
 )
 
 
+def _removed(args: argparse.Namespace) -> int:
+    if args.json:
+        print_json({"removed": args.id})
+    else:
+        print(f"removed {args.id}")
+    return 0
+
+
 async def webhooks(client: KapalClient, args: argparse.Namespace) -> int:
     sub = args.webhooks_command
     if sub == "rm":
         await client.delete_webhook(args.id)
-        if args.json:
-            print_json({"removed": args.id})
-        else:
-            print(f"removed {args.id}")
-        return 0
+        return _removed(args)
     if sub == "ls":
         found = await client.webhooks()
         if args.json:
@@ -50,11 +54,7 @@ async def schedules(client: KapalClient, args: argparse.Namespace) -> int:
     sub = args.schedules_command
     if sub == "rm":
         await client.delete_schedule(args.id)
-        if args.json:
-            print_json({"removed": args.id})
-        else:
-            print(f"removed {args.id}")
-        return 0
+        return _removed(args)
     if sub == "ls":
         found = await client.schedules()
         if args.json:
