@@ -31,7 +31,7 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
     """A gateway on a fresh embedded Postgres and namespace; everything removed after."""
     tmp = Path(tempfile.mkdtemp(prefix="kapal-bench-"))
     engine = ensure_engine(tmp, log=say)
-    ensure_base_images(engine.client, REPO, log=say)
+    images = ensure_base_images(engine.client, REPO, log=say)
     # Always a throwaway embedded server, never a database named by the environment.
     external = os.environ.pop("KAPAL_DATABASE_URL", None)
     try:
@@ -39,6 +39,7 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
     finally:
         if external is not None:
             os.environ["KAPAL_DATABASE_URL"] = external
+    env = {"KAPAL_RUNTIME_IMAGE_PYTHON": images["python"], **env}
     gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level="WARNING", **env)
     try:
         gw.start()

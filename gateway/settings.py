@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     database_url: str
     # Prefix of every container, network and image this gateway owns.
     namespace: str = Field(default="kapal", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    # Base image per runtime that function images are built FROM.
+    # Base image per runtime that function images are built FROM (`make up` and the tests
+    # name the image of their checkout, tagged by its inputs).
     runtime_image_python: str = "kapal/runtime-python:latest"
     # Largest code archive accepted by a deploy, in bytes.
     max_code_bytes: int = 50 * 1024 * 1024

@@ -143,6 +143,9 @@ def _setup(state: Path, extra_commands: dict[str, str] | None = None) -> Engine:
         with _timed("base images"):
             images = ensure_base_images(engine.client, REPO_ROOT)
             print("base images: " + ", ".join(f"{k}={v}" for k, v in images.items()))
+            # The gateway (`up`) and the tests' gateways build on exactly these.
+            for runtime, tag in images.items():
+                os.environ.setdefault(f"KAPAL_RUNTIME_IMAGE_{runtime.upper()}", tag)
     except BaseException:
         stop_engine(engine)
         raise

@@ -8,19 +8,23 @@ import time
 from pathlib import Path
 
 import docker
+from docker.errors import APIError
 
 from infra.errors import InfraError
 from infra.host import Log
-from infra.imagestore import build, image_id, image_labels, remove_if_unused
+from infra.imagestore import build, image_labels
 from infra.recipes import (
     BASE_LABEL,
     INPUTS_LABEL,
     RUNTIME_DOCKERFILE,
     RUNTIME_IMAGE,
+    RUNTIME_IMAGES_KEPT,
+    RUNTIME_REPO,
     RUNTIME_REQUIREMENTS,
     pip_target_argv,
     runtime_files,
     runtime_inputs_hash,
+    runtime_tag,
     wheel_arch,
 )
 from infra.rootfs import ensure_os_image
@@ -31,7 +35,11 @@ RUNTIME_NAME = "python"
 def ensure_base_images(
     client: docker.DockerClient, repo_root: Path, log: Log = print
 ) -> dict[str, str]:
-    """Make every base runtime image whose inputs changed; runtime name -> image tag."""
+    """Make every base runtime image whose inputs changed; runtime name -> image tag.
+
+    The tag names the inputs, so a checkout always gets the runtime it holds, even while
+    another checkout on the same engine builds a different one.
+    """
     runtime_dir = repo_root / "runtimes" / "python"
     if not (runtime_dir / "kapal_runtime").is_dir():
         raise InfraError(
@@ -39,21 +47,41 @@ def ensure_base_images(
         )
     arch = wheel_arch()
     inputs = runtime_inputs_hash(runtime_dir, arch)
-    if (image_labels(client, RUNTIME_IMAGE) or {}).get(INPUTS_LABEL) == inputs:
-        return {RUNTIME_NAME: RUNTIME_IMAGE}
+    tag = runtime_tag(inputs)
+    if (image_labels(client, tag) or {}).get(INPUTS_LABEL) == inputs:
+        return {RUNTIME_NAME: tag}
     started = time.monotonic()
     ensure_os_image(client, arch, log)
-    log(f"runtime layer: building {RUNTIME_IMAGE} (inputs {inputs[:12]})")
-    old = image_id(client, RUNTIME_IMAGE)
+    log(f"runtime layer: building {tag}")
     with tempfile.TemporaryDirectory(prefix="kapal-runtime-") as tmp:
         context = Path(tmp)
         _copy_runtime(runtime_dir, context / "runtime")
         _install_site(context / "site", arch, runtime_dir / "requirements.txt", log)
         (context / "Dockerfile").write_text(RUNTIME_DOCKERFILE)
-        new = build(client, context, RUNTIME_IMAGE, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
-    remove_if_unused(client, old, new, log)
-    log(f"runtime layer: {RUNTIME_IMAGE} ready in {time.monotonic() - started:.1f} s")
-    return {RUNTIME_NAME: RUNTIME_IMAGE}
+        build(client, context, tag, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
+    client.images.get(tag).tag(RUNTIME_IMAGE)
+    _prune_runtime_images(client, keep=tag, log=log)
+    log(f"runtime layer: {tag} ready in {time.monotonic() - started:.1f} s")
+    return {RUNTIME_NAME: tag}
+
+
+def _prune_runtime_images(client: docker.DockerClient, keep: str, log: Log) -> None:
+    """Untag the oldest runtime images past RUNTIME_IMAGES_KEPT; the engine removes each
+    one whose last tag went, unless a container or a function image still uses it."""
+    images = client.images.list(name=RUNTIME_REPO, filters={"label": BASE_LABEL})
+    images.sort(key=lambda image: str(image.attrs.get("Created", "")), reverse=True)
+    for image in images[RUNTIME_IMAGES_KEPT + 1 :]:
+        if keep in image.tags or RUNTIME_IMAGE in image.tags:
+            continue
+        for ref in image.tags:
+            try:
+                client.images.remove(ref, noprune=False)
+            except APIError as err:
+                if err.status_code != 409:  # 409: a container still runs it
+                    raise
+                log(f"kept {ref}: still in use")
+            else:
+                log(f"removed the old runtime image {ref}")
 
 
 def _copy_runtime(runtime_dir: Path, target: Path) -> None:

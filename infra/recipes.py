@@ -12,7 +12,12 @@ from infra.errors import InfraError
 
 OS_IMAGE = "kapal/os-python:bookworm"
 RUNTIME_REPO = "kapal/runtime-python"
+# Also kept on the image made last, for people who start a gateway by hand; Kapal's own
+# set-up, tests and benchmarks name the image by its inputs (runtime_tag), so checkouts of
+# different runtimes on one engine never swap each other's image mid-run.
 RUNTIME_IMAGE = f"{RUNTIME_REPO}:latest"
+# Base runtime images kept besides the current one (other checkouts may still use them).
+RUNTIME_IMAGES_KEPT = 3
 INPUTS_LABEL = "kapal.inputs"  # sha256 of everything an image was made from
 BASE_LABEL = "kapal.base"  # marks Kapal's base images, so stale ones can be found
 
@@ -105,6 +110,11 @@ def runtime_inputs_hash(runtime_dir: Path, arch: str) -> str:
         digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
         digest.update(data)
     return digest.hexdigest()
+
+
+def runtime_tag(inputs: str) -> str:
+    """The tag of the runtime image made from `inputs` (a runtime_inputs_hash)."""
+    return f"{RUNTIME_REPO}:{inputs[:16]}"
 
 
 def pip_target_argv(

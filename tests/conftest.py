@@ -17,8 +17,6 @@ from infra.images import ensure_base_images
 from infra.postgres import start_embedded, stop_embedded, url
 from tests.support import GatewayProcess, cleanup_namespace, new_namespace
 
-BASE_IMAGE = "kapal/runtime-python:latest"
-
 
 class PostgresServer:
     def __init__(self) -> None:
@@ -74,9 +72,11 @@ def postgres() -> Iterator[PostgresServer]:
 def docker_client() -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     client.ping()
-    # Rebuilt when the runtime's files changed (instant when not): functions run the
-    # runtime of this checkout, not whatever an earlier run left under the tag.
-    ensure_base_images(client, Path(__file__).resolve().parent.parent)
+    # Rebuilt when the runtime's files changed (instant when not), under a tag naming its
+    # inputs: the gateways of this run (which inherit the environment) build on the runtime
+    # of this checkout, whatever another checkout on the engine builds meanwhile.
+    images = ensure_base_images(client, Path(__file__).resolve().parent.parent)
+    os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"] = images["python"]
     yield client
     client.close()
 

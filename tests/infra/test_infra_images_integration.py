@@ -6,7 +6,7 @@ import docker
 import pytest
 
 from infra.images import ensure_base_images
-from infra.recipes import INPUTS_LABEL, RUNTIME_IMAGE
+from infra.recipes import INPUTS_LABEL, RUNTIME_IMAGE, RUNTIME_REPO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,23 +16,23 @@ pytestmark = pytest.mark.integration
 def test_ensure_base_images_is_a_no_op_when_the_image_is_current(
     docker_client: docker.DockerClient,
 ) -> None:
-    ensure_base_images(docker_client, REPO_ROOT, log=lambda _: None)  # builds if stale
-    before = docker_client.images.get(RUNTIME_IMAGE)
+    tag = ensure_base_images(docker_client, REPO_ROOT, log=lambda _: None)["python"]
+    before = docker_client.images.get(tag)
     lines: list[str] = []
-    assert ensure_base_images(docker_client, REPO_ROOT, log=lines.append) == {
-        "python": RUNTIME_IMAGE
-    }
+    assert ensure_base_images(docker_client, REPO_ROOT, log=lines.append) == {"python": tag}
     assert lines == []
-    assert docker_client.images.get(RUNTIME_IMAGE).id == before.id
-    assert before.labels[INPUTS_LABEL]
+    assert docker_client.images.get(tag).id == before.id
+    # The tag names the inputs: another checkout's runtime gets a tag of its own.
+    assert tag == f"{RUNTIME_REPO}:{before.labels[INPUTS_LABEL][:16]}"
+    assert tag != RUNTIME_IMAGE
 
 
 def test_runtime_image_runs_python_with_aiohttp_offline(
     docker_client: docker.DockerClient,
 ) -> None:
-    ensure_base_images(docker_client, REPO_ROOT, log=lambda _: None)
+    tag = ensure_base_images(docker_client, REPO_ROOT, log=lambda _: None)["python"]
     output = docker_client.containers.run(
-        RUNTIME_IMAGE,
+        tag,
         [
             "python3",
             "-c",
