@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import api, exporter, front, openapi, stats
+from gateway import api, exporter, front, openapi, stats, traffic
 from gateway.auth import auth_middleware
 from gateway.errors import error_middleware
 from gateway.jobs import routes as jobs
@@ -24,6 +24,7 @@ async def openapi_json(request: web.Request, svc: Services) -> web.Response:
 # Every route the management application serves.
 ROUTES: tuple[Route, ...] = (
     *api.ROUTES,
+    *traffic.ROUTES,
     Route(
         "GET",
         "/openapi.json",

@@ -3,7 +3,8 @@
 Postgres is the only truth; this is its cache. Every change to functions, keys or
 secrets is announced on `kapal_catalog` (triggers, whoever made it) and reloaded here at
 once; a periodic full reload heals a missed notification within `refresh_s`. Each load
-is pushed into the scheduler's pools (`Scheduler.update`) and the secret mounts.
+is pushed into the scheduler's pools (`Scheduler.update`: every version serving traffic
+and the splits) and the secret mounts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.supervisor import either
 from gateway.vault import Secrets
 from scheduler.models import FunctionSpec
 from scheduler.scheduler import Scheduler
+from scheduler.traffic import WHOLE
 
 log = logging.getLogger("kapal.gateway.catalog")
 
@@ -45,6 +47,10 @@ class Catalog:
         self.refresh_s = refresh_s
         # The current version of every deployed function, by name.
         self.specs: dict[str, FunctionSpec] = {}
+        # How the traffic of functions served by several versions splits: version -> %.
+        self.traffic: dict[str, dict[int, int]] = {}
+        # What each function's secret folder holds: its serving versions' secrets.
+        self._mounted: dict[str, FunctionSpec] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -55,8 +61,8 @@ class Catalog:
         return self.specs.get(name)
 
     def users_of(self, secret: str) -> list[str]:
-        """Functions whose current version mounts `secret`."""
-        return sorted(n for n, s in self.specs.items() if secret in s.secrets)
+        """Functions with a version serving traffic that mounts `secret`."""
+        return sorted(n for n, s in self._mounted.items() if secret in s.secrets)
 
     async def load(self) -> list[FunctionSpec]:
         """The first load, before anything is served."""
@@ -66,21 +72,32 @@ class Catalog:
 
     async def reload_functions(self) -> None:
         async with self._lock:
-            specs = {s.name: s for s in await self.store.current_specs()}
-            for name, spec in specs.items():
-                old = self.specs.get(name)
-                if old is None or old.version != spec.version:
-                    await self._mount(spec)
+            serving = await self.store.serving()
+            specs = {s.spec.name: s.spec for s in serving if s.current}
+            traffic: dict[str, dict[int, int]] = {}
+            secrets: dict[str, set[str]] = {}
+            for s in serving:
+                secrets.setdefault(s.spec.name, set()).update(s.spec.secrets)
+                if s.weight < WHOLE:
+                    traffic.setdefault(s.spec.name, {})[s.spec.version] = s.weight
+            # One folder per function: under a split it holds what every version mounts.
+            mounts = {
+                name: spec.model_copy(update={"secrets": sorted(secrets[name])})
+                for name, spec in specs.items()
+            }
+            for name, mount in mounts.items():
+                if self._mounted.get(name) != mount:
+                    await self._mount(mount)
             for name in self.specs.keys() - specs.keys():
                 self.secrets.forget(name)
-            self.specs = specs
-            self.scheduler.update(list(specs.values()))
+            self.specs, self.traffic, self._mounted = specs, traffic, mounts
+            self.scheduler.update([s.spec for s in serving if s.spec.name in specs], traffic)
             for hook in self.on_change:
                 hook(specs)
 
     async def remount_secrets(self) -> None:
         async with self._lock:
-            for spec in self.specs.values():
+            for spec in self._mounted.values():
                 if spec.secrets:
                     await self._mount(spec)
 

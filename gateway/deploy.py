@@ -183,6 +183,15 @@ class Deployer:
         log.info("rolled back", extra={"function": name, "version": to})
         return to
 
+    async def split(self, name: str, weights: dict[int, int]) -> dict[int, int]:
+        """Split traffic between versions (their images are kept); pools of versions
+        joining start, those leaving drain, as for a rollback."""
+        async with self._locks[name]:
+            split = await self.store.set_traffic(name, weights)
+            await self.catalog.reload_functions()
+        log.info("traffic split", extra={"function": name, "traffic": split})
+        return split
+
     def _built(
         self, name: str, version: int, output: list[str], what: str, level: str = "info"
     ) -> None:

@@ -27,7 +27,7 @@ from gateway.records import InvocationRecord, Recorder
 from gateway.request import Request
 from gateway.settings import Settings
 from gateway.upstream import InstanceBusy, UpstreamLost, Upstreams
-from scheduler.errors import NoCapacity
+from scheduler.errors import NoCapacity, Rerouted
 from scheduler.pool import Acquired, Instance, Pool
 from scheduler.scheduler import Scheduler
 
@@ -51,6 +51,8 @@ class CallResult:
     request_id: str
     # The cold-start tier that served it ("" when warm).
     cold: str
+    # The version that served it (also in the X-Kapal-Version header).
+    version: int
 
 
 class Invoker:
@@ -83,14 +85,15 @@ class Invoker:
         strip_key: bool = False,
         trigger: str = "http",
         parent: bytes = b"",
-    ) -> str:
-        """Run `req` on an instance of `name`; returns the cold-start tier ("" when warm).
+    ) -> Acquired:
+        """Run `req` on an instance of `name`, of the version the traffic split draws;
+        returns the slot it had (its instance, whether and how it started cold).
 
         Raises FunctionNotFound, PayloadTooLarge, scheduler errors (no capacity, start
         failed), UpstreamTimeout (instance replaced) and UpstreamFailed (instance replaced;
         OutOfMemory when it was killed for its memory).
         """
-        pool = self.scheduler.pool(name)
+        pool = self.scheduler.pick(name)
         if pool is None:
             raise FunctionNotFound(f"function {name} not found")
         limit = self.settings.max_body_bytes
@@ -104,6 +107,13 @@ class Invoker:
             except NoCapacity as e:
                 self.metrics.rejections[(name, e.reason)] += 1
                 raise
+            except Rerouted:
+                # Its version left the split while this request waited: draw again.
+                rerouted = self.scheduler.pick(name)
+                if rerouted is None:
+                    raise FunctionNotFound(f"function {name} not found") from None
+                pool = rerouted
+                continue
             inst = acquired.instance
             try:
                 status = await self._exchange(
@@ -132,7 +142,7 @@ class Invoker:
             self._record(
                 req, target, request_id, inst, status, acquired, wall_start, t0, trigger, parent
             )
-            return acquired.tier
+            return acquired
 
     async def _exchange(
         self,
@@ -150,7 +160,7 @@ class Invoker:
         inst = acquired.instance
         limit = self.settings.max_body_bytes
         timeout = inst.spec.limits.timeout_s
-        extra = b"X-Kapal-Request-Id: " + request_id + b"\r\n"
+        extra = b"X-Kapal-Request-Id: %b\r\nX-Kapal-Version: %d\r\n" % (request_id, inst.version)
         if acquired.cold:
             extra += b"X-Kapal-Cold-Start: " + acquired.tier.encode() + b"\r\n"
         # The time limit counts from dispatch, not arrival (a cold start may have waited).
@@ -247,9 +257,11 @@ class Invoker:
             body,
         )
         sink = BufferedResponse()
-        tier = await self.invoke(
+        acquired = await self.invoke(
             sink, req, name, target, b"kapal", rid, trigger=trigger, parent=parent
         )
+        version = acquired.instance.version
         out = {k.decode("latin-1"): v.decode("latin-1") for k, v in sink.headers}
         out["X-Kapal-Request-Id"] = rid.decode()
-        return CallResult(sink.status, out, sink.data, rid.decode(), tier)
+        out["X-Kapal-Version"] = str(version)
+        return CallResult(sink.status, out, sink.data, rid.decode(), acquired.tier, version)

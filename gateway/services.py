@@ -149,7 +149,7 @@ class Services:
             loops.add("kapal-logs-collector", logs.collector.run)
             loops.add("kapal-logs-feed", logs.feed.run)
             loops.add("kapal-loop-lag", metrics.watch_loop_lag)
-            await scheduler.start(specs)
+            await scheduler.start()  # the catalog has given it what is deployed
             stack.push_async_callback(loops.close)
             stack.push_async_callback(departure.close_scheduler, scheduler)
             # Decided while the cluster loop still runs: are other gateways staying?

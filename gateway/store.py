@@ -1,4 +1,5 @@
-"""Functions and their versions in Postgres: the source of truth of what is deployed."""
+"""Functions, their versions and how traffic splits between them, in Postgres: the source
+of truth of what is deployed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncpg
 
 from gateway.errors import FunctionExists, FunctionNotFound, NoEarlierVersion, VersionNotFound
 from scheduler.models import FunctionSpec
+from scheduler.traffic import Split
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,17 @@ class VersionDetail:
     spec: FunctionSpec
     code_sha256: str
     created_at: datetime
+    current: bool
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A version that serves traffic, and its share."""
+
+    spec: FunctionSpec
+    # Percent of the function's requests it gets.
+    weight: int
+    # The function's current version (the largest share).
     current: bool
 
 
@@ -49,12 +62,68 @@ class FunctionStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def current_specs(self) -> list[FunctionSpec]:
+    async def serving(self) -> list[Serving]:
+        """Every version serving traffic: the current one of each function without a
+        split, each version of a split with its weight."""
         rows = await self.pool.fetch(
-            "SELECT v.name, v.version, v.spec, v.image FROM functions f"
-            " JOIN function_versions v ON v.name = f.name AND v.version = f.current_version"
+            "SELECT v.name, v.version, v.spec, v.image, v.version = f.current_version AS current,"
+            " coalesce(t.weight, 100) AS weight FROM functions f"
+            " JOIN function_versions v ON v.name = f.name"
+            " LEFT JOIN function_traffic t ON t.name = v.name AND t.version = v.version"
+            " WHERE t.weight IS NOT NULL OR (v.version = f.current_version"
+            " AND NOT EXISTS (SELECT 1 FROM function_traffic x WHERE x.name = f.name))"
         )
-        return [_spec(r) for r in rows]
+        return [Serving(_spec(r), r["weight"], r["current"]) for r in rows]
+
+    async def traffic(self, name: str) -> dict[int, int]:
+        """How `name`'s traffic splits: version -> percent."""
+        async with self.pool.acquire() as conn:
+            current = await conn.fetchval(
+                "SELECT current_version FROM functions WHERE name = $1", name
+            )
+            if current is None:
+                raise FunctionNotFound(f"function {name} not found")
+            rows = await conn.fetch(
+                "SELECT version, weight FROM function_traffic WHERE name = $1 ORDER BY version",
+                name,
+            )
+        return {r["version"]: r["weight"] for r in rows} or {int(current): 100}
+
+    async def set_traffic(self, name: str, weights: dict[int, int]) -> dict[int, int]:
+        """Split `name`'s traffic as `weights` says (version -> percent, adding up to 100;
+        every version must exist); returns the split (versions at 0 left out). The version
+        with the largest share becomes the current one."""
+        split = Split.of(weights)
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "SELECT current_version FROM functions WHERE name = $1 FOR UPDATE", name
+            )
+            if current is None:
+                raise FunctionNotFound(f"function {name} not found")
+            known = {
+                r["version"]
+                for r in await conn.fetch(
+                    "SELECT version FROM function_versions WHERE name = $1 AND version = ANY($2)",
+                    name,
+                    list(weights),
+                )
+            }
+            if missing := sorted(set(weights) - known):
+                listed = ", ".join(str(v) for v in missing)
+                raise VersionNotFound(f"function {name} has no version {listed}")
+            await conn.execute("DELETE FROM function_traffic WHERE name = $1", name)
+            if len(split.versions) > 1:
+                await conn.executemany(
+                    "INSERT INTO function_traffic (name, version, weight) VALUES ($1, $2, $3)",
+                    [(name, v, w) for v, w in split.weights.items()],
+                )
+            if split.primary != current:
+                await conn.execute(
+                    "UPDATE functions SET current_version = $2, updated_at = now() WHERE name = $1",
+                    name,
+                    split.primary,
+                )
+        return split.weights
 
     async def next_version(self, name: str) -> int:
         """One more than any version it ever had (a rollback leaves later versions kept)."""
@@ -114,6 +183,8 @@ class FunctionStore:
                 "SELECT 1 FROM function_versions WHERE name = $1 AND version = $2", name, version
             ):
                 raise VersionNotFound(f"function {name} has no version {version}")
+            # All of the traffic goes to it: a split ends.
+            await conn.execute("DELETE FROM function_traffic WHERE name = $1", name)
             if version != current:
                 await conn.execute(
                     "UPDATE functions SET current_version = $2, updated_at = now() WHERE name = $1",
@@ -157,6 +228,8 @@ class FunctionStore:
                     spec.name,
                     spec.version,
                 )
+                # A new version takes all of the traffic: a split ends.
+                await conn.execute("DELETE FROM function_traffic WHERE name = $1", spec.name)
             await conn.execute(
                 "INSERT INTO function_versions (name, version, spec, image, code, code_sha256)"
                 " VALUES ($1, $2, $3, $4, $5, $6)",

@@ -50,3 +50,14 @@ class UnknownFunction(SchedulerError):
 
 class BackendError(SchedulerError):
     """The container engine refused or failed an operation."""
+
+
+class Rerouted(SchedulerError):
+    """The version a request waited for stopped serving traffic: pick again (the
+    invoker does; a caller never sees it)."""
+
+    status, code = 503, "unavailable"
+
+    def __init__(self, function: str) -> None:
+        super().__init__(f"function {function}: the version chosen serves no more traffic")
+        self.function = function

@@ -20,9 +20,10 @@ from typing import Protocol
 
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, Running
-from scheduler.errors import NoCapacity, SchedulerError, StartFailed, UnknownFunction
+from scheduler.errors import NoCapacity, Rerouted, SchedulerError, StartFailed, UnknownFunction
 from scheduler.models import FunctionSpec
 from scheduler.scaler import Scaler
+from scheduler.traffic import WHOLE
 
 log = logging.getLogger("kapal.scheduler.pool")
 
@@ -161,6 +162,10 @@ class Pool:
         self.instances: dict[str, Instance] = {}
         self.last_error: str | None = None
         self.closed = False
+        # Its version serves no more traffic: what runs drains, nothing new starts.
+        self.retired = False
+        # The percent of the function's requests this version gets (its traffic split).
+        self.share = WHOLE
         # Work queued for this function outside the pool (async invocations, job items);
         # set by the queue, read by the autoscaler like in-flight requests.
         self.backlog = 0
@@ -216,6 +221,8 @@ class Pool:
             return Acquired(inst, cold=False)
         if self.closed:
             raise UnknownFunction(self.spec.name)
+        if self.retired:
+            raise Rerouted(self.spec.name)
         if len(self._waiters) >= self.config.buffer_size:
             self.rejected += 1
             raise NoCapacity(
@@ -253,6 +260,8 @@ class Pool:
                 return Acquired(inst, False, now - began)
             if self.closed:
                 raise UnknownFunction(self.spec.name)
+            if self.retired:
+                raise Rerouted(self.spec.name)
 
     def release(self, inst: Instance) -> None:
         inst.in_flight -= 1
@@ -260,7 +269,7 @@ class Pool:
         inst.last_used = self.clock()
         if inst.state is InstanceState.DRAINING:
             if inst.in_flight == 0 and self.leading:
-                self._stop(inst, why="drained: a new version serves")
+                self._stop(inst, why="drained: its version serves no traffic")
         elif inst.state is InstanceState.READY:
             self._wake(1)
 
@@ -280,7 +289,7 @@ class Pool:
 
     def poke(self) -> None:
         """A request found no free slot: capacity now, from the one decider."""
-        if self.closed:
+        if self.closed or self.retired:
             return
         if self.leading:
             self.scaler.poke(self.clock(), self, self.observed())
@@ -301,7 +310,7 @@ class Pool:
         inst = self.find(running.id)
         now = self.clock()
         if inst is None:
-            if self.closed or spec.version != self.spec.version:
+            if self.closed or self.retired or spec.version != self.spec.version:
                 return None
             state = InstanceState.PAUSED if running.paused else InstanceState.READY
             inst = Instance(iid, spec, state, now, now, running.id, running.address)
@@ -395,9 +404,14 @@ class Pool:
         version = self.spec.version
         return sum(1 for i in self.instances.values() if i.state is state and i.version == version)
 
+    @property
+    def min_instances(self) -> int:
+        """`scaling.min` scaled by this version's share of the traffic (rounded up)."""
+        return -(-self.spec.scaling.min * self.share // WHOLE)
+
     def scale_to(self, desired: int) -> None:
         """Bring the instances serving the current version to `desired`."""
-        if self.closed or not self.leading:
+        if self.closed or self.retired or not self.leading:
             return
         self.desired = desired
         active = self.active()
@@ -413,9 +427,9 @@ class Pool:
             self._park(inst)
 
     def ensure_min(self) -> None:
-        if not self.leading:
+        if not self.leading or self.closed or self.retired:
             return
-        missing = self.spec.scaling.min - len(self.active())
+        missing = self.min_instances - len(self.active())
         for _ in range(max(0, missing)):
             self.add_instance()
 
@@ -578,29 +592,30 @@ class Pool:
         self.instances[inst.id] = inst
         self._wake(inst.free_slots)
 
-    def update(self, spec: FunctionSpec) -> None:
-        """Route new requests to `spec`; older instances drain and go away."""
-        old_ready = sum(
-            1
-            for i in self.instances.values()
-            if i.state is InstanceState.READY and i.spec.version != spec.version
-        )
-        self.spec = spec
+    def warm(self, serving: int) -> None:
+        """Start instances as if `serving` were ready (what the version it takes traffic
+        from had), so that traffic does not fall back to cold starts."""
+        if not self.leading or self.closed or self.retired:
+            return
+        wanted = min(self.spec.scaling.max, max(self.min_instances, serving))
+        for _ in range(wanted - len(self.active())):
+            self.add_instance()
+
+    def retire(self) -> None:
+        """Its version serves no more traffic: whoever waits here is sent to the versions
+        that do, what is in flight finishes, then every instance stops."""
+        self.retired = True
+        self._fail_waiters(Rerouted(self.spec.name))
         for inst in list(self.instances.values()):
-            if inst.spec.version == spec.version:
-                continue
             if inst.state in (InstanceState.STARTING, InstanceState.READY):
                 inst.state = InstanceState.DRAINING
             if self.leading and inst.in_flight == 0 and inst.state is not InstanceState.STARTING:
-                self._stop(inst, why=f"version {spec.version} replaces it")
-        if not self.leading:
-            return
-        # Replace what was serving, so traffic does not fall back to cold starts.
-        wanted = min(spec.scaling.max, max(spec.scaling.min, old_ready))
-        for _ in range(wanted - len(self.active())):
-            self.add_instance()
-        if self._waiters:
-            self.poke()
+                self._stop(inst, why=f"version {self.spec.version} serves no traffic")
+
+    @property
+    def done(self) -> bool:
+        """Retired (or closed) with nothing left running or to do."""
+        return (self.retired or self.closed) and not self.instances and not self._tasks.running
 
     def take_over(self) -> None:
         """This gateway now leads: finish what the last leader left half done."""

@@ -47,7 +47,7 @@ class Scaler:
             current_concurrency=self.window.latest(),
             ready=pool.ready_count(),
             concurrency=scaling.concurrency,
-            min_instances=scaling.min,
+            min_instances=pool.min_instances,
             max_instances=scaling.max,
         )
         decision = decide(now, inputs, self.state, cfg)

@@ -1,5 +1,9 @@
-"""The scheduler: one pool per function, the instances every gateway can route to, and the
-scaling loop of the one gateway that leads.
+"""The scheduler: one pool per version serving traffic, the instances every gateway can
+route to, and the scaling loop of the one gateway that leads.
+
+A function's traffic goes to one version, or is split by weight between several
+(`scheduler.traffic`); each such version has a pool of its own, scaled by the load its
+share brings. A version leaving the traffic drains and stops like a deleted function's.
 
 Several gateways may share one backend. Each routes to every instance it finds there
 (listed at start, then followed through the backend's events and a periodic resync).
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +34,7 @@ from scheduler.models import PREWARM_NAME, FunctionSpec
 from scheduler.pool import Instance, InstanceState, Pool, PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scaler import Scaler
+from scheduler.traffic import Routes, Split
 
 log = logging.getLogger("kapal.scheduler")
 
@@ -89,6 +94,32 @@ def _instance_id(running: Running) -> str:
     return running.labels.get(LABEL_INSTANCE) or running.id[:8]
 
 
+def load_key(pool: Pool) -> str:
+    """How gateways name a version's pool when they report its load to each other."""
+    return f"{pool.spec.name}@{pool.spec.version}"
+
+
+def _split(
+    name: str, weights: Mapping[int, int] | None, specs: Mapping[int, FunctionSpec]
+) -> Split:
+    """The split of `weights`; without one (or with one naming a version not given),
+    the highest version given takes it all."""
+    if weights:
+        try:
+            split = Split.of(weights)
+        except ValueError as e:
+            log.error("traffic split ignored", extra={"function": name, "error": str(e)})
+        else:
+            if set(split.versions) <= specs.keys():
+                return split
+            log.error("traffic split names a version not given", extra={"function": name})
+    return Split.only(max(specs))
+
+
+async def _close(pools: list[Pool], *, stop: bool) -> None:
+    await asyncio.gather(*(p.close(grace_s=0.0, stop=stop) for p in pools))
+
+
 class Scheduler:
     def __init__(
         self,
@@ -109,7 +140,14 @@ class Scheduler:
         self.sample_s = sample_s
         self.decide_s = decide_s
         self.resync_s = resync_s
+        # The pool of each function's primary version (the largest share): status, limits.
         self.pools: dict[str, Pool] = {}
+        # Every pool serving traffic, by function and version.
+        self.versions: dict[str, dict[int, Pool]] = {}
+        # What requests draw from, per function (rebuilt when what is deployed changes).
+        self.routes: dict[str, Routes] = {}
+        # Pools of versions no longer serving, until their instances have drained.
+        self._retired: list[Pool] = []
         # Pools of deleted functions still stopping their instances.
         self._removing: dict[str, asyncio.Task[None]] = {}
         # Told what happened to each instance (for the function's log); set before start.
@@ -125,7 +163,20 @@ class Scheduler:
         self._unwatch: Callable[[], None] | None = None
 
     def pool(self, name: str) -> Pool | None:
+        """The pool of `name`'s primary version."""
         return self.pools.get(name)
+
+    def pick(self, name: str) -> Pool | None:
+        """The pool a request to `name` goes to, drawn by the traffic split (hot path)."""
+        routes = self.routes.get(name)
+        return None if routes is None else routes.choose()
+
+    def all_pools(self) -> list[Pool]:
+        """Every pool with instances: serving, and retired ones still draining."""
+        return [p for pools in self.versions.values() for p in pools.values()] + self._retired
+
+    def _serving(self, name: str, version: int) -> Pool | None:
+        return self.versions.get(name, {}).get(version)
 
     def _new_pool(self, spec: FunctionSpec) -> Pool:
         pool = Pool(
@@ -145,29 +196,67 @@ class Scheduler:
 
     # -- what is deployed ----------------------------------------------------------------
 
-    async def start(self, specs: list[FunctionSpec]) -> None:
-        """Load the deployed functions, find their instances, follow the backend."""
-        self.update(specs)
+    async def start(
+        self,
+        specs: list[FunctionSpec] | None = None,
+        traffic: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> None:
+        """Load the deployed functions (unless already `update`d), find their instances,
+        follow the backend."""
+        if specs is not None:
+            self.update(specs, traffic)
         self._unwatch = self.backend.watch(self._on_event)
         for running in await self.backend.list_managed():
             self._discover_soon(running.id, running)
         self._loop = asyncio.create_task(self._run(), name="kapal-scaler")
 
-    def update(self, specs: list[FunctionSpec]) -> None:
-        """Make the pools match what is deployed: new functions, new versions, deletions."""
-        wanted = {s.name: s for s in specs}
-        for name, spec in wanted.items():
-            pool = self.pools.get(name)
+    def update(
+        self,
+        specs: list[FunctionSpec],
+        traffic: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> None:
+        """Make the pools match what is deployed: `specs` has every version serving
+        traffic, `traffic` the split (version -> percent) of each function served by more
+        than one; a function it does not name is served by its one spec."""
+        wanted: dict[str, dict[int, FunctionSpec]] = {}
+        for spec in specs:
+            wanted.setdefault(spec.name, {})[spec.version] = spec
+        for name, by_version in wanted.items():
+            self._route(name, _split(name, (traffic or {}).get(name), by_version), by_version)
+        for name in [n for n in self.versions if n not in wanted]:
+            self._remove(name)
+
+    def _route(self, name: str, split: Split, specs: Mapping[int, FunctionSpec]) -> None:
+        pools = self.versions.setdefault(name, {})
+        # What served before: new versions start warm with their share of it.
+        serving = sum(p.ready_count() for p in pools.values())
+        for version in split.versions:
+            share = split.share(version)
+            pool = pools.get(version)
             if pool is None:
-                pool = self.pools[name] = self._new_pool(spec)
+                pool = pools[version] = self._new_pool(specs[version])
+                pool.share = share
+                pool.warm(split.scaled(version, serving))
+            elif pool.share != share:
+                pool.share = share
                 pool.ensure_min()
-            elif spec.version != pool.spec.version:
-                pool.update(spec)
-        for name in [n for n in self.pools if n not in wanted]:
-            pool = self.pools.pop(name)
-            task = self._spawn(pool.close(grace_s=0.0, stop=self.leading), f"remove-{name}")
-            self._removing[name] = task
-            task.add_done_callback(self._removed)
+        self.routes[name] = Routes(split, pools)
+        self.pools[name] = pools[split.primary]
+        for version in [v for v in pools if v not in split.versions]:
+            pool = pools.pop(version)
+            pool.retire()
+            self._retired.append(pool)
+
+    def _remove(self, name: str) -> None:
+        """A deleted function: every pool of it stops (waiters answered 404)."""
+        gone = list(self.versions.pop(name).values())
+        gone += [p for p in self._retired if p.spec.name == name]
+        self._retired = [p for p in self._retired if p.spec.name != name]
+        self.routes.pop(name, None)
+        self.pools.pop(name, None)
+        task = self._spawn(_close(gone, stop=self.leading), f"remove-{name}")
+        self._removing[name] = task
+        task.add_done_callback(self._removed)
 
     # -- leading -------------------------------------------------------------------------
 
@@ -177,10 +266,11 @@ class Scheduler:
             return
         self.leading = True
         log.info("leading: this gateway now scales the pools")
-        known = {i.container_id for p in self.pools.values() for i in p.instances.values()}
+        pools = self.all_pools()
+        known = {i.container_id for p in pools for i in p.instances.values()}
         found = [c for c in await self.backend.list_managed() if c.id not in known]
         await asyncio.gather(*(self._adopt_or_remove(c) for c in found))
-        for pool in self.pools.values():
+        for pool in self.all_pools():
             pool.take_over()
         if self.prewarm is not None:
             self.prewarm.refill()
@@ -191,7 +281,7 @@ class Scheduler:
             return
         self.leading = False
         log.warning("no longer leading: another gateway scales the pools")
-        for pool in self.pools.values():
+        for pool in self.all_pools():
             pool.leading = False
 
     async def _adopt_or_remove(self, c: Running) -> None:
@@ -208,8 +298,8 @@ class Scheduler:
                 self.prewarm.adopt(c, c.labels.get(LABEL_RUNTIME, "python"))
                 log.info("prewarmed container adopted", extra={"container": c.id[:12]})
                 return
-            pool = self.pools.get(function)
-            if pool is not None and version == pool.spec.version:
+            pool = self._serving(function, version)
+            if pool is not None:
                 inst = pool.observe(c, _instance_id(c), pool.spec)
                 if inst is not None:
                     log.info("instance adopted", extra={"function": function, "instance": inst.id})
@@ -222,7 +312,7 @@ class Scheduler:
 
     def _on_event(self, container_id: str, action: str) -> None:
         if action in ("die", "oom", "destroy"):
-            for pool in self.pools.values():
+            for pool in self.all_pools():
                 pool.container_exited(container_id, action)
             if self.prewarm is not None:
                 self.prewarm.forget(container_id)
@@ -241,7 +331,7 @@ class Scheduler:
             self._discover_soon(container_id)
 
     def _find(self, container_id: str) -> tuple[Pool, Instance] | None:
-        for pool in self.pools.values():
+        for pool in self.all_pools():
             inst = pool.find(container_id)
             if inst is not None:
                 return pool, inst
@@ -258,13 +348,12 @@ class Scheduler:
             c = running or await self.backend.inspect(container_id)
             if c is None or not c.address or self._find(c.id) is not None:
                 return
-            pool = self.pools.get(c.function)
-            if pool is None or c.version != pool.spec.version:
+            if self._serving(c.function, c.version) is None:
                 return
             if not c.paused:
                 deadline = time.monotonic() + self.pool_config.start_timeout_s
                 await probe.wait_ready(c.address, deadline)
-            pool = self.pools.get(c.function)
+            pool = self._serving(c.function, c.version)
             if pool is not None and pool.observe(c, _instance_id(c), pool.spec) is not None:
                 log.debug("instance found", extra={"function": c.function, "container": c.id[:12]})
         except Exception as e:
@@ -276,7 +365,7 @@ class Scheduler:
         """Heal missed events: route to what runs, drop what is gone."""
         found = {c.id: c for c in await self.backend.list_managed()}
         now = time.monotonic()
-        for pool in list(self.pools.values()):
+        for pool in self.all_pools():
             for inst in list(pool.instances.values()):
                 c = found.get(inst.container_id)
                 if inst.state is InstanceState.STARTING or not inst.container_id:
@@ -305,10 +394,10 @@ class Scheduler:
             before = self._remote.get(sender, (0.0, {}))[1]
             self._remote[sender] = (time.monotonic(), loads)
             if self.leading:
-                for name, n in loads.items():
-                    pool = self.pools.get(name)
-                    if pool is not None and n > before.get(name, 0):
-                        pool.remote = self._remote_load(name, time.monotonic())
+                for key, n in loads.items():
+                    pool = self._by_key(key)
+                    if pool is not None and n > before.get(key, 0):
+                        pool.remote = self._remote_load(key, time.monotonic())
                         pool.scaler.poke(time.monotonic(), pool, pool.observed())
         elif kind in ("park", "ready") and not self.leading:
             found = self._find(str(message.get("c", "")))
@@ -320,17 +409,24 @@ class Scheduler:
             elif kind == "ready" and inst.state is InstanceState.PAUSED:
                 pool.set_state(inst, InstanceState.READY)
 
-    def _remote_load(self, name: str, now: float) -> int:
+    def _by_key(self, key: str) -> Pool | None:
+        name, _, version = key.rpartition("@")
+        return self._serving(name, int(version)) if version.isdigit() else None
+
+    def _remote_load(self, key: str, now: float) -> int:
         return sum(
-            loads.get(name, 0) for at, loads in self._remote.values() if now - at <= LOAD_TTL_S
+            loads.get(key, 0) for at, loads in self._remote.values() if now - at <= LOAD_TTL_S
         )
 
     def _report_now(self, pool: Pool) -> None:
         """A request waits here while another gateway leads: tell it at once."""
-        self.peers.publish({"t": "load", "f": {pool.spec.name: pool.local()}})
+        self.peers.publish({"t": "load", "f": {load_key(pool): pool.local()}})
+
+    def _serving_pools(self) -> list[Pool]:
+        return [p for pools in self.versions.values() for p in pools.values()]
 
     def _report(self) -> None:
-        loads = {name: n for name, p in self.pools.items() if (n := p.local())}
+        loads = {load_key(p): n for p in self._serving_pools() if (n := p.local())}
         if loads or self._reported:
             self.peers.publish({"t": "load", "f": loads})
         self._reported = set(loads)
@@ -365,10 +461,11 @@ class Scheduler:
                 self._report()
             except Exception:
                 log.exception("load report failed")
-            for name, pool in list(self.pools.items()):
-                pool.remote = self._remote_load(name, now)
+            for pool in self._serving_pools():
+                pool.remote = self._remote_load(load_key(pool), now)
                 if self.leading:
                     pool.scaler.record(now, pool.observed())
+            self._retired = [p for p in self._retired if not p.done]
             if now >= next_resync:
                 next_resync = now + self.resync_s
                 try:
@@ -378,13 +475,13 @@ class Scheduler:
             if not self.leading or now < next_decision:
                 continue
             next_decision = now + self.decide_s
-            for name, pool in list(self.pools.items()):
+            for pool in self._serving_pools():
                 try:
                     pool.scaler.tick(now, pool)
                     pool.reap()
                 except Exception:
-                    log.exception("scaling failed", extra={"function": name})
-            starting = any(p.count(InstanceState.STARTING) for p in self.pools.values())
+                    log.exception("scaling failed", extra={"function": load_key(pool)})
+            starting = any(p.count(InstanceState.STARTING) for p in self._serving_pools())
             if self.prewarm is not None and not starting:
                 self.prewarm.refill()
 
@@ -407,15 +504,22 @@ class Scheduler:
             await asyncio.shield(task)
 
     def set_backlog(self, name: str, depth: int) -> None:
-        """How many queued invocations wait for `name` (feeds scaling)."""
-        pool = self.pools.get(name)
-        if pool is not None:
-            pool.backlog = depth
+        """How many queued invocations wait for `name` (feeds scaling): each serving
+        version is given its share of them, as they follow the split when they run."""
+        routes = self.routes.get(name)
+        if routes is not None:
+            for pool in routes.pools:
+                pool.backlog = routes.split.scaled(pool.spec.version, depth)
+
+    def _pools_of(self, name: str) -> list[Pool]:
+        """Every pool of `name`, the primary first, then by version."""
+        primary = self.pools.get(name)
+        if primary is None:
+            return []
+        rest = [p for p in self.all_pools() if p.spec.name == name and p is not primary]
+        return [primary, *sorted(rest, key=lambda p: p.spec.version)]
 
     def describe(self, name: str) -> list[InstanceView]:
-        pool = self.pools.get(name)
-        if pool is None:
-            return []
         return [
             InstanceView(
                 i.id,
@@ -426,23 +530,27 @@ class Scheduler:
                 i.container_id[:12],
                 i.tier.value,
             )
+            for pool in self._pools_of(name)
             for i in pool.instances.values()
         ]
 
     def status(self, name: str) -> PoolView | None:
-        pool = self.pools.get(name)
-        if pool is None:
+        """The pools of `name`'s versions, added up."""
+        pools = self._pools_of(name)
+        if not pools:
             return None
+        serving = [p for p in pools if not p.retired]
+        instances = [i for p in pools for i in p.instances.values()]
         return PoolView(
-            desired=pool.desired,
-            ready=pool.count(InstanceState.READY),
-            starting=pool.count(InstanceState.STARTING),
-            paused=pool.count(InstanceState.PAUSED),
-            draining=sum(1 for i in pool.instances.values() if i.state is InstanceState.DRAINING),
-            in_flight=sum(i.in_flight for i in pool.instances.values()),
-            waiting=pool.waiting,
-            rejected=pool.rejected,
-            panic=pool.panic,
+            desired=sum(p.desired for p in serving),
+            ready=sum(p.count(InstanceState.READY) for p in serving),
+            starting=sum(p.count(InstanceState.STARTING) for p in serving),
+            paused=sum(p.count(InstanceState.PAUSED) for p in serving),
+            draining=sum(1 for i in instances if i.state is InstanceState.DRAINING),
+            in_flight=sum(i.in_flight for i in instances),
+            waiting=sum(p.waiting for p in pools),
+            rejected=sum(p.rejected for p in pools),
+            panic=any(p.panic for p in serving),
         )
 
     async def close(self, *, last: bool | None = None) -> None:
@@ -458,7 +566,8 @@ class Scheduler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if last is None:
             last = not self.peers.others()
-        pools, self.pools = list(self.pools.values()), {}
+        pools = self.all_pools()
+        self.pools, self.versions, self.routes, self._retired = {}, {}, {}, []
         grace = self.pool_config.stop_grace_s
         await asyncio.gather(*(p.close(grace_s=grace, stop=last) for p in pools))
         if self.prewarm is not None:

@@ -96,7 +96,8 @@ class LogCollector:
             await self._session.close()
 
     def _scan(self) -> None:
-        for pool in list(self.scheduler.pools.values()):
+        # Every version's instances, those of a split's versions and those draining too.
+        for pool in self.scheduler.all_pools():
             for inst in list(pool.instances.values()):
                 if inst.address and inst.id not in self._follows:
                     self._follows[inst.id] = asyncio.create_task(
@@ -104,11 +105,8 @@ class LogCollector:
                     )
 
     def _present(self, inst: Instance) -> bool:
-        pool = self.scheduler.pools.get(inst.spec.name)
-        return (
-            pool is not None
-            and pool.instances.get(inst.id) is inst
-            and inst.state is not InstanceState.STOPPING
+        return inst.state is not InstanceState.STOPPING and any(
+            pool.instances.get(inst.id) is inst for pool in self.scheduler.all_pools()
         )
 
     async def _follow_then_forget(self, inst: Instance) -> None:

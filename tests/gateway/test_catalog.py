@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, cast
 
 from gateway.catalog import FUNCTIONS, KEYS, SECRETS, Catalog
+from gateway.store import Serving
 from scheduler.models import FunctionSpec
 
 # Nothing listens here: the catalog's listener keeps retrying until it is stopped.
@@ -21,21 +23,27 @@ def spec(name: str, version: int = 1, secrets: list[str] | None = None) -> Funct
 class Store:
     def __init__(self) -> None:
         self.specs: list[FunctionSpec] = []
+        # Versions of functions whose traffic is split.
+        self.split: list[Serving] = []
         self.loads = 0
         self.loaded = asyncio.Event()
 
-    async def current_specs(self) -> list[FunctionSpec]:
+    async def serving(self) -> list[Serving]:
         self.loads += 1
         self.loaded.set()
-        return list(self.specs)
+        return [Serving(s, 100, True) for s in self.specs] + list(self.split)
 
 
 class Scheduler:
     def __init__(self) -> None:
         self.updates: list[list[str]] = []
+        self.traffic: list[Mapping[str, Mapping[int, int]] | None] = []
 
-    def update(self, specs: list[FunctionSpec]) -> None:
+    def update(
+        self, specs: list[FunctionSpec], traffic: Mapping[str, Mapping[int, int]] | None = None
+    ) -> None:
         self.updates.append(sorted(s.name for s in specs))
+        self.traffic.append(traffic)
 
 
 class Secrets:
@@ -84,6 +92,25 @@ async def test_a_reload_pushes_specs_mounts_the_changed_and_forgets_the_deleted(
 
     await cat.reload_functions()  # nothing changed: nothing remounted
     assert secrets.mounted[-1] == ("a", 2) and len(secrets.mounted) == 3
+
+
+async def test_a_split_is_pushed_whole_and_its_folder_holds_every_version_s_secrets() -> None:
+    cat, store, scheduler, secrets, _ = catalog()
+    store.split = [
+        Serving(spec("s", version=3, secrets=["old"]), 90, True),
+        Serving(spec("s", version=4, secrets=["new"]), 10, False),
+    ]
+    await cat.load()
+    assert scheduler.updates == [["s", "s"]]
+    assert scheduler.traffic == [{"s": {3: 90, 4: 10}}]
+    assert cast(FunctionSpec, cat.get("s")).version == 3  # the largest share is current
+    assert cat.users_of("old") == cat.users_of("new") == ["s"]
+    assert secrets.mounted == [("s", 3)]
+
+    store.split = [Serving(spec("s", version=4, secrets=["new"]), 100, True)]
+    await cat.reload_functions()
+    assert scheduler.traffic[-1] == {} and cat.users_of("old") == []
+    assert secrets.mounted[-1] == ("s", 4)
 
 
 async def test_on_change_hooks_see_every_functions_reload() -> None:

@@ -165,3 +165,49 @@ async def test_a_rejection_is_counted_with_its_reason() -> None:
         assert recorder.pending == []  # no instance, no record
     finally:
         await scheduler.close()
+
+
+@dataclass
+class HeldBackend(LocalBackend):
+    """Version 1's instances start only once `release` is set."""
+
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
+        if spec.version == 1:
+            await self.release.wait()
+        return await super().start(spec, instance_id)
+
+
+async def test_the_version_drawn_serves_says_so_and_a_waiter_follows_a_new_split(
+    unused_tcp_port: int,
+) -> None:
+    runner = web.AppRunner(await instance_app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    backend = HeldBackend(f"127.0.0.1:{unused_tcp_port}")
+    scheduler = Scheduler(backend, PoolConfig(stop_grace_s=0))  # type: ignore[arg-type]
+    v1, v2 = (FunctionSpec(name="f", version=v, image="x") for v in (1, 2))
+    await scheduler.start([v1])
+    await scheduler.lead()
+    recorder = Recorder(None, 1.0, 1)  # type: ignore[arg-type]
+    upstreams = Upstreams()
+    inv = Invoker(Settings(database_url="postgresql://unused"), scheduler, recorder, upstreams)
+    try:
+        waiting = asyncio.create_task(inv.call("f", "GET", "/", {}, b""))
+        await asyncio.sleep(0.05)
+        assert scheduler.status("f") is not None and scheduler.versions["f"][1].waiting == 1
+        scheduler.update([v1, v2], {"f": {2: 100}})  # version 1 leaves while it waits
+        got = await waiting
+        assert (got.status, got.version, got.headers["X-Kapal-Version"]) == (200, 2, "2")
+        scheduler.update([v1, v2], {"f": {1: 50, 2: 50}})
+        backend.release.set()
+        answers = [await inv.call("f", "GET", "/", {}, b"") for _ in range(40)]
+        assert {a.version for a in answers} == {1, 2}
+        assert all(a.headers["X-Kapal-Version"] == str(a.version) for a in answers)
+        by_id = {r.id.decode(): r.version for r in recorder.pending}
+        assert all(by_id[a.request_id] == a.version for a in answers)
+    finally:
+        upstreams.close()
+        await scheduler.close()
+        await runner.cleanup()

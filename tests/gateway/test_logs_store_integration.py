@@ -111,6 +111,9 @@ class FakeScheduler:
     pools: dict[str, Any]
     leading: bool = True
 
+    def all_pools(self) -> list[Any]:
+        return list(self.pools.values())
+
 
 @dataclass
 class FakePool:

@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import Running
-from scheduler.errors import NoCapacity, StartFailed, UnknownFunction
+from scheduler.errors import NoCapacity, Rerouted, StartFailed, UnknownFunction
 from scheduler.models import FunctionSpec, Scaling
 from scheduler.pool import InstanceState, Pool, PoolConfig
 from scheduler.scaler import Scaler
@@ -158,19 +158,29 @@ async def test_start_failure_fails_the_waiters_with_its_reason() -> None:
     assert pool.last_error is not None
 
 
-async def test_update_drains_old_instances_after_in_flight_work() -> None:
-    backend = FakeBackend()
-    pool = make_pool(backend, spec(1, concurrency=2))
+async def test_retiring_drains_in_flight_work_and_sends_waiters_elsewhere() -> None:
+    backend = FakeBackend(start_delay=0.01)
+    pool = make_pool(backend, spec(1, concurrency=1, max=3))
     busy = await pool.acquire(10**9)
-    pool.update(spec(2, concurrency=2))
+    waiter = asyncio.create_task(pool.acquire(10**9))
+    await asyncio.sleep(0)
+    assert pool.waiting == 1 and len(pool.active()) == 2  # one more starting for it
+    pool.retire()
+    with pytest.raises(Rerouted):  # the invoker draws another version for it
+        await waiter
     assert busy.instance.state is InstanceState.DRAINING
-    new = await pool.acquire(10**9)
-    assert new.instance.version == 2
-    assert busy.instance.container_id not in backend.removed
+    await pool.drain_tasks()
+    assert len(backend.started) == 2
+    assert backend.removed == [backend.started[1]]  # the one that was starting, once up
     pool.release(busy.instance)
     await pool.drain_tasks()
-    assert busy.instance.container_id in backend.removed
-    assert set(pool.instances) == {new.instance.id}
+    assert sorted(backend.removed) == sorted(backend.started)
+    assert pool.done
+    with pytest.raises(Rerouted):
+        await pool.acquire(10**9)
+    pool.scale_to(3)
+    pool.ensure_min()
+    assert len(backend.started) == 2 and not pool.instances
 
 
 async def test_a_waiter_gets_an_instance_back_from_busy_whatever_the_clock_says() -> None:
