@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rollback", "serve an earlier version (default: the one before the current)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", type=int, metavar="N", help="this version")
+    p = add("traffic", "how requests split between versions; VERSION=PERCENT ... sets it")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "weights",
+        nargs="*",
+        type=_weight,
+        metavar="VERSION=PERCENT",
+        help="e.g. 3=90 4=10 (adding up to 100)",
+    )
 
     p = add("logs", "a function's log lines (prints, logging, tracebacks, platform events)")
     p.add_argument("name", metavar="NAME")
@@ -280,6 +289,13 @@ def _pair(separator: str) -> Callable[[str], tuple[str, str]]:
         return key.strip(), value.strip() if separator == ":" else value
 
     return parse
+
+
+def _weight(text: str) -> tuple[int, int]:
+    version, found, percent = text.partition("=")
+    if not found or not version.strip().isdigit() or not percent.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected VERSION=PERCENT (e.g. 3=90), got {text!r}")
+    return int(version), int(percent)
 
 
 def _error(message: str) -> None:

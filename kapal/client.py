@@ -170,6 +170,20 @@ class KapalClient:
         result: Function = await self._call("POST", path, json_body=body)
         return result
 
+    async def traffic(self, name: str) -> dict[str, int]:
+        """How `name`'s requests split between versions: {"3": 90, "4": 10}."""
+        answer = await self._call("GET", f"/v1/functions/{_segment(name)}/traffic")
+        split: dict[str, int] = answer["traffic"]
+        return split
+
+    async def set_traffic(self, name: str, weights: dict[int, int]) -> dict[str, int]:
+        """Split `name`'s requests: version -> percent, adding up to 100."""
+        body = {"traffic": {str(v): w for v, w in weights.items()}}
+        path = f"/v1/functions/{_segment(name)}/traffic"
+        answer = await self._call("PUT", path, json_body=body)
+        split: dict[str, int] = answer["traffic"]
+        return split
+
     # -- async invocations and dead letters ------------------------------------------
 
     async def invoke_async(

@@ -16,6 +16,7 @@ COMMANDS: dict[str, Command] = {
     "rm": functions.rm,
     "versions": functions.versions,
     "rollback": functions.rollback,
+    "traffic": functions.traffic,
     "invoke": invocations.invoke,
     "logs": invocations.logs,
     "invocations": invocations.invocations,

@@ -1,4 +1,4 @@
-"""Deploy (a folder or a kapal.yaml), list, show, remove, versions and rollback."""
+"""Deploy (a folder or a kapal.yaml), list, show, remove, versions, rollback and traffic."""
 
 import argparse
 import asyncio
@@ -231,6 +231,23 @@ async def rollback(client: KapalClient, args: argparse.Namespace) -> int:
         print_json(fn)
     else:
         print(f"{args.name} now serves version {fn.get('version')}")
+    return 0
+
+
+async def traffic(client: KapalClient, args: argparse.Namespace) -> int:
+    weights: dict[int, int] = {}
+    for version, percent in args.weights:
+        if version in weights:
+            raise KapalError(f"version {version} is given twice")
+        weights[version] = percent
+    if weights:
+        split = await client.set_traffic(args.name, weights)
+    else:
+        split = await client.traffic(args.name)
+    if args.json:
+        print_json({"traffic": split})
+    else:
+        print_table(("VERSION", "PERCENT"), list(split.items()))
     return 0
 
 
