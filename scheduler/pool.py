@@ -1,4 +1,4 @@
-"""One pool of instances per function: slots, cold starts by tier, scaling, draining.
+"""One pool of instances per function version: slots, cold starts by tier, scaling, draining.
 
 Cold starts, fastest first: unpause a paused standby of this function, specialize a
 prewarmed generic runtime container, or start a new container from the function's image.
@@ -609,7 +609,7 @@ class Pool:
         for inst in list(self.instances.values()):
             if inst.state in (InstanceState.STARTING, InstanceState.READY):
                 inst.state = InstanceState.DRAINING
-            if self.leading and inst.in_flight == 0 and inst.state is not InstanceState.STARTING:
+            if self.leading and inst.in_flight == 0:  # one starting is removed once up
                 self._stop(inst, why=f"version {self.spec.version} serves no traffic")
 
     @property

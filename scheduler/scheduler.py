@@ -172,7 +172,7 @@ class Scheduler:
         return None if routes is None else routes.choose()
 
     def all_pools(self) -> list[Pool]:
-        """Every pool with instances: serving, and retired ones still draining."""
+        """Every pool: those serving, then retired ones whose instances still drain."""
         return [p for pools in self.versions.values() for p in pools.values()] + self._retired
 
     def _serving(self, name: str, version: int) -> Pool | None:
