@@ -9,10 +9,10 @@ tuple: no lock, no database. A function with one version serving skips the draw.
 from __future__ import annotations
 
 import math
-import random
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from random import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -86,10 +86,10 @@ class Routes:
         # Fractions of one, so a draw of random() needs no scaling.
         self.bounds = tuple(b / WHOLE for b in split.bounds)
 
-    def choose(self, draw: float | None = None) -> Pool:
-        """The pool a request goes to: the only one, or one drawn by weight."""
+    def choose(self, draw: Callable[[], float] = random) -> Pool:
+        """The pool a request goes to: the only one, or one drawn by weight (`draw`
+        gives a number in [0, 1), below the last bound: 1.0)."""
         pools = self.pools
         if len(pools) == 1:
             return pools[0]
-        i = bisect_right(self.bounds, random.random() if draw is None else draw)
-        return pools[min(i, len(pools) - 1)]
+        return pools[bisect_right(self.bounds, draw())]

@@ -66,7 +66,8 @@ def backend(s: Scheduler) -> FakeBackend:
 async def test_evenly_spread_draws_land_on_the_weights_exactly() -> None:
     s = await scheduler(spec(3), spec(4), f={3: 90, 4: 10})
     routes = s.routes["f"]
-    landed = Counter(routes.choose(i / 1000).spec.version for i in range(1000))
+    draw = iter([i / 1000 for i in range(1000)]).__next__
+    landed = Counter(routes.choose(draw).spec.version for _ in range(1000))
     assert landed == {3: 900, 4: 100}
     # Random draws: each one lands on a version of the split.
     assert {p.spec.version for p in (routes.choose() for _ in range(100))} <= {3, 4}
@@ -77,7 +78,7 @@ async def test_one_version_serving_needs_no_draw() -> None:
     s = await scheduler(spec(1))
     pool = s.versions["f"][1]
     assert s.pick("f") is pool and s.pool("f") is pool
-    assert s.routes["f"].choose(0.999) is pool
+    assert s.routes["f"].choose(lambda: 0.999) is pool
     assert s.pick("nope") is None
     await s.close()
 
@@ -187,4 +188,6 @@ async def test_gateways_report_each_version_s_load_under_its_own_name() -> None:
 def test_routes_choose_by_the_table() -> None:
     pools: Any = {3: "three", 4: "four"}
     routes = Routes(Split.of({3: 90, 4: 10}), pools)
-    assert [routes.choose(d) for d in (0.0, 0.5, 0.9, 0.95)] == ["three"] * 2 + ["four"] * 2
+    draws = (0.0, 0.5, 0.9, 0.95, 0.9999999999999999)
+    draw = iter(draws).__next__
+    assert [routes.choose(draw) for _ in draws] == ["three"] * 2 + ["four"] * 3
