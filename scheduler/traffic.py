@@ -64,11 +64,6 @@ class Split:
         speaks for the function (public, rate limit) and which the listing calls current."""
         return max(self.versions, key=lambda v: (self.share(v), v))
 
-    def pick(self, draw: float) -> int:
-        """The version a request drawn at `draw` (in [0, 1)) goes to."""
-        i = bisect_right(self.bounds, draw * WHOLE)
-        return self.versions[min(i, len(self.versions) - 1)]
-
     def scaled(self, version: int, n: int) -> int:
         """`version`'s part of `n` (instances, queued work), rounded up: a version
         with any share keeps at least one of something there is any of."""
