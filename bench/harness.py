@@ -39,7 +39,11 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
     finally:
         if external is not None:
             os.environ["KAPAL_DATABASE_URL"] = external
-    env = {"KAPAL_RUNTIME_IMAGE_PYTHON": images["python"], **env}
+    env = {
+        "KAPAL_RUNTIME_IMAGE_PYTHON": images["python"],
+        "KAPAL_RUNTIME_IMAGE_NODEJS": images["nodejs"],
+        **env,
+    }
     gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level="WARNING", **env)
     try:
         gw.start()
