@@ -15,12 +15,13 @@ from typing import Any
 
 from gateway import archive
 from gateway.catalog import Catalog
-from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.errors import FunctionExists, FunctionNotFound, InvalidArchive
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import FunctionStore, VersionDetail
 from gateway.vault import Secrets
 from gateway.wire import DeploySpec
+from scheduler import npm
 from scheduler.builder import ImageBuilder, image_repository
 from scheduler.docker_backend import DockerBackend
 from scheduler.models import FunctionConfig, FunctionSpec
@@ -93,13 +94,21 @@ class Deployer:
         limits = archive.Limits(self.settings.max_code_files, self.settings.max_unpacked_bytes)
         with tempfile.TemporaryDirectory(prefix="kapal-code-") as tmp:
             root = await asyncio.to_thread(archive.unpack, code, Path(tmp), limits)
-            archive.check_handler(root, spec_in.handler)
+            if spec_in.runtime == "nodejs":
+                archive.check_node_handler(root, spec_in.handler)
+            else:
+                archive.check_handler(root, spec_in.handler)
             # Kept in Postgres: what the image was built from, and what a prewarmed
             # container is specialized with.
             packed = await asyncio.to_thread(archive.pack, root)
             digest = await asyncio.to_thread(archive.digest, root)
             requirements = root / "requirements.txt"
             has_dependencies = requirements.is_file() and bool(requirements.read_text().strip())
+            if spec_in.runtime == "nodejs":
+                try:
+                    has_dependencies = bool(npm.dependencies(root))
+                except npm.InvalidPackageJson as e:
+                    raise InvalidArchive(str(e)) from None
             await self.secrets.check(spec_in.secrets)
             self._check_exists(name, await self.store.exists(name), create)
             yield Plan(name, spec_in, root, packed, digest, has_dependencies, create)

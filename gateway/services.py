@@ -266,11 +266,11 @@ def _scheduler(
     settings: Settings, backend: DockerBackend, functions: FunctionStore, peers: Cluster
 ) -> Scheduler:
     prewarm = None
-    if settings.prewarm_python:
+    if any(settings.prewarm_sizes().values()):
         prewarm = PrewarmPool(
             backend,
-            {"python": settings.runtime_image_python},
-            settings.prewarm_python,
+            settings.base_images(),
+            settings.prewarm_sizes(),
             functions,
             settings.start_timeout_s,
         )

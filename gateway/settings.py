@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     # Base image per runtime that function images are built FROM (`make up` and the tests
     # name the image of their checkout, tagged by its inputs).
     runtime_image_python: str = "kapal/runtime-python:latest"
+    runtime_image_nodejs: str = "kapal/runtime-nodejs:latest"
     # Largest code archive accepted by a deploy, in bytes.
     max_code_bytes: int = 50 * 1024 * 1024
     # Largest unpacked code folder, in bytes.
@@ -65,6 +66,8 @@ class Settings(BaseSettings):
     autoscale_target_utilization: float = Field(default=0.7, gt=0, le=1)
     # Prewarmed generic containers kept ready per runtime (0: none).
     prewarm_python: int = Field(default=4, ge=0, le=50)
+    # Prewarmed Node.js containers (none unless asked: most deployments run Python alone).
+    prewarm_nodejs: int = Field(default=0, ge=0, le=50)
     # Pause scaled-down instances as standbys before removing them.
     pause_standbys: bool = True
     # How often buffered invocation records are written, in seconds.
@@ -177,4 +180,8 @@ class Settings(BaseSettings):
         }
 
     def base_images(self) -> dict[str, str]:
-        return {"python": self.runtime_image_python}
+        return {"python": self.runtime_image_python, "nodejs": self.runtime_image_nodejs}
+
+    def prewarm_sizes(self) -> dict[str, int]:
+        """Prewarmed containers kept ready per runtime."""
+        return {"python": self.prewarm_python, "nodejs": self.prewarm_nodejs}

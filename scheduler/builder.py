@@ -20,6 +20,7 @@ from pathlib import Path
 import docker.errors
 from docker import APIClient
 
+from scheduler import npm
 from scheduler.errors import BuildFailed
 
 log = logging.getLogger("kapal.scheduler.build")
@@ -92,6 +93,13 @@ def _prepare_context(ctx: Path, code_dir: Path, base: str) -> bool:
     return requirements.is_file() and bool(requirements.read_text().strip())
 
 
+def _npm_dependencies(code_dir: Path) -> dict[str, str]:
+    try:
+        return npm.dependencies(code_dir)
+    except npm.InvalidPackageJson as e:
+        raise BuildFailed(str(e)) from None
+
+
 class ImageBuilder:
     def __init__(self, api: APIClient, namespace: str, base_images: dict[str, str]):
         self.api = api
@@ -116,7 +124,10 @@ class ImageBuilder:
         with tempfile.TemporaryDirectory(prefix="kapal-build-") as tmp:
             ctx = Path(tmp)
             has_requirements = await asyncio.to_thread(_prepare_context, ctx, code_dir, base)
-            if has_requirements:
+            if runtime == "nodejs":
+                if await asyncio.to_thread(_npm_dependencies, ctx / "function"):
+                    await npm.resolve_dependencies(ctx / "function", ctx / "deps", say)
+            elif has_requirements:
                 await resolve_requirements(ctx / "function" / "requirements.txt", ctx / "deps", say)
             labels = {
                 "kapal.managed": "true",

@@ -9,7 +9,7 @@ field is one edit here.
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -19,13 +19,20 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# Node.js: "file.export", the file relative to the code folder without its extension.
+NODE_HANDLER_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-RUNTIMES = ("python",)
+RUNTIMES = ("python", "nodejs")
+# The handler a function of each runtime gets when its spec names none.
+DEFAULT_HANDLERS = {"python": "handler.handle", "nodejs": "index.handler"}
+# Handler conventions the Node.js runtime knows (None: native).
+NODE_STYLES = (None, "native", "lambda", "lambda-v1")
 MAX_ENV = 200
 MAX_ENV_VALUE = 32 * 1024
 MAX_SECRETS = 50
@@ -46,8 +53,11 @@ def _runtime(v: str) -> str:
 
 
 def _handler(v: str) -> str:
-    if not HANDLER_RE.match(v):
-        raise ValueError("must look like module.function, e.g. handler.handle")
+    if not (HANDLER_RE.match(v) or NODE_HANDLER_RE.match(v)):
+        raise ValueError(
+            "must look like module.function (python, e.g. handler.handle) "
+            "or file.export (nodejs, e.g. index.handler)"
+        )
     return v
 
 
@@ -124,10 +134,13 @@ class FunctionConfig(BaseModel):
     # Variable names users may not set: the platform sets its own (KAPAL_FUNCTION, ...).
     reserved_env: ClassVar[str] = "KAPAL_"
 
-    # Runtime family ("python").
+    # Runtime family ("python", "nodejs").
     runtime: Annotated[str, AfterValidator(_runtime)] = "python"
     # "module.function" of the handler inside the code folder.
     handler: Annotated[str, AfterValidator(_handler)] = "handler.handle"
+    # Handler convention: native, lambda (HTTP API v2 event), lambda-v1 (REST v1 event),
+    # openwhisk, wsgi, asgi; None: detected.
+    style: Literal["native", "lambda", "lambda-v1", "openwhisk", "wsgi", "asgi"] | None = None
     # Environment variables given to every instance.
     env: dict[str, str] = Field(default_factory=dict)
     # Resource and time limits per instance.
@@ -146,6 +159,34 @@ class FunctionConfig(BaseModel):
         validation_alias=AliasChoices("async", "async_"),
         serialization_alias="async",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_handler(cls, data: Any) -> Any:
+        """A Node.js function without a handler gets Lambda's default, index.handler."""
+        if isinstance(data, dict) and data.get("handler") is None:
+            runtime = data.get("runtime")
+            if isinstance(runtime, str) and runtime in DEFAULT_HANDLERS:
+                return {**data, "handler": DEFAULT_HANDLERS[runtime]}
+        return data
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_of_runtime(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("runtime") == "nodejs":
+            if not NODE_HANDLER_RE.match(v):
+                raise ValueError("must look like file.export, e.g. index.handler or src/app.main")
+        elif not HANDLER_RE.match(v):
+            raise ValueError("must look like module.function, e.g. handler.handle")
+        return v
+
+    @field_validator("style")
+    @classmethod
+    def _style_of_runtime(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("runtime") == "nodejs" and v not in NODE_STYLES:
+            known = ", ".join(s for s in NODE_STYLES if s)
+            raise ValueError(f"the nodejs runtime knows the styles {known}, not {v!r}")
+        return v
 
     @field_validator("env")
     @classmethod

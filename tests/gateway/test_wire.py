@@ -17,7 +17,7 @@ from kapal.spec import Manifest
 from scheduler.models import FunctionConfig, FunctionSpec
 from scheduler.scheduler import InstanceView, PoolView
 
-CONFIG = {"runtime", "handler", "env", "limits", "scaling", "public", "secrets", "network"}
+CONFIG = {"runtime", "handler", "style", "env", "limits", "scaling", "public", "secrets", "network"}
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
@@ -107,6 +107,7 @@ def test_a_function_on_the_wire() -> None:
         "version",
         "runtime",
         "handler",
+        "style",
         "image",
         "env",
         "limits",
