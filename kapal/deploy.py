@@ -17,6 +17,7 @@ from kapal.archive import build_archive
 from kapal.client import KapalClient
 from kapal.errors import KapalAPIError
 from kapal.manifest import Manifest, ManifestError, ManifestFunction, canonical, handler_file
+from scheduler.models import DEFAULT_HANDLERS
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
@@ -109,8 +110,9 @@ async def check(client: KapalClient, manifest: Manifest) -> dict[str, bytes]:
 
         if not fn.folder.is_dir():
             raise ManifestError(f"{where('folder')}: {fn.folder} is not a folder")
-        handler = str(fn.spec.get("handler", "handler.handle"))
-        if handler_file(fn.folder, handler) is None:
+        runtime = str(fn.spec.get("runtime", "python"))
+        handler = str(fn.spec.get("handler") or DEFAULT_HANDLERS.get(runtime, "handler.handle"))
+        if handler_file(fn.folder, handler, runtime) is None:
             raise ManifestError(f"{where('handler')}: no file in {fn.folder} for {handler!r}")
         missing = [s for s in fn.spec.get("secrets", []) if s not in secrets]
         if missing:

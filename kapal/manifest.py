@@ -184,8 +184,12 @@ def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     return line
 
 
-def handler_file(folder: Path, handler: str) -> Path | None:
-    """The file `module.function` loads from `folder`, or None when there is none."""
+def handler_file(folder: Path, handler: str, runtime: str = "python") -> Path | None:
+    """The file `module.function` (Node.js: `file.export`) loads from `folder`, or None."""
+    if runtime == "nodejs":
+        file = handler.rpartition(".")[0]
+        candidates = [folder / f"{file}{ext}" for ext in (".js", ".mjs", ".cjs")]
+        return next((c for c in candidates if c.is_file()), None)
     module = handler.rpartition(".")[0].replace(".", "/")
     for candidate in (folder / f"{module}.py", folder / module / "__init__.py"):
         if candidate.is_file():

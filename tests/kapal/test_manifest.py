@@ -73,6 +73,10 @@ def test_handler_file(tmp_path: Path) -> None:
     assert handler_file(tmp_path, "handler.handle") == tmp_path / "handler.py"
     assert handler_file(tmp_path, "pkg.mod.run") == tmp_path / "pkg" / "mod" / "__init__.py"
     assert handler_file(tmp_path, "other.handle") is None
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.mjs").write_text("export const main = async () => 'ok';\n")
+    assert handler_file(tmp_path, "src/app.main", "nodejs") == tmp_path / "src" / "app.mjs"
+    assert handler_file(tmp_path, "index.handler", "nodejs") is None
 
 
 def test_existing_and_wanted_pair_one_to_one() -> None:
