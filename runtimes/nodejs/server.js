@@ -190,7 +190,9 @@ class Runtime {
     const handled = this.handler.run(request, this);
     let timer;
     const late = new Promise((resolve) => {
-      timer = setTimeout(resolve, Math.max(0, deadline * 1000 - Date.now()), LATE);
+      // Node fires a timer past 2^31-1 ms at once: a far deadline waits that long instead.
+      const wait = Math.min(Math.max(0, deadline * 1000 - Date.now()), MAX_TIMER_MS);
+      timer = setTimeout(resolve, wait, LATE);
     });
     let reply;
     try {
@@ -353,5 +355,6 @@ class Runtime {
 }
 
 const LATE = Symbol('late');
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 module.exports = { Runtime, deadlineOf };
