@@ -245,3 +245,60 @@ async def test_sigterm_drains_in_flight_work_and_unpulled_lines_reach_docker_log
     output = container.logs().decode()
     assert '"event":"logs_not_pulled"' in output
     assert '"event":"stopped"' in output and "holding /hold" in output
+
+
+# An ES module in a "type": "module" package (a .js file that require() refuses), importing
+# a dependency from the deps archive and a module at a path longer than ustar's 100 bytes.
+ESM_V1 = """\
+import pad from 'padder';
+import { deep } from './LONG/deep.js';
+export const handler = async (event, context) => ({
+  statusCode: 200,
+  headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify({
+    padded: pad(event.queryStringParameters.w),
+    deep,
+    method: event.httpMethod,
+    path: event.path,
+    multi: event.multiValueQueryStringParameters.w,
+    header: event.multiValueHeaders['x-h'],
+    requestId: context.awsRequestId,
+  }),
+});
+"""
+LONG = "a-rather-long-folder-name/" * 5
+
+
+async def test_an_es_module_with_deps_long_paths_and_the_rest_api_v1_event(
+    start_runtime: Start, http: aiohttp.ClientSession
+) -> None:
+    _, ip = start_runtime()
+    await wait_health(http, ip)
+    code = tar_gz(
+        {
+            "index.js": ESM_V1.replace("LONG/", LONG),
+            "package.json": '{"type": "module"}',
+            f"{LONG}deep.js": "export const deep = 'found';\n",
+        }
+    )
+    deps = tar_gz(
+        {
+            "node_modules/padder/package.json": '{"name": "padder", "main": "main.js"}',
+            "node_modules/padder/main.js": "module.exports = (s) => `[${s}]`;\n",
+        }
+    )
+    body = init_body(code, style="lambda-v1", deps=base64.b64encode(deps).decode())
+    async with http.post(f"http://{ip}:8080/_/init", json=body) as r:
+        assert r.status == 200, await r.text()
+    headers = [("X-H", "1"), ("X-H", "2"), ("X-Kapal-Request-Id", "r-v1")]
+    async with http.get(f"http://{ip}:8080/p/q?w=x&w=y", headers=headers) as r:
+        assert r.status == 200, await r.text()
+        assert await r.json() == {
+            "padded": "[y]",
+            "deep": "found",
+            "method": "GET",
+            "path": "/p/q",
+            "multi": ["x", "y"],
+            "header": ["1", "2"],
+            "requestId": "r-v1",
+        }
