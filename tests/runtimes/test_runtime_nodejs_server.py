@@ -302,3 +302,36 @@ async def test_an_es_module_with_deps_long_paths_and_the_rest_api_v1_event(
             "header": ["1", "2"],
             "requestId": "r-v1",
         }
+
+
+LOUD = """\
+exports.handler = async () => {
+  console.log('x'.repeat(500));
+  for (let i = 0; i < 50; i++) console.log('line ' + i + ' ' + 'y'.repeat(40));
+  return 'loud';
+};
+"""
+
+
+async def test_a_long_line_is_cut_and_an_invocation_past_its_budget_gets_one_marker(
+    start_runtime: Start, http: aiohttp.ClientSession
+) -> None:
+    _, ip = start_runtime(KAPAL_LOG_LINE_BYTES="300", KAPAL_LOG_INVOCATION_BYTES="1000")
+    await wait_health(http, ip)
+    async with http.post(
+        f"http://{ip}:8080/_/init", json=init_body(tar_gz({"index.js": LOUD}))
+    ) as r:
+        assert r.status == 200
+    async with http.get(f"http://{ip}:8080/", headers={"X-Kapal-Request-Id": "loud1"}) as r:
+        assert (r.status, await r.text()) == (200, "loud")
+    async with http.get(f"http://{ip}:8081/_/logs") as r:
+        rows = [row for row in parse_copy_rows(await r.read()) if row.request_id == "loud1"]
+        dropped = int(r.headers["X-Kapal-Log-Dropped"])
+    texts = [(row.stream, row.text) for row in rows]
+    assert texts[0] == ("stdout", "x" * 300 + "… [truncated 200 bytes]")
+    marker = ("runtime", "output of this invocation truncated at 1000 bytes")
+    assert texts.count(marker) == 1 and texts[-1] == marker
+    kept = [t for s, t in texts if s == "stdout"]
+    assert kept[1:] == [f"line {i} " + "y" * 40 for i in range(len(kept) - 1)]
+    # Every line not kept is counted: the 51 written, less those kept.
+    assert dropped == 51 - len(kept)
