@@ -32,6 +32,8 @@ exports.handler = async (event) => {
 };
 """
 WORD = "exports.word = 'ok';\n"
+# A folder name that makes paths longer than ustar's 100 bytes.
+LONG_DIR = "d" * 120
 
 Start = Callable[..., tuple[Container, str]]
 
@@ -150,7 +152,20 @@ async def test_a_prewarmed_runtime_refuses_unsafe_archives_then_initializes_once
         assert "version" in (await r.json())["error"]["message"]
     assert await wait_health(http, ip) == {"status": "prewarm", "in_flight": 0}
 
-    code = tar_gz({"index.js": HOLD, "lib/word.js": WORD})
+    # GNU long names, as tar(1) writes them (the gateway's own archives use pax): the long
+    # one first, so that misreading it would garble every member after it.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+        members = {
+            f"lib/{LONG_DIR}/word.js": WORD,
+            "index.js": HOLD,
+            "lib/word.js": f"module.exports = require('./{LONG_DIR}/word.js');\n",
+        }
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    code = buf.getvalue()
     async with http.post(f"{base}/_/init", json=init_body(code, concurrency=3)) as r:
         assert r.status == 200, await r.text()
         assert await r.json() == {"status": "ok", "function": "held", "version": 7, "in_flight": 0}
