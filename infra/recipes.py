@@ -6,6 +6,7 @@ Pure: nothing here talks to Docker or the network, so the hashing is unit-tested
 import hashlib
 import platform
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.errors import InfraError
@@ -60,6 +61,21 @@ CMD ["python3", "-m", "kapal_runtime"]
 """
 
 
+@dataclass(frozen=True)
+class OsRecipe:
+    """One OS layer: an image pulled when a registry answers, else made with debootstrap."""
+
+    image: str
+    # Bumped to force a rebuild when the recipe changes in a way its text does not show.
+    version: str
+    pull_source: str
+    include: tuple[str, ...]
+    changes: tuple[str, ...]
+
+
+PYTHON_OS = OsRecipe(OS_IMAGE, OS_RECIPE_VERSION, PULL_SOURCE, DEBIAN_INCLUDE, IMPORT_CHANGES)
+
+
 def wheel_arch(machine: str | None = None) -> str:
     """The manylinux architecture name of this host (x86_64 or aarch64)."""
     machine = (machine or platform.machine()).lower()
@@ -79,15 +95,15 @@ def runtime_files(runtime_dir: Path) -> Iterator[Path]:
             yield path
 
 
-def os_inputs_hash(arch: str) -> str:
+def os_inputs_hash(arch: str, recipe: OsRecipe = PYTHON_OS) -> str:
     parts = [
-        OS_RECIPE_VERSION,
+        recipe.version,
         arch,
-        PULL_SOURCE,
+        recipe.pull_source,
         DEBIAN_SUITE,
         DEBIAN_MIRROR,
-        *DEBIAN_INCLUDE,
-        *IMPORT_CHANGES,
+        *recipe.include,
+        *recipe.changes,
     ]
     return _sha256_of_parts(parts)
 
