@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,12 @@ async def _run(args: list[str], timeout_s: float) -> tuple[int, str]:
         proc.kill()
         await proc.wait()
         return -1, f"timed out after {timeout_s:.0f}s"
+    except BaseException:
+        # Cancelled (the gateway stops): pip must not go on writing into a folder that
+        # is being removed.
+        with suppress(ProcessLookupError):
+            proc.kill()
+        raise
     return proc.returncode or 0, out.decode(errors="replace")
 
 
