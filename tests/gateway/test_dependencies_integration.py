@@ -3,6 +3,7 @@ compiled wheels that work in the container, and requirements that cannot be reso
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -115,16 +116,20 @@ async def test_a_code_only_redeploy_reuses_the_dependency_layer(
     assert await call(http, gw, "reuse") == (200, "three 1.15.0")
 
 
-async def test_two_gateways_share_the_cache(
+async def test_two_gateways_share_the_cache_safely(
     make_gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     first = deps_gateway(make_gateway, tmp_path)
     other = deps_gateway(make_gateway, tmp_path)  # another database and namespace
     files = {"requirements.txt": SIX, "handler.py": says("shared")}
-    made = one(await streamed(http, first, files, "shared"), "dependencies")
-    found = one(await streamed(http, other, files, "shared"), "dependencies")
-    assert (made["reused"], found["reused"]) == (False, True)
-    assert made["sha256"] == found["sha256"]
+    # At once: one resolves, the other waits for it and reuses what it made.
+    both = await asyncio.gather(
+        streamed(http, first, files, "shared"), streamed(http, other, files, "shared")
+    )
+    deps = [one(events, "dependencies") for events in both]
+    assert sorted(d["reused"] for d in deps) == [False, True]
+    assert deps[0]["sha256"] == deps[1]["sha256"]
+    assert await call(http, first, "shared") == (200, "shared 1.16.0")
     assert await call(http, other, "shared") == (200, "shared 1.16.0")
 
 

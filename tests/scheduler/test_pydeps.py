@@ -71,3 +71,14 @@ async def test_a_package_that_does_not_exist_is_named(tmp_path: Path) -> None:
         await pydeps.resolve(requirements, into, tmp_path / "pip", pydeps.Target(), lines.append)
     assert "CPython 3.11" in str(err.value)
     assert lines[0].startswith("resolving requirements.txt on the host")
+
+
+async def test_a_resolved_folder_holds_the_package_and_its_byte_code(tmp_path: Path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    into = tmp_path / "site"
+    into.mkdir()
+    await pydeps.resolve(requirements, into, tmp_path / "pip", pydeps.Target(), lambda _: None)
+    assert (into / "six.py").is_file()
+    assert (into / "__pycache__" / "six.cpython-311.pyc").is_file()
+    assert any(p.name.startswith("six-1.16.0.dist-info") for p in into.iterdir())
