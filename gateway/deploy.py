@@ -23,8 +23,10 @@ from gateway.vault import Secrets
 from gateway.wire import DeploySpec
 from scheduler import npm
 from scheduler.builder import ImageBuilder, image_repository
+from scheduler.depcache import Entry
 from scheduler.docker_backend import DockerBackend
 from scheduler.models import FunctionConfig, FunctionSpec
+from scheduler.pydeps import read_requirements
 
 log = logging.getLogger("kapal.gateway.deploy")
 
@@ -102,8 +104,9 @@ class Deployer:
             # container is specialized with.
             packed = await asyncio.to_thread(archive.pack, root)
             digest = await asyncio.to_thread(archive.digest, root)
-            requirements = root / "requirements.txt"
-            has_dependencies = requirements.is_file() and bool(requirements.read_text().strip())
+            # Refused requirement lines are a 422 before anything is built.
+            python = spec_in.runtime == "python"
+            has_dependencies = python and bool(await asyncio.to_thread(read_requirements, root))
             if spec_in.runtime == "nodejs":
                 try:
                     has_dependencies = bool(npm.dependencies(root))
@@ -145,9 +148,27 @@ class Deployer:
                 say({"event": "build", "line": line})
                 log.debug("build", extra={"function": name, "version": version, "step": line})
 
+            def dependencies(entry: Entry) -> None:
+                line = (
+                    f"dependencies: reused (cached, sha {entry.key[:12]})"
+                    if entry.reused
+                    else f"dependencies: resolved in {entry.seconds:.1f} s (sha {entry.key[:12]})"
+                )
+                output.append(line)
+                say(
+                    {
+                        "event": "dependencies",
+                        "reused": entry.reused,
+                        "sha256": entry.key,
+                        "bytes": entry.size,
+                        "seconds": round(entry.seconds, 3),
+                        "line": line,
+                    }
+                )
+
             try:
                 image = await self.builder.build(
-                    name, version, spec_in.runtime, plan.root, progress
+                    name, version, spec_in.runtime, plan.root, progress, dependencies
                 )
             except Exception as e:
                 self.metrics.build_took(time.monotonic() - started, False)

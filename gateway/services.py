@@ -41,6 +41,7 @@ from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore
 from gateway.webhooks.store import WebhookStore, seal_plaintext
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
+from scheduler.depcache import DependencyCache
 from scheduler.docker_backend import DockerBackend
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
@@ -198,7 +199,12 @@ class Services:
                 deployer=Deployer(
                     settings,
                     functions,
-                    ImageBuilder(backend.api, settings.namespace, settings.base_images()),
+                    ImageBuilder(
+                        backend.api,
+                        settings.namespace,
+                        settings.base_images(),
+                        DependencyCache(settings.deps_cache, settings.deps_cache_mb << 20),
+                    ),
                     backend,
                     secrets,
                     catalog,

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     log_line_bytes: int = Field(default=16 * 1024, ge=256)
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
+    # Host folder of resolved function dependencies and the wheels they came from, shared
+    # by the gateways of this host; default: deps/ in KAPAL_HOME.
+    deps_cache_dir: Path | None = None
+    # Most MiB of resolved dependency folders kept (least recently used go first), and
+    # as many of downloaded wheels.
+    deps_cache_mb: int = Field(default=4096, ge=16)
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -165,12 +171,20 @@ class Settings(BaseSettings):
     def secrets_root(self) -> Path:
         return self.secrets_dir or Path("/dev/shm") / f"kapal-{self.namespace}-secrets"
 
+    @property
+    def home(self) -> Path:
+        """Kapal's state folder on this host: KAPAL_HOME, else the user data dir."""
+        home = os.environ.get("KAPAL_HOME")
+        return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
+
     def key_file(self) -> Path:
         if self.secret_key_file is not None:
             return self.secret_key_file
-        home = os.environ.get("KAPAL_HOME")
-        base = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
-        return base / "secret.key"
+        return self.home / "secret.key"
+
+    @property
+    def deps_cache(self) -> Path:
+        return self.deps_cache_dir or self.home / "deps"
 
     def runtime_env(self) -> dict[str, str]:
         """What every function container is told about logging."""

@@ -100,7 +100,7 @@ def _from_debootstrap(
         log(f"os layer: imported {recipe.image} ({new[:19]})")
         return new
     finally:
-        _remove_rootfs(workdir)
+        remove_tree(workdir)
 
 
 def _debootstrap(rootfs: Path, include: tuple[str, ...], log_file: Path, log: host.Log) -> None:
@@ -194,8 +194,9 @@ def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _remove_rootfs(workdir: Path) -> None:
-    """Delete the temporary root filesystem, never through a mount left inside it."""
+def remove_tree(workdir: Path) -> None:
+    """Delete a folder made by root (a root filesystem, a node's engine data), never
+    through a mount left inside it."""
     mounts = _mounts_below(workdir)
     for mount in sorted(mounts, reverse=True):
         subprocess.run(["umount", "--lazy", mount], check=False)

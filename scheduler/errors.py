@@ -38,6 +38,12 @@ class BuildFailed(SchedulerError):
     status, code = 422, "build_failed"
 
 
+class RequirementsUnresolvable(BuildFailed):
+    """A function's requirements.txt cannot be resolved (or is refused); names which."""
+
+    code = "requirements_unresolvable"
+
+
 class UnknownFunction(SchedulerError):
     """The scheduler has no pool for that function."""
 

@@ -1,15 +1,16 @@
 """A Node.js function's npm dependencies: read from its package.json, resolved on the host.
 
 `npm install --omit=dev --ignore-scripts` runs on the host (containers here cannot reach
-the registry, and builds run with networking off); the resulting node_modules goes into
-the build context's deps folder, a layer of its own in the function's image, where the
-runtime image's /opt/kapal/node_modules link finds it. Install scripts are not run: a
-package's scripts would run on the host, as the gateway's user.
+the registry, and builds run with networking off) into a folder of the dependency cache,
+keyed by what decides the result (cache_key), which becomes the image's dependency layer
+(/opt/kapal/deps/node_modules, found through the runtime image's /opt/kapal/node_modules
+link). Install scripts are not run: they would run on the host, as the gateway's user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 from scheduler.errors import BuildFailed
 
 NPM_TIMEOUT_S = 600
+# Bumped when the way dependencies are resolved changes (cached folders then differ).
+RESOLVER_VERSION = "npm/1"
 # What npm needs from the function's folder to resolve exactly what it declares.
 MANIFESTS = ("package.json", "package-lock.json", "npm-shrinkwrap.json", ".npmrc")
 
@@ -45,6 +48,25 @@ def dependencies(code_dir: Path) -> dict[str, str]:
     ):
         raise InvalidPackageJson("package.json dependencies must map names to version strings")
     return deps
+
+
+def cache_key(code_dir: Path) -> str:
+    """What a resolved node_modules depends on: the dependencies and overrides of
+    package.json, the lock files and .npmrc (not the rest: a code-only change, or a new
+    version number, reuses the folder)."""
+    manifest = json.loads((code_dir / "package.json").read_text(encoding="utf-8"))
+    inputs = {
+        "resolver": RESOLVER_VERSION,
+        "dependencies": manifest.get("dependencies"),
+        "optional": manifest.get("optionalDependencies"),
+        "overrides": manifest.get("overrides"),
+        "files": {
+            name: (code_dir / name).read_text(encoding="utf-8", errors="replace")
+            for name in MANIFESTS[1:]
+            if (code_dir / name).is_file()
+        },
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def npm_argv(npm: str) -> list[str]:

@@ -84,6 +84,8 @@ class BuildDisplay:
             self.err.print(f"{self.prefix}{event.get('line', '')}")
             if self.status is not None:
                 self.status.update(f"building {self.name}: {event.get('line', '')[:60]}")
+        elif kind == "dependencies":
+            self.err.print(f"{self.prefix}{event.get('line', '')}")
         elif kind == "built":
             self.err.print(f"{self.prefix}built {event.get('image')} in {event.get('seconds')}s")
         elif kind == "started" and self.status is not None:

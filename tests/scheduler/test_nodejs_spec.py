@@ -58,3 +58,29 @@ def test_a_bad_package_json_says_why(tmp_path: Path, text: str, says: str) -> No
     (tmp_path / "package.json").write_text(text)
     with pytest.raises(npm.InvalidPackageJson, match=says):
         npm.dependencies(tmp_path)
+
+
+def test_the_cache_key_follows_what_decides_node_modules(tmp_path: Path) -> None:
+    def key(manifest: dict[str, Any], lock: str | None = None) -> str:
+        (tmp_path / "package.json").write_text(json.dumps(manifest))
+        if lock is not None:
+            (tmp_path / "package-lock.json").write_text(lock)
+        return npm.cache_key(tmp_path)
+
+    first = key({"name": "f", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}})
+    # A new version number or script (a code-only change) keeps the resolved folder...
+    assert (
+        key(
+            {
+                "name": "f",
+                "version": "1.0.1",
+                "scripts": {"x": "y"},
+                "dependencies": {"ms": "2.1.3"},
+            }
+        )
+        == first
+    )
+    # ... other dependencies, overrides or a lock file do not.
+    assert key({"dependencies": {"ms": "2.1.2"}}) != first
+    assert key({"dependencies": {"ms": "2.1.3"}, "overrides": {"ms": "2.1.2"}}) != first
+    assert key({"dependencies": {"ms": "2.1.3"}}, lock='{"lockfileVersion": 3}') != first
