@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -287,8 +288,8 @@ async def test_a_handler_past_its_deadline_is_504(
         assert (await r.json())["error"]["code"] == "timeout"
 
 
-async def test_an_npm_dependency_is_resolved_on_the_host_and_found(
-    gw: GatewayProcess, http: aiohttp.ClientSession
+async def test_an_npm_dependency_is_resolved_on_the_host_and_reused_by_a_code_change(
+    gw: GatewayProcess, http: aiohttp.ClientSession, docker_client: docker.DockerClient
 ) -> None:
     package = json.dumps({"name": "with-ms", "dependencies": {"ms": "2.1.3"}})
     await deployed(http, gw, "withms", {"index.js": WITH_MS, "package.json": package})
@@ -297,6 +298,22 @@ async def test_an_npm_dependency_is_resolved_on_the_host_and_found(
         assert await r.json() == {"twoDays": 172800000, "back": "1m"}
         # Dependencies are in the function's own image: no generic container serves it.
         assert r.headers["X-Kapal-Cold-Start"] == "new"
+
+    # A code-only change: the same resolved node_modules, so the same dependency layer.
+    code: dict[str, str | bytes] = {
+        "index.js": WITH_MS.replace("twoDays", "days2"),
+        "package.json": package,
+    }
+    status, body = await deploy(http, gw, code, {"runtime": "nodejs"}, name="withms", update=True)
+    assert status == 200, body
+    async with http.get(f"{gw.url}/fn/withms", headers=gw.headers) as r:
+        assert await r.json() == {"days2": 172800000, "back": "1m"}
+    v1, v2 = (docker_client.images.get(f"{gw.namespace}-fn/withms:{v}") for v in (1, 2))
+    assert v1.labels["kapal.deps"] == v2.labels["kapal.deps"]
+    base = len(
+        docker_client.images.get(os.environ["KAPAL_RUNTIME_IMAGE_NODEJS"]).attrs["RootFS"]["Layers"]
+    )
+    assert v1.attrs["RootFS"]["Layers"][base] == v2.attrs["RootFS"]["Layers"][base]
 
 
 async def test_a_node_function_starts_from_a_prewarmed_container_then_a_paused_one(
