@@ -6,6 +6,7 @@ const { fromEnv, ConfigError } = require('./config');
 const { Capture } = require('./capture');
 const { LogPort } = require('./logport');
 const { Runtime } = require('./server');
+const { warmUp } = require('./warm');
 const { logEvent, logTraceback, describe, setSink } = require('./log');
 
 async function main() {
@@ -39,6 +40,15 @@ async function main() {
   if (!config.prewarm) {
     runtime.state = 'initializing';
     await runtime.load(config.handler);
+  }
+  if (config.prewarm) {
+    // Before listening: the gateway takes a healthy answer as ready for an init.
+    try {
+      await warmUp(runtime);
+    } catch (err) {
+      // Only slower: the first init and invocation compile what this would have.
+      logEvent('warm_up_failed', 'warning', { error: describe(err) });
+    }
   }
   await runtime.listen();
   logEvent('started', 'info', {
