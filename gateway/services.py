@@ -42,6 +42,7 @@ from gateway.webhooks.store import WebhookStore, seal_plaintext
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.docker_backend import DockerBackend
+from scheduler.images import ImageResolver
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
@@ -115,7 +116,7 @@ class Services:
                 settings.records_retention_days,
                 fold=metrics.invocations.fold,
             )
-            logs = Logs.build(settings, pg, scheduler, metrics)
+            logs = Logs.build(settings, pg, scheduler, metrics, backend)
             upstreams = Upstreams()
             invoker = Invoker(
                 settings,
@@ -200,6 +201,7 @@ class Services:
                     functions,
                     ImageBuilder(backend.api, settings.namespace, settings.base_images()),
                     backend,
+                    ImageResolver(backend.api),
                     secrets,
                     catalog,
                     metrics,
