@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway import archive
 from gateway.catalog import Catalog
-from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.errors import FunctionExists, FunctionNotFound, InvalidSpec
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import FunctionStore, VersionDetail
@@ -125,9 +125,10 @@ class Deployer:
         """The registry credentials an image function names, from the vault."""
         if spec.registry_auth is None:
             return None
-        await self.secrets.check([spec.registry_auth])
-        value = (await self.secrets.store.values([spec.registry_auth]))[spec.registry_auth]
-        return RegistryAuth.parse(value, spec.registry_auth)
+        found = await self.secrets.store.values([spec.registry_auth])
+        if spec.registry_auth not in found:
+            raise InvalidSpec(f"registry_auth: unknown secret {spec.registry_auth!r}")
+        return RegistryAuth.parse(found[spec.registry_auth], spec.registry_auth)
 
     @staticmethod
     def _check_exists(name: str, exists: bool, create: bool) -> None:

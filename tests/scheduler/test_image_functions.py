@@ -1,0 +1,111 @@
+"""Image functions without Docker: their spec, their container config, references, logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.logs.engine import row, timestamp_ns
+from gateway.wire import DeploySpec
+from scheduler.docker_backend import address_port, container_config, runs_as_root
+from scheduler.errors import ImageUnavailable
+from scheduler.images import RegistryAuth, registry_of, repository_of
+from scheduler.models import FunctionSpec
+
+PINNED = "registry.example:5000/team/web@sha256:" + "a" * 64
+
+
+def image_spec(**kw: Any) -> FunctionSpec:
+    return FunctionSpec(name="web", version=2, image=PINNED, runtime="image", **kw)
+
+
+def test_an_image_in_the_spec_makes_an_image_function() -> None:
+    spec = DeploySpec.model_validate({"image": "registry.example:5000/team/web:1", "port": 9000})
+    assert (spec.runtime, spec.port, spec.probe_path) == ("image", 9000, "/")
+    assert spec.from_image
+    code = DeploySpec.model_validate({})
+    assert (code.runtime, code.image, code.probe_path, code.from_image) == (
+        "python",
+        None,
+        "/_/health",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"image": "app:1", "runtime": "python"}, "image"),
+        ({"runtime": "image"}, "image"),
+        ({"image": "app:1", "handler": "main.run"}, "handler"),
+        ({"port": 9000}, "port"),
+        ({"health_path": "/healthz"}, "health_path"),
+        ({"registry_auth": "creds"}, "registry_auth"),
+        ({"image": "UPPER/case"}, "image"),
+        ({"image": "app:1", "health_path": "healthz"}, "health_path"),
+        ({"image": "app:1", "port": 70000}, "port"),
+    ],
+)
+def test_image_fields_are_checked(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        DeploySpec.model_validate(data)
+    assert field in str(caught.value)
+
+
+def test_a_version_keeps_its_pinned_image_and_shows_it_only_for_image_functions() -> None:
+    assert image_spec().config().image == PINNED
+    code = FunctionSpec(name="fn", version=1, image="kapal-fn/fn:1")
+    assert code.config().image is None
+
+
+def test_an_image_instance_is_hardened_and_runs_as_non_root() -> None:
+    cfg = container_config(image_spec(port=9000), "ns", "net", "i1", image_user="")
+    host = cfg["host_config"]
+    assert (host["cap_drop"], host["security_opt"], host["read_only"]) == (
+        ["ALL"],
+        ["no-new-privileges"],
+        True,
+    )
+    assert host["pids_limit"] == 512 and "/tmp" in host["tmpfs"]
+    assert cfg["user"] == "10001:10001"
+    assert cfg["labels"]["kapal.port"] == "9000"
+    assert address_port(cfg["labels"]) == 9000
+    # No Kapal runtime inside: none of its settings.
+    assert set(cfg["environment"]) == {"KAPAL_FUNCTION", "KAPAL_VERSION"}
+    # An image with a user of its own keeps it.
+    assert "user" not in container_config(image_spec(), "ns", "net", "i1", image_user="app")
+
+
+def test_root_users() -> None:
+    assert all(runs_as_root(u) for u in ("", "root", "0", "0:0", "root:root"))
+    assert not any(runs_as_root(u) for u in ("1000", "app", "10001:10001"))
+    assert address_port({}) == 8080
+
+
+def test_references() -> None:
+    assert registry_of("127.0.0.1:5000/team/web:1") == "127.0.0.1:5000"
+    assert registry_of("localhost/web") == "localhost"
+    assert registry_of("team/web:1") is None
+    assert registry_of("web") is None
+    assert repository_of("127.0.0.1:5000/team/web:1") == "127.0.0.1:5000/team/web"
+    assert repository_of(PINNED) == "registry.example:5000/team/web"
+    assert repository_of("web") == "web"
+
+
+def test_registry_auth_is_username_colon_password() -> None:
+    assert RegistryAuth.parse("me:pa:ss\n", "s") == RegistryAuth("me", "pa:ss")
+    with pytest.raises(ImageUnavailable, match="registry_auth"):
+        RegistryAuth.parse("no-colon", "s")
+
+
+def test_an_engine_log_entry_becomes_a_row() -> None:
+    ns = timestamp_ns(b"2026-12-06T15:07:37.123456789Z")
+    assert ns == 1796569657123456789
+    found = row(b"2026-12-06T15:07:37.123456789Z tab\there \\ \xff\n", "stderr")
+    assert found is not None
+    seq, data = found
+    assert seq == ns
+    assert data == f"{ns}\t1796569657.123457\tstderr\t\\N\t\\N\ttab\\there \\\\ \\\\xff\n".encode()
+    assert row(b"not a timestamp\n", "stdout") is None
