@@ -15,6 +15,7 @@ import aiohttp
 import docker
 import pytest
 
+from kapal import cli
 from tests.conftest import PostgresServer
 from tests.gateway.test_logs_integration import eventually, read_lines
 from tests.registry import Registry
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "tester", "s3cret-registry-pass"
 PORT = 9000
+# The repository of an image only the local engine has (no registry in its name).
+LOCAL = "kapal-test-local-image"
 
 # Runs as root in its image (no USER): Kapal runs it as its runtime's uid.
 SERVER = """
@@ -116,7 +119,7 @@ def image(docker_client: docker.DockerClient, registry: Registry) -> Iterator[st
     # Whatever of the registry's images this engine has (pulled by the gateway too).
     for img in docker_client.images.list():
         for t in img.tags:
-            if t.startswith(f"{registry.host}/"):
+            if t.startswith((f"{registry.host}/", LOCAL)):
                 docker_client.images.remove(t, force=True)
     for img in docker_client.images.list(all=True):
         if any(d.startswith(f"{registry.host}/") for d in img.attrs.get("RepoDigests") or []):
@@ -255,6 +258,7 @@ async def test_a_wrong_password_or_unknown_tag_is_422_and_no_version(
         (web_spec(image, name="no-pass", registry_auth=None), "no basic auth"),
         (web_spec(f"{registry.host}/kapal-test/web:nope", name="bad-tag"), "unknown"),
         (web_spec(image, name="no-secret", registry_auth="missing"), "registry_auth"),
+        (web_spec(f"{LOCAL}:absent", name="no-image", registry_auth=None), f"{LOCAL}:absent"),
     ]
     for spec, says in cases:
         status, body = await deploy_image(http, gw, spec)
@@ -354,3 +358,47 @@ async def test_deleting_keeps_the_users_image(
     assert managed_containers(docker_client, gw.namespace, "gone") == []
     docker_client.images.get(body["image"])  # still there
     docker_client.images.get(image)
+
+
+async def test_the_cli_deploys_an_image(
+    gw: GatewayProcess, image: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def kapal(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await cli.run(["--url", gw.url, "--api-key", gw.admin_key or "", *argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    options = ["--port", str(PORT), "--health-path", "/healthz", "--public"]
+    code, out, err = await kapal(
+        "deploy", "--image", image, "--name", "cli-web", "--registry-auth", "registry", *options
+    )
+    assert code == 0, err
+    assert "deployed cli-web version 1 (image 127.0.0.1:" in out
+    assert "image pinned as 127.0.0.1:" in err
+    code, out, err = await kapal("invoke", "cli-web", "-p", "from-cli")
+    assert code == 0, err
+    assert json.loads(out)["path"] == "/from-cli"
+    code, out, err = await kapal(
+        "deploy", "--image", image, "--name", "cli-bad", "--registry-auth", "bad", *options
+    )
+    assert code == 1
+    assert f"error: image {image}: unauthorized" in err
+
+
+async def test_an_image_of_the_local_engine_is_pinned_by_its_id(
+    gw: GatewayProcess,
+    image: str,
+    docker_client: docker.DockerClient,
+    http: aiohttp.ClientSession,
+) -> None:
+    local = docker_client.images.get(image)
+    local.tag(LOCAL, "1")
+    status, body = await deploy_image(
+        http, gw, web_spec(f"{LOCAL}:1", name="local", registry_auth=None)
+    )
+    assert status == 201, body
+    assert body["image"] == local.id
+    async with http.get(f"{gw.url}/fn/local") as r:
+        assert r.status == 200
+        assert (await r.json())["greeting"] == "hello"
