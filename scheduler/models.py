@@ -154,7 +154,7 @@ class FunctionConfig(BaseModel):
     runtime: Annotated[str, AfterValidator(_runtime)] = "python"
     # An image that serves HTTP, run instead of code (an image function). In a deployed
     # version: the image its instances run (built from code, or this one pinned by digest).
-    image: Annotated[str | None, AfterValidator(_image)] = None
+    image: Annotated[str | None, AfterValidator(_image), Field(validate_default=True)] = None
     # Port the image serves HTTP on (Kapal's runtimes: 8080).
     port: Annotated[int, Field(ge=1, le=65535)] = RUNTIME_PORT
     # Path polled until the image answers 2xx/3xx (null: "/"); Kapal's runtimes use /_/health.
@@ -204,24 +204,32 @@ class FunctionConfig(BaseModel):
             data = {"runtime": IMAGE_RUNTIME, **data}
         return data
 
-    @model_validator(mode="after")
-    def _image_fields(self) -> FunctionConfig:
-        if self.runtime == IMAGE_RUNTIME:
-            if self.image is None:
-                raise ValueError("image: required for runtime 'image'")
-            if self.handler != "handler.handle":
-                raise ValueError("handler: an image function has no handler (its image serves)")
-            return self
-        if self.image is not None and self.image_from_user:
-            raise ValueError(f"image: an image function has no runtime (not {self.runtime!r})")
-        for field, unset in (
-            ("port", RUNTIME_PORT),
-            ("health_path", None),
-            ("registry_auth", None),
-        ):
-            if getattr(self, field) != unset:
-                raise ValueError(f"{field}: only for image functions (with `image`)")
-        return self
+    @field_validator("image")
+    @classmethod
+    def _image_and_runtime(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if "runtime" not in info.data:
+            return v  # the runtime itself was refused
+        runtime = info.data["runtime"]
+        if runtime == IMAGE_RUNTIME and v is None:
+            raise ValueError("required for runtime 'image'")
+        if v is not None and runtime != IMAGE_RUNTIME and cls.image_from_user:
+            raise ValueError(f"an image function has no runtime (not {runtime!r})")
+        return v
+
+    @field_validator("port", "health_path", "registry_auth")
+    @classmethod
+    def _only_for_images(cls, v: object, info: ValidationInfo) -> object:
+        unset = cls.model_fields[str(info.field_name)].default
+        if v != unset and info.data.get("runtime") != IMAGE_RUNTIME:
+            raise ValueError("only for image functions (with `image`)")
+        return v
+
+    @field_validator("handler")
+    @classmethod
+    def _no_handler_for_images(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("runtime") == IMAGE_RUNTIME and v != "handler.handle":
+            raise ValueError("an image function has no handler (its image serves)")
+        return v
 
     @property
     def from_image(self) -> bool:
