@@ -386,6 +386,32 @@ async def test_the_cli_deploys_an_image(
     assert f"error: image {image}: unauthorized" in err
 
 
+async def test_a_manifest_deploys_an_image_function(
+    gw: GatewayProcess, image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "kapal.yaml"
+    manifest.write_text(
+        "functions:\n"
+        "  from-yaml:\n"
+        f"    image: {image}\n"
+        f"    port: {PORT}\n"
+        "    health_path: /healthz\n"
+        "    registry_auth: registry\n"
+    )
+    argv = ["--url", gw.url, "--api-key", gw.admin_key or "", "--json", "deploy", "-f"]
+    capsys.readouterr()
+    assert await cli.run([*argv, str(manifest)]) == 0, capsys.readouterr().err
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["event"] for e in events if e.get("deploying") == "from-yaml"][-2:] == [
+        "resolved",
+        "done",
+    ]
+    # Deployed again: the same image, so no version.
+    assert await cli.run([*argv, str(manifest)]) == 0, capsys.readouterr().err
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [f["version_created"] for f in events[-1]["functions"]] == [False]
+
+
 async def test_an_image_of_the_local_engine_is_pinned_by_its_id(
     gw: GatewayProcess,
     image: str,
