@@ -428,3 +428,25 @@ async def test_an_image_of_the_local_engine_is_pinned_by_its_id(
     async with http.get(f"{gw.url}/fn/local") as r:
         assert r.status == 200
         assert (await r.json())["greeting"] == "hello"
+
+
+async def test_another_gateway_routes_to_its_instances(
+    gw: GatewayProcess, image: str, log_dir: Path, http: aiohttp.ClientSession
+) -> None:
+    status, body = await deploy_image(http, gw, web_spec(image, name="shared", scaling={"min": 1}))
+    assert status == 201, body
+    other = GatewayProcess(gw.database_url, gw.namespace, log_dir, admin_key=gw.admin_key)
+    other.start()
+    try:
+        # Found from the engine's labels (its port) and probed on its health path.
+        async def routed() -> bool:
+            async with http.get(f"{other.url}/v1/functions/shared", headers=gw.headers) as r:
+                return any(i["state"] == "ready" for i in (await r.json())["instances"])
+
+        await eventually(routed)
+        async with http.get(f"{other.url}/fn/shared/via-other") as r:
+            assert r.status == 200
+            assert "X-Kapal-Cold-Start" not in r.headers
+            assert (await r.json())["path"] == "/via-other"
+    finally:
+        other.stop()
