@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
+import requests
 from docker import APIClient
 
 from scheduler.errors import ImageUnavailable
@@ -121,5 +122,6 @@ class ImageResolver:
                     say(status)
         except docker.errors.APIError as e:
             raise ImageUnavailable(f"image {reference}: {e.explanation or e}") from e
-        except docker.errors.DockerException as e:
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            # A registry that stops answering ends the pull at the client's read timeout.
             raise ImageUnavailable(f"image {reference}: {e}") from e

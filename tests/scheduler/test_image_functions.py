@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import docker.errors
 import pytest
 from pydantic import ValidationError
 
@@ -11,7 +13,13 @@ from gateway.logs.engine import row, timestamp_ns
 from gateway.wire import DeploySpec
 from scheduler.docker_backend import address_port, container_config, runs_as_root
 from scheduler.errors import ImageUnavailable
-from scheduler.images import RegistryAuth, registry_of, repository_of
+from scheduler.images import (
+    ImageResolver,
+    RegistryAuth,
+    ResolvedImage,
+    registry_of,
+    repository_of,
+)
 from scheduler.models import FunctionSpec
 
 PINNED = "registry.example:5000/team/web@sha256:" + "a" * 64
@@ -109,3 +117,53 @@ def test_an_engine_log_entry_becomes_a_row() -> None:
     assert seq == ns
     assert data == f"{ns}\t1796569657.123457\tstderr\t\\N\t\\N\ttab\\there \\\\ \\\\xff\n".encode()
     assert row(b"not a timestamp\n", "stdout") is None
+
+
+class FakeEngine:
+    """inspect_image and pull, as the resolver uses them."""
+
+    def __init__(self, images: dict[str, dict[str, Any]], registry: dict[str, dict[str, Any]]):
+        self.images = images
+        self.registry = registry
+        self.pulled: list[tuple[str, Any]] = []
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        if ref not in self.images:
+            raise docker.errors.ImageNotFound(ref)
+        return self.images[ref]
+
+    def pull(self, ref: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        self.pulled.append((ref, kw.get("auth_config")))
+        if ref not in self.registry:
+            yield {"error": f"manifest for {ref} not found: manifest unknown"}
+            return
+        self.images[ref] = self.registry[ref]
+        yield {"status": "Digest: sha256:..."}
+
+
+REMOTE = "127.0.0.1:5000/team/web:1"
+REMOTE_ID = "sha256:" + "1" * 64
+REMOTE_PINNED = "127.0.0.1:5000/team/web@sha256:" + "2" * 64
+REMOTE_INFO = {"Id": REMOTE_ID, "RepoDigests": [REMOTE_PINNED]}
+
+
+async def test_a_registry_image_is_always_pulled_and_pinned_by_its_digest() -> None:
+    engine = FakeEngine({REMOTE: {"Id": "sha256:old"}}, {REMOTE: REMOTE_INFO})
+    resolved = await ImageResolver(engine).resolve(REMOTE, RegistryAuth("me", "pw"))  # type: ignore[arg-type]
+    assert resolved == ResolvedImage(REMOTE_PINNED, REMOTE_ID)
+    assert engine.pulled == [(REMOTE, {"username": "me", "password": "pw"})]
+
+
+async def test_a_local_image_is_not_pulled_and_is_pinned_by_its_id() -> None:
+    engine = FakeEngine({"web:1": {"Id": "sha256:abc", "RepoDigests": []}}, {})
+    resolved = await ImageResolver(engine).resolve("web:1", None)  # type: ignore[arg-type]
+    assert resolved == ResolvedImage("sha256:abc", "sha256:abc")
+    assert engine.pulled == []
+
+
+async def test_an_image_that_cannot_be_had_is_unavailable() -> None:
+    engine = FakeEngine({}, {})
+    with pytest.raises(ImageUnavailable, match="manifest unknown"):
+        await ImageResolver(engine).resolve("127.0.0.1:5000/x:nope", None)  # type: ignore[arg-type]
+    with pytest.raises(ImageUnavailable, match="web:2"):
+        await ImageResolver(engine).resolve("web:2", None)  # type: ignore[arg-type]
