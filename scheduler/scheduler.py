@@ -205,8 +205,9 @@ class Scheduler:
                 status, body = await asyncio.wait_for(probe.health(c.address, path), 2.0)
         if probe.healthy(spec, status):
             function, version = c.function, c.version
-            served = probe.identity(body)
-            if served is not None:  # the runtime knows best (a specialized prewarm)
+            # The runtime knows best (a specialized prewarm); an image's body is its own.
+            served = probe.identity(body) if spec is None else None
+            if served is not None:
                 function, version = served[0], served[1]
             elif function == PREWARM_NAME and self.prewarm is not None and not c.paused:
                 self.prewarm.adopt(c, c.labels.get(LABEL_RUNTIME, "python"))
