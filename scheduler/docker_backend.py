@@ -110,6 +110,8 @@ def container_config(
         # The runtime turns away requests past this ("busy"), whichever gateway sends them.
         "KAPAL_CONCURRENCY": "0" if spec.name == PREWARM_NAME else str(spec.scaling.concurrency),
     }
+    if spec.style is not None:
+        env["KAPAL_STYLE"] = spec.style
     memory = spec.limits.memory_mb * 1024 * 1024
     tmpfs = {"/tmp": "rw,nosuid,nodev,size=64m"}
     if spec.name == PREWARM_NAME:

@@ -9,7 +9,7 @@ field is one edit here.
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -128,6 +128,9 @@ class FunctionConfig(BaseModel):
     runtime: Annotated[str, AfterValidator(_runtime)] = "python"
     # "module.function" of the handler inside the code folder.
     handler: Annotated[str, AfterValidator(_handler)] = "handler.handle"
+    # Handler convention: native, lambda (HTTP API v2 event), lambda-v1 (REST v1 event),
+    # openwhisk, wsgi, asgi; None: detected.
+    style: Literal["native", "lambda", "lambda-v1", "openwhisk", "wsgi", "asgi"] | None = None
     # Environment variables given to every instance.
     env: dict[str, str] = Field(default_factory=dict)
     # Resource and time limits per instance.
