@@ -528,6 +528,45 @@ async def test_asgi_lifespan_state_and_request_scope() -> None:
     assert app.events == ["lifespan.startup", "lifespan.shutdown"]
 
 
+async def test_asgi_answers_once_the_body_is_sent_and_background_work_runs_on() -> None:
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"sent"})
+        await release.wait()  # a background task, as Starlette runs them after the body
+        finished.append("background")
+
+    adapter = asgi.AsgiStyle("main.app", app, "shop", 1)
+    reply = await adapter.run(request(), context(), HandlerThreads(1))
+    assert (reply.body, finished, adapter.late) == (b"sent", [], 1)
+    release.set()
+    await adapter.shutdown()  # waits for what still runs
+    assert (finished, adapter.late) == (["background"], 0)
+
+
+async def test_asgi_app_cancelled_with_its_invocation() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    adapter = asgi.AsgiStyle("main.app", app, "shop", 1)
+    invocation = asyncio.ensure_future(adapter.run(request(), context(), HandlerThreads(1)))
+    await started.wait()
+    invocation.cancel()  # what the deadline sweep does
+    with pytest.raises(asyncio.CancelledError):
+        await invocation
+    await cancelled.wait()
+    assert adapter.late == 0
+
+
 async def test_asgi_failed_startup_raises() -> None:
     adapter = asgi.AsgiStyle("main.app", AsgiApp(fail_startup=True), "shop", 1)
     with pytest.raises(asgi.LifespanFailed, match="no db"):

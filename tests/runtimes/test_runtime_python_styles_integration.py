@@ -137,9 +137,13 @@ def old():
 FASTAPI_APP = """
 from contextlib import asynccontextmanager
 
-from fastapi import Cookie, FastAPI, Header, Request, Response
+import asyncio
+
+from fastapi import BackgroundTasks, Cookie, FastAPI, Header, Request, Response
 
 started = []
+released = asyncio.Event()
+background = []
 
 
 @asynccontextmanager
@@ -161,6 +165,28 @@ async def read_item(
     session: str | None = Cookie(default=None),
 ):
     return {"item_id": item_id, "q": q, "agent": x_agent, "session": session, "started": started}
+
+
+async def wait_for_release():
+    await released.wait()
+    background.append("done")
+
+
+@app.get("/background")
+async def queue_background(tasks: BackgroundTasks):
+    tasks.add_task(wait_for_release)
+    return {"queued": True}
+
+
+@app.post("/release")
+async def release():
+    released.set()
+    return {"background": background}
+
+
+@app.get("/background/state")
+async def background_state():
+    return {"background": background}
 
 
 @app.post("/upload")
@@ -310,7 +336,8 @@ async def test_flask_app(shared_gateway: GatewayProcess, http: aiohttp.ClientSes
 async def test_fastapi_app(shared_gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
     # No style: a FastAPI app is detected as ASGI; its lifespan runs before the first call.
     files = {"main.py": FASTAPI_APP, "requirements.txt": "fastapi\n"}
-    url = await deployed(http, shared_gateway, files, {"name": "fast", "handler": "main.app"})
+    spec = {"name": "fast", "handler": "main.app", "scaling": {"max": 1}}
+    url = await deployed(http, shared_gateway, files, spec)
     headers = {"X-Agent": "tester", "Cookie": "session=s1"}
     async with http.get(f"{url}/items/7", params={"q": "é"}, headers=headers) as r:
         assert r.status == 200
@@ -329,6 +356,18 @@ async def test_fastapi_app(shared_gateway: GatewayProcess, http: aiohttp.ClientS
         assert r.headers["Set-Cookie"].startswith("seen=yes")
     async with http.get(f"{url}/openapi.json") as r:
         assert r.status == 200 and "/items/{item_id}" in (await r.json())["paths"]
+    # Answered before its background task ends (that task waits for the next request).
+    async with http.get(f"{url}/background") as r:
+        assert (r.status, await r.json()) == (200, {"queued": True})
+    async with http.post(f"{url}/release") as r:
+        assert r.status == 200
+    end = time.monotonic() + 30
+    while True:
+        async with http.get(f"{url}/background/state") as r:
+            if (await r.json())["background"] == ["done"]:
+                break
+        assert time.monotonic() < end, "the background task never finished"
+        await asyncio.sleep(0.1)
 
 
 async def test_a_bad_style_is_422_naming_the_field(

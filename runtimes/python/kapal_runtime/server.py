@@ -243,9 +243,15 @@ class Runtime:
             "status": "ok",
             "function": self.function,
             "version": self.version,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight + self._background(),
         }
         return json.dumps(status, separators=(",", ":")).encode()
+
+    def _background(self) -> int:
+        # Work an app does after its answer (ASGI background tasks) takes no slot, but an
+        # instance running it is not idle (a pause would freeze it).
+        handler = self.handler
+        return handler.late if isinstance(handler, StyleHandler) else 0
 
     def _why_no_init(self) -> str:
         if not self.config.prewarm:

@@ -26,6 +26,11 @@ class StyleHandler:
         self.version = version
         self.is_async = False
 
+    @property
+    def late(self) -> int:
+        """Work still running after its invocation was answered (ASGI background tasks)."""
+        return 0
+
     async def run(self, request: HttpRequest, context: Context, threads: HandlerThreads) -> Reply:
         raise NotImplementedError
 

@@ -2,9 +2,10 @@
 lifespan: `startup` before the first invocation (a failure fails the load), `shutdown`
 after the SIGTERM drain, and the state it fills copied into each request's scope.
 
-Each invocation runs the app in its own task (the deadline cancels it) and answers once the
-app returns, so work it does after sending the body (Starlette's background tasks) delays
-the answer.
+Each invocation runs the app in a task of its own (the deadline cancels it) and is answered
+as soon as the app has sent the whole body; what the app does after that (Starlette's
+background tasks) runs on, as under an ASGI server, keeps the instance from looking idle,
+and is waited for (bounded) at shutdown.
 """
 
 import asyncio
@@ -44,6 +45,12 @@ class AsgiStyle(StyleHandler):
         # Filled by the app during startup; each request's scope gets a shallow copy.
         self.state: dict[str, Any] = {}
         self._lifespan: _Lifespan | None = None
+        # Apps still running after their answer was complete (background tasks).
+        self._tails: set[asyncio.Future[Any]] = set()
+
+    @property
+    def late(self) -> int:
+        return len(self._tails)
 
     async def run(self, request: HttpRequest, context: Context, threads: HandlerThreads) -> Reply:
         response = _Response()
@@ -57,15 +64,34 @@ class AsgiStyle(StyleHandler):
             await response.complete.wait()  # then the client is, as far as the app knows, gone
             return {"type": "http.disconnect"}
 
+        app = asyncio.ensure_future(self.target(self.scope(request), receive, response.send))
+        complete = asyncio.ensure_future(response.complete.wait())
         try:
-            await self.target(self.scope(request), receive, response.send)
-        except Exception as exc:
+            await asyncio.wait((app, complete), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the deadline passed, or the server is stopping
+            app.cancel()
+            raise
+        finally:
+            complete.cancel()
+        if not app.done():
+            self._tails.add(app)
+            app.add_done_callback(self._tail_done)
+            return response.reply()
+        exc = None if app.cancelled() else app.exception()
+        if exc is not None:
             if not response.complete.is_set():
-                raise
+                raise exc
             # Sent first, raised after (Starlette's error middleware does this): keep the
             # answer the app chose and log why, as an ASGI server would.
             log_traceback(exc)
         return response.reply()
+
+    def _tail_done(self, app: asyncio.Future[Any]) -> None:
+        # Runs in the invocation's context: what it logs carries the invocation's tag.
+        self._tails.discard(app)
+        exc = None if app.cancelled() else app.exception()
+        if exc is not None:
+            log_traceback(exc)
 
     def scope(self, request: HttpRequest) -> dict[str, Any]:
         root = mount_path(self.function)
@@ -94,6 +120,8 @@ class AsgiStyle(StyleHandler):
         await self._lifespan.startup()
 
     async def shutdown(self) -> None:
+        if self._tails:
+            await asyncio.wait(set(self._tails), timeout=SHUTDOWN_TIMEOUT_S)
         if self._lifespan is not None:
             await self._lifespan.shutdown(SHUTDOWN_TIMEOUT_S)
 
