@@ -286,7 +286,7 @@ def test_lambda_context_fields() -> None:
     for key in ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_REGION"):
         os.environ.pop(key, None)
     os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = "will-be-kept"
-    lambda_.prepare_environment("shop", 4)
+    lambda_.prepare_environment("shop", 4, Path("/code"))
     ctx = lambda_.LambdaContext(Context("shop", 4, "req-1", time.time() + 2))
     assert ctx.aws_request_id == "req-1"
     assert (ctx.function_name, ctx.function_version) == ("shop", "4")
@@ -296,6 +296,7 @@ def test_lambda_context_fields() -> None:
     assert ctx.log_stream_name == "will-be-kept"
     assert 1000 < ctx.get_remaining_time_in_millis() <= 2000
     assert ctx.identity is None and ctx.client_context is None
+    assert os.environ["LAMBDA_TASK_ROOT"] == "/code"
 
 
 # --- openwhisk -------------------------------------------------------------------------

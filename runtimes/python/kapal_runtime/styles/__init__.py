@@ -33,7 +33,7 @@ ADAPTERS: dict[str, type[StyleHandler]] = {
 # The arguments each style calls the user's object with, to check it at load.
 _ARITY = {"lambda": 2, "lambda-v1": 2, "openwhisk": 1, "wsgi": 2, "asgi": 3}
 # Variables a style's platform sets, which its code may read as it is imported.
-_ENVIRONMENT: dict[str, Callable[[str, int], None]] = {
+_ENVIRONMENT: dict[str, Callable[[str, int, Path], None]] = {
     "lambda": lambda_.prepare_environment,
     "lambda-v1": lambda_.prepare_environment,
     "openwhisk": openwhisk.prepare_environment,
@@ -49,13 +49,13 @@ def load_handler(
     fit the style.
     """
     if style in _ENVIRONMENT:
-        _ENVIRONMENT[style](function, version)
+        _ENVIRONMENT[style](function, version, code_dir)
     target = import_target(spec, code_dir)
     chosen = style or detect(spec, target)
     if chosen == "native":
         return native_handler(spec, target)
     if chosen == "openwhisk" and style is None:
-        openwhisk.prepare_environment(function, version)
+        openwhisk.prepare_environment(function, version, code_dir)
     _check(spec, target, chosen)
     return ADAPTERS[chosen](spec, target, function, version)
 

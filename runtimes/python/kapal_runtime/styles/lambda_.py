@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -78,7 +79,7 @@ def arn(function: str) -> str:
     return f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function}"
 
 
-def prepare_environment(function: str, version: int) -> None:
+def prepare_environment(function: str, version: int, code_dir: Path) -> None:
     """AWS's runtime variables, set before the handler's module is imported (many read them
     at import); values the function sets itself are kept."""
     env = os.environ
@@ -90,7 +91,7 @@ def prepare_environment(function: str, version: int) -> None:
         "AWS_LAMBDA_LOG_STREAM_NAME": f"{time.strftime('%Y/%m/%d')}/[{version}]"
         + socket.gethostname(),
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
-        "LAMBDA_TASK_ROOT": os.getcwd(),
+        "LAMBDA_TASK_ROOT": str(code_dir),
     }
     for key, value in defaults.items():
         env.setdefault(key, value)

@@ -14,6 +14,7 @@ import binascii
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -37,7 +38,7 @@ HTML_TYPE = "text/html; charset=UTF-8"
 _HTTP_FIELDS = ("statusCode", "headers", "body")
 
 
-def prepare_environment(function: str, version: int) -> None:
+def prepare_environment(function: str, version: int, code_dir: Path) -> None:
     """The variables OpenWhisk's Python runtime sets for every action."""
     os.environ.setdefault("__OW_ACTION_NAME", f"/_/{function}")
     os.environ.setdefault("__OW_ACTION_VERSION", str(version))
