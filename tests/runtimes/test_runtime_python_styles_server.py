@@ -54,6 +54,8 @@ import time
 def handler(event, context):
     if event["path"] == "/slow":
         time.sleep(30)
+    if event["path"] == "/raise":
+        raise KeyError("no such item")
     print("v1 call", context.aws_request_id)
     return {"statusCode": 200, "body": event["httpMethod"] + " " + context.function_name}
 """
@@ -77,9 +79,15 @@ async def test_asgi_lifespan_runs_before_serving_and_after_the_drain(
         assert loaded["style"] == "asgi"
         rows = await process.rows_of(http, "r1")
         assert [row.text for row in rows] == ["serving /hi"]
-        async with http.get(f"{process.url}/boom") as resp:
+        async with http.get(f"{process.url}/boom", headers={"X-Kapal-Request-Id": "r3"}) as resp:
             assert resp.status == 500
             assert (await resp.json())["error"]["code"] == "handler_error"
+        (traceback,) = await process.rows_of(http, "r3")
+        assert traceback.stream == "stderr" and traceback.level == "error"
+        assert (
+            traceback.text.startswith("Traceback")
+            and "ValueError: boom from asgi" in traceback.text
+        )
         # The app runs, then the deadline passes: cancelled, answered 504.
         deadline = {"X-Kapal-Deadline": str(time.time() + 0.5)}
         async with http.get(f"{process.url}/sleep", headers=deadline) as resp:
@@ -140,6 +148,11 @@ async def test_a_style_given_in_init(tmp_path: Path, http: aiohttp.ClientSession
             assert resp.headers["Content-Type"] == "application/json"  # API Gateway's default
         rows = await process.rows_of(http, "r2")
         assert [row.text for row in rows] == ["v1 call r2"]
+        async with http.get(f"{process.url}/raise", headers={"X-Kapal-Request-Id": "r4"}) as resp:
+            assert resp.status == 500
+            assert (await resp.json())["error"]["message"] == "KeyError: 'no such item'"
+        (traceback,) = await process.rows_of(http, "r4")
+        assert "KeyError: 'no such item'" in traceback.text
         # A blocking handler passing its deadline is a 504, as for native ones.
         deadline = {"X-Kapal-Deadline": str(time.time() + 0.5)}
         async with http.get(f"{process.url}/slow", headers=deadline) as resp:
