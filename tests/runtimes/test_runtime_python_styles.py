@@ -254,9 +254,16 @@ def _fields(req: HttpRequest) -> dict[str, Any]:
     return {name: getattr(req, name) for name in HttpRequest.__slots__}
 
 
+def test_v1_event_path_is_as_sent_and_its_proxy_parameter_decoded() -> None:
+    event = lambda_.v1_event(request(path="/a b/é", raw_path="/a%20b/%C3%A9"), "r", NOW)
+    assert event["path"] == "/a%20b/%C3%A9" == event["requestContext"]["path"]
+    assert event["pathParameters"] == {"proxy": "a b/é"}
+
+
 def test_v1_event_of_a_bare_get_has_nulls() -> None:
     event = lambda_.v1_event(request(), "r", NOW)
     assert event["resource"] == "/" and event["pathParameters"] is None
+    assert event["path"] == "/"
     assert event["queryStringParameters"] is None
     assert event["multiValueQueryStringParameters"] is None
     assert event["body"] is None and event["isBase64Encoded"] is False

@@ -198,7 +198,8 @@ def v1_event(request: HttpRequest, request_id: str, now: float) -> dict[str, Any
     return {
         "version": "1.0",
         "resource": resource,
-        "path": request.path,
+        # As sent, percent-encoded, as REST APIs pass it (path parameters are decoded).
+        "path": request.raw_path,
         "httpMethod": request.method,
         "headers": headers or None,
         "multiValueHeaders": multi_headers or None,
@@ -227,7 +228,7 @@ def v1_event(request: HttpRequest, request_id: str, now: float) -> dict[str, Any
                 "userAgent": user_agent,
                 "userArn": None,
             },
-            "path": request.path,
+            "path": request.raw_path,
             "protocol": f"HTTP/{request.http_version}",
             "requestId": request_id,
             "requestTime": _clf_time(now),
