@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import GatewayFactory
 from tests.support import GatewayProcess, deploy
 
 pytestmark = pytest.mark.integration
@@ -287,19 +286,6 @@ async def test_lambda_rest_api_handler(
         assert (r.status, await r.json()) == (200, {"length": len(BINARY), "base64": True})
     async with http.post(url + "/", json={"a": 1}) as r:
         assert (r.status, await r.json()) == (200, {"length": 8, "base64": False})
-
-
-async def test_a_prewarmed_container_takes_the_style_in_its_init(
-    make_gateway: GatewayFactory, http: aiohttp.ClientSession
-) -> None:
-    gw = make_gateway()
-    spec = {"name": "warmv1", "handler": "app.handler", "style": "lambda-v1"}
-    url = await deployed(http, gw, {"app.py": LAMBDA_V1}, spec)
-    # Default limits and no dependencies: a generic container is specialized for it.
-    async with http.get(f"{url}/teapot", params={"tag": "x"}) as r:
-        assert r.headers["X-Kapal-Cold-Start"] == "prewarm"
-        assert r.status == 418
-        assert (await r.json())["tags"] == ["x"]
 
 
 async def test_openwhisk_web_action(

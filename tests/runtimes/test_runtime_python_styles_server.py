@@ -10,6 +10,11 @@ import aiohttp
 import pytest
 from runtime_python_support import RuntimeProcess, start_runtime, tar_gz_b64, write_files
 
+from infra.local import tar_gz
+from scheduler.backend import Running
+from scheduler.models import FunctionSpec
+from scheduler.prewarm import PrewarmPool
+
 ASGI_APP = """
 import asyncio
 
@@ -181,5 +186,34 @@ async def test_a_style_that_does_not_fit_is_a_load_failure_in_init(
         assert "openwhisk handlers take 1" in error["message"]
         async with http.post(f"{process.url}/_/init", json={**init, "style": "gcf"}) as resp:
             assert resp.status == 409  # the failed load is final, like any other
+    finally:
+        assert process.stop() == 0
+
+
+class OneCode:
+    """The gateway's code source, for one function."""
+
+    def __init__(self, files: dict[str, str | bytes]) -> None:
+        self.archive = tar_gz(files)
+
+    async def code(self, name: str, version: int) -> bytes:
+        return self.archive
+
+
+async def test_the_scheduler_specializes_a_prewarmed_runtime_with_the_style(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    process = await prewarm_runtime(tmp_path)
+    try:
+        spec = FunctionSpec(
+            name="warm", version=1, image="unused", handler="app.handler", style="lambda-v1"
+        )
+        pool = PrewarmPool(None, {}, 0, OneCode({"app.py": LAMBDA_V1}))  # type: ignore[arg-type]
+        running = Running("c1", f"127.0.0.1:{process.port}", "_prewarm", 0)
+        await pool.specialize(running, spec)
+        async with http.get(f"{process.url}/x", headers={"X-Kapal-Request-Id": "r5"}) as resp:
+            assert (resp.status, await resp.text()) == (200, "GET warm")
+        loaded = await process.event(http, "handler_loaded")
+        assert loaded["style"] == "lambda-v1"
     finally:
         assert process.stop() == 0
