@@ -127,6 +127,8 @@ def container_config(
         # The runtime turns away requests past this ("busy"), whichever gateway sends them.
         "KAPAL_CONCURRENCY": "0" if spec.name == PREWARM_NAME else str(spec.scaling.concurrency),
     }
+    if spec.style is not None:
+        env["KAPAL_STYLE"] = spec.style
     if spec.from_image:  # no Kapal runtime inside: only who it is
         env = {**spec.env, "KAPAL_FUNCTION": spec.name, "KAPAL_VERSION": str(spec.version)}
     memory = spec.limits.memory_mb * 1024 * 1024

@@ -9,7 +9,7 @@ field is one edit here.
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -163,6 +163,9 @@ class FunctionConfig(BaseModel):
     registry_auth: Annotated[str | None, Field(pattern=SECRET_NAME_RE.pattern)] = None
     # "module.function" of the handler inside the code folder.
     handler: Annotated[str, AfterValidator(_handler)] = "handler.handle"
+    # Handler convention: native, lambda (HTTP API v2 event), lambda-v1 (REST v1 event),
+    # openwhisk, wsgi, asgi; None: detected.
+    style: Literal["native", "lambda", "lambda-v1", "openwhisk", "wsgi", "asgi"] | None = None
     # Environment variables given to every instance.
     env: dict[str, str] = Field(default_factory=dict)
     # Resource and time limits per instance.
@@ -229,6 +232,13 @@ class FunctionConfig(BaseModel):
     def _no_handler_for_images(cls, v: str, info: ValidationInfo) -> str:
         if info.data.get("runtime") == IMAGE_RUNTIME and v != "handler.handle":
             raise ValueError("an image function has no handler (its image serves)")
+        return v
+
+    @field_validator("style")
+    @classmethod
+    def _no_style_for_images(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("runtime") == IMAGE_RUNTIME and v is not None:
+            raise ValueError("an image function has no handler style (its image serves)")
         return v
 
     @property

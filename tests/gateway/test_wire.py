@@ -17,7 +17,7 @@ from kapal.spec import Manifest
 from scheduler.models import FunctionConfig, FunctionSpec
 from scheduler.scheduler import InstanceView, PoolView
 
-CONFIG = {"runtime", "handler", "env", "limits", "scaling", "public", "secrets", "network"}
+CONFIG = {"runtime", "handler", "style", "env", "limits", "scaling", "public", "secrets", "network"}
 IMAGE = {"image", "port", "health_path", "registry_auth"}
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -46,6 +46,7 @@ def test_pool_and_instance_views_are_the_schedulers() -> None:
         ({"name": "Bad_Name"}, "name"),
         ({"runtime": "cobol"}, "runtime"),
         ({"handler": "no-dots"}, "handler"),
+        ({"style": "azure"}, "style"),
         ({"limits": {"timeout_s": 0}}, "limits.timeout_s"),
         ({"scaling": {"min": 5, "max": 2}}, "scaling.max"),
         ({"env": {"1BAD": "x"}}, "env"),
@@ -103,6 +104,7 @@ def test_a_function_on_the_wire() -> None:
         "version",
         "runtime",
         "handler",
+        "style",
         "image",
         "port",
         "health_path",

@@ -48,6 +48,7 @@ def test_an_image_in_the_spec_makes_an_image_function() -> None:
         ({"image": "app:1", "runtime": "python"}, "image"),
         ({"runtime": "image"}, "image"),
         ({"image": "app:1", "handler": "main.run"}, "handler"),
+        ({"image": "app:1", "style": "wsgi"}, "style"),
         ({"port": 9000}, "port"),
         ({"health_path": "/healthz"}, "health_path"),
         ({"registry_auth": "creds"}, "registry_auth"),
