@@ -43,6 +43,7 @@ from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
 from scheduler.depcache import DependencyCache
 from scheduler.docker_backend import DockerBackend
+from scheduler.images import ImageResolver
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
@@ -116,7 +117,7 @@ class Services:
                 settings.records_retention_days,
                 fold=metrics.invocations.fold,
             )
-            logs = Logs.build(settings, pg, scheduler, metrics)
+            logs = Logs.build(settings, pg, scheduler, metrics, backend)
             upstreams = Upstreams()
             invoker = Invoker(
                 settings,
@@ -206,6 +207,7 @@ class Services:
                         DependencyCache(settings.deps_cache, settings.deps_cache_mb << 20),
                     ),
                     backend,
+                    ImageResolver(backend.api),
                     secrets,
                     catalog,
                     metrics,

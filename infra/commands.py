@@ -21,8 +21,10 @@ from infra.swarm import swarm_down, swarm_up
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LISTEN = "127.0.0.1:8080"
 # Commands the tests use beyond the engine (command -> Debian package), installed when
-# missing: wrk for the load tests, Chromium for the dashboard's browser tests.
-TEST_TOOLS = {"wrk": "wrk", "chromium": "chromium"}
+# missing: wrk for the load tests, Chromium for the dashboard's browser tests, and for the
+# image-function tests a registry on the host (distribution's) with htpasswd credentials.
+REGISTRY_TOOLS = {"docker-registry": "docker-registry", "htpasswd": "apache2-utils"}
+TEST_TOOLS = {"wrk": "wrk", "chromium": "chromium", **REGISTRY_TOOLS}
 
 USAGE = """\
 usage: python -m infra COMMAND [ARGS]

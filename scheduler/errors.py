@@ -56,3 +56,9 @@ class UnknownFunction(SchedulerError):
 
 class BackendError(SchedulerError):
     """The container engine refused or failed an operation."""
+
+
+class ImageUnavailable(SchedulerError):
+    """An image function's image cannot be had: not on the engine, or its pull failed."""
+
+    status, code = 422, "image_unavailable"

@@ -84,7 +84,7 @@ class PrewarmPool:
                 "function": spec.name,
                 "version": spec.version,
                 "handler": spec.handler,
-                "style": spec.style,
+                "style": spec.style,  # null: the runtime detects it
                 "env": spec.env,
                 "concurrency": spec.scaling.concurrency,
                 "code": base64.b64encode(code).decode(),

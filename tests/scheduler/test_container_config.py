@@ -43,7 +43,13 @@ def test_bridge_interface_and_guard_rules() -> None:
 
 
 def test_the_handler_style_reaches_the_runtime_only_when_set() -> None:
-    styled = container_config(spec(runtime="nodejs", style="lambda"), "ns", "net", "i1")
-    assert styled["environment"]["KAPAL_STYLE"] == "lambda"
-    assert styled["environment"]["KAPAL_HANDLER"] == "index.handler"
+    assert (
+        container_config(spec(style="asgi"), "ns", "net", "i1")["environment"]["KAPAL_STYLE"]
+        == "asgi"
+    )
     assert "KAPAL_STYLE" not in container_config(spec(), "ns", "net", "i1")["environment"]
+
+
+def test_a_node_function_gets_its_style_and_default_handler() -> None:
+    env = container_config(spec(runtime="nodejs", style="lambda"), "ns", "net", "i1")["environment"]
+    assert (env["KAPAL_STYLE"], env["KAPAL_HANDLER"]) == ("lambda", "index.handler")
