@@ -208,7 +208,7 @@ async def test_the_scheduler_specializes_a_prewarmed_runtime_with_the_style(
         spec = FunctionSpec(
             name="warm", version=1, image="unused", handler="app.handler", style="lambda-v1"
         )
-        pool = PrewarmPool(None, {}, 0, OneCode({"app.py": LAMBDA_V1}))  # type: ignore[arg-type]
+        pool = PrewarmPool(None, {}, {}, OneCode({"app.py": LAMBDA_V1}))  # type: ignore[arg-type]
         running = Running("c1", f"127.0.0.1:{process.port}", "_prewarm", 0)
         await pool.specialize(running, spec)
         async with http.get(f"{process.url}/x", headers={"X-Kapal-Request-Id": "r5"}) as resp:
