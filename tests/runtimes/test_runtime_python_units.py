@@ -242,6 +242,7 @@ def test_handler_threads_hand_the_loop_on_when_calls_block_and_count_late_ones()
 
     async def main() -> None:
         first = threading.get_ident()
+        await asyncio.sleep(0.1)  # no calls for a while: the watchdog sleeps until the next
         # Four blocking calls at once: each keeps a thread, the loop goes on on another.
         calls = [asyncio.create_task(threads.run(release.wait, 5)) for _ in range(4)]
         assert await asyncio.wait_for(threads.run(lambda: "free"), 2) == "free"

@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from typing import Any
 
 # How often the watchdog looks; a call running at two looks in a row loses the loop.
 WATCH_TICK_S = 0.005
+# Looks without a new call after which the watchdog sleeps until the next call starts, so
+# an idle instance is not woken 200 times a second.
+PARK_AFTER_LOOKS = 4
 
 _Outcome = tuple[Any, BaseException | None]
 
@@ -62,6 +66,10 @@ class HandlerThreads:
         # one long call from two short ones.
         self._running: _Call | None = None
         self._started_calls = 0
+        # The watchdog sleeps (parked) until a driver starting a call releases `_unpark`.
+        self._parked = False
+        self._unpark = threading.Lock()
+        self._unpark.acquire()
         # To threads waiting for the loop: True, take it; False, exit.
         self._orders: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._threads = 0
@@ -174,6 +182,9 @@ class HandlerThreads:
         with self._lock:
             self._running = call
             self._started_calls += 1
+            parked, self._parked = self._parked, False
+        if parked:
+            self._unpark.release()
         outcome: _Outcome
         try:
             outcome = (call.fn(*call.args), None)
@@ -199,10 +210,19 @@ class HandlerThreads:
             future.set_result(outcome)
 
     def _watch(self) -> None:
-        seen = -1
-        while not self._ended.wait(self._tick_s):
+        seen, quiet = -1, 0
+        while not self._ended.is_set():
+            if quiet >= PARK_AFTER_LOOKS:
+                quiet = 0
+                with self._lock:
+                    park = self._parked = self._running is None and self._started_calls == seen
+                if park:
+                    self._unpark.acquire()  # until a call starts (even one started meanwhile)
+                continue
+            time.sleep(self._tick_s)
             with self._lock:
                 if self._running is None or self._started_calls != seen:
+                    quiet = quiet + 1 if self._started_calls == seen else 0
                     seen = self._started_calls
                     continue
                 # The same call at two looks: its thread loses the loop, if one can take it.
@@ -227,5 +247,9 @@ class HandlerThreads:
             self._error = target.exception()
         loop.close()
         self._ended.set()
+        with self._lock:
+            parked, self._parked = self._parked, False
+        if parked:
+            self._unpark.release()
         for _ in range(self._threads):
             self._orders.put(False)
