@@ -1,10 +1,13 @@
 """Synchronous handlers run by the thread that runs the event loop, which hands the loop to
 another thread when one of them blocks.
 
-Why (issue 15): a hop to a worker thread and back costs two thread wake-ups, ≈ 45 µs here
-whatever carries them (an executor future ≈ 90 µs; a SimpleQueue and `call_soon_threadsafe`
-≈ 45 µs; spinning while holding the GIL is slower still), and that was most of what
-separated a plain `def` handler from an `async def` one. So no hop in the common case:
+Why (issue 15): a hop to a worker thread and back costs two thread wake-ups, and that was
+most of what separated a plain `def` handler from an `async def` one. Measured alone here
+(`python -m bench sync`): an executor future ≈ 90 µs; a SimpleQueue out and
+`call_soon_threadsafe` back 16 to 47 µs (busy vs idle CPUs); the same with the thread
+spinning on the queue before it blocks 74 to 145 µs (they pass the GIL back and forth);
+`sys.setswitchinterval(1e-4)` changes nothing; stopping the loop, making the call and
+running the loop again ≈ 4 µs. So no hop in the common case:
 
 - `run` queues the call and stops the loop; when the loop has finished its iteration, the
   thread that ran it (the driver) makes the queued calls itself, sets their futures (no
@@ -14,10 +17,10 @@ separated a plain `def` handler from an `async def` one. So no hop in the common
   runs the loop); the slow call's outcome reaches the loop by `call_soon_threadsafe` when
   it returns, and its thread then waits to be handed the loop in turn.
 
-A blocking handler so stalls the others for one or two ticks at most, and the deadline
-sweep, a task on the loop, still answers its invocation. Rejected, measured: running sync
-handlers inline on the loop with nothing to take the loop back (one blocking call stalls
-everything), and choosing inline from past run times (the first slow call still stalls).
+A blocking handler so stalls the others for one or two ticks, and the deadline sweep, a
+task on the loop, still answers its invocation. Also rejected: running sync handlers on the
+loop with nothing to take the loop back (one blocking call stalls everything), and choosing
+that from past run times (the first slow call still stalls everything).
 """
 
 import asyncio
