@@ -265,6 +265,28 @@ def test_handler_threads_hand_the_loop_on_when_calls_block_and_count_late_ones()
     assert checked == ["done"]
 
 
+def test_handler_threads_keep_the_loop_running_through_many_hand_overs() -> None:
+    # Every call outlasts two watchdog looks, six at a time: the loop changes hands all the
+    # while, and a thread whose slow call returns must not take a later driver's call for
+    # its own (that driver then left the loop to nobody, and everything stopped).
+    threads = HandlerThreads(16)
+    done: list[int] = []
+
+    async def caller() -> None:
+        for _ in range(10):
+            await threads.run(time.sleep, 0.02)
+        done.append(1)
+
+    async def main() -> None:
+        await asyncio.gather(*(caller() for _ in range(6)))
+
+    server = threading.Thread(target=serve, args=(threads, main), daemon=True)
+    server.start()
+    server.join(30)
+    assert not server.is_alive(), f"the loop stopped for good after {len(done)} callers"
+    assert done == [1] * 6
+
+
 def test_handler_threads_serve_cancels_leftover_tasks_and_raises_what_main_raised() -> None:
     threads = HandlerThreads(4)
     left: list[str] = []

@@ -195,7 +195,8 @@ class HandlerThreads:
             outcome = (None, exc)
         with self._lock:
             kept = self._running is call
-            self._running = None
+            if kept:  # else it lost the loop, and `_running` may be the new driver's call
+                self._running = None
         if kept:
             self._settle(future, outcome)  # the loop is stopped: this thread may touch it
             return True
