@@ -8,7 +8,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import cold, deploy, image, logs, runtime_logs, scale, styles, traffic, warm
+from bench import (
+    cold,
+    deploy,
+    image,
+    logs,
+    runtime_logs,
+    scale,
+    styles,
+    sync_handlers,
+    traffic,
+    warm,
+)
 from bench.async_queue import run_async
 
 Scenario = Callable[[bool], dict[str, Any]]
@@ -23,6 +34,7 @@ SCENARIOS: dict[str, Scenario] = {
     "image": image.run,
     "styles": styles.run,
     "traffic": traffic.run,
+    "sync": sync_handlers.run,
 }
 
 

@@ -23,6 +23,7 @@ from runtime_python_support import (
 )
 
 HANDLER = """
+import asyncio
 import base64
 import sys
 import threading
@@ -49,6 +50,11 @@ def _hold(event, context):
     holding.clear()
     release.clear()
     return "released" if released else "not released"
+
+
+async def _later(value):
+    await asyncio.sleep(0.01)
+    return value
 
 
 def _sleep(event, context):
@@ -83,6 +89,8 @@ ROUTES = {
     "/hold/state": lambda e, c: "holding" if holding.is_set() else "idle",
     "/hold/release": lambda e, c: release.set(),
     "/exit": lambda e, c: sys.exit(3),
+    "/coroutine": lambda e, c: _later("awaited on the runtime's loop"),
+    "/asyncio-run": lambda e, c: asyncio.run(_later("run on a loop of its own")),
     "/ret/str": lambda e, c: "hello ü",
     "/ret/bytes": lambda e, c: bytes([0, 1, 2, 255]),
     "/ret/none": lambda e, c: None,
@@ -486,6 +494,20 @@ async def test_sync_handlers_run_concurrently(
 
     # All 20 wait at one barrier: run one after another, none would get past it.
     assert await asyncio.gather(*(call() for _ in range(20))) == [(200, "together")] * 20
+
+
+async def test_sync_handlers_may_return_a_coroutine_or_run_a_loop_of_their_own(
+    runtime: RuntimeProcess, http: aiohttp.ClientSession
+) -> None:
+    # A sync handler is called while the runtime's loop is stopped, on the loop's thread:
+    # waiting for the loop must not deadlock, and that thread must be free for a new loop.
+    for path, text in [
+        ("/coroutine", "awaited on the runtime's loop"),
+        ("/asyncio-run", "run on a loop of its own"),
+    ]:
+        for _ in range(3):
+            async with http.get(f"{runtime.url}{path}") as resp:
+                assert (resp.status, await resp.text()) == (200, text)
 
 
 async def test_a_sync_handler_blocking_after_fast_calls_stalls_no_other_request(

@@ -6,8 +6,11 @@ import os
 import stat
 import sys
 import tarfile
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from multidict import MultiDict, MultiDictProxy
@@ -203,12 +206,19 @@ async def test_deadline_watch_cancels_only_late_tasks() -> None:
 # --- handler threads -------------------------------------------------------------------
 
 
-async def test_handler_threads_run_off_the_loop_and_pass_errors_back() -> None:
-    import threading
+def serve(threads: HandlerThreads, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    threads.serve(asyncio.new_event_loop(), main())
 
+
+def test_handler_threads_make_calls_on_the_loops_own_thread_and_pass_errors_back() -> None:
     threads = HandlerThreads(4)
-    try:
-        assert await threads.run(threading.get_ident) != threading.get_ident()
+    checked: list[str] = []
+
+    async def main() -> None:
+        # No hop: the call runs on the thread that runs the loop, which keeps running it.
+        here = threading.get_ident()
+        assert await threads.run(threading.get_ident) == here
+        assert threading.get_ident() == here
         assert await threads.run(lambda a, b: a + b, 2, 3) == 5
         # A StopIteration cannot leave a coroutine as itself, but it must not hang the caller.
         raised = [(ValueError("boom"), ValueError), (SystemExit(3), SystemExit)]
@@ -219,19 +229,25 @@ async def test_handler_threads_run_off_the_loop_and_pass_errors_back() -> None:
 
             with pytest.raises(expected):
                 await threads.run(fail)
-    finally:
-        threads.close()
+        checked.append("done")
+
+    serve(threads, main)
+    assert checked == ["done"]
 
 
-async def test_handler_threads_start_as_needed_and_count_late_calls() -> None:
-    import threading
-
+def test_handler_threads_hand_the_loop_on_when_calls_block_and_count_late_ones() -> None:
     threads = HandlerThreads(8)
     release = threading.Event()
-    try:
-        # Four blocking calls at once each get a thread of their own.
+    checked: list[str] = []
+
+    async def main() -> None:
+        first = threading.get_ident()
+        await asyncio.sleep(0.1)  # no calls for a while: the watchdog sleeps until the next
+        # Four blocking calls at once: each keeps a thread, the loop goes on on another.
         calls = [asyncio.create_task(threads.run(release.wait, 5)) for _ in range(4)]
         assert await asyncio.wait_for(threads.run(lambda: "free"), 2) == "free"
+        assert threading.get_ident() != first
+        assert not any(call.done() for call in calls)
         calls[0].cancel()  # its caller stops waiting, as at a deadline
         with pytest.raises(asyncio.CancelledError):
             await calls[0]
@@ -243,8 +259,62 @@ async def test_handler_threads_start_as_needed_and_count_late_calls() -> None:
                 break
             await asyncio.sleep(0.01)
         assert threads.late == 0
-    finally:
-        threads.close()
+        checked.append("done")
+
+    serve(threads, main)
+    assert checked == ["done"]
+
+
+def test_handler_threads_keep_the_loop_running_through_many_hand_overs() -> None:
+    # Every call outlasts two watchdog looks, six at a time: the loop changes hands all the
+    # while, and a thread whose slow call returns must not take a later driver's call for
+    # its own (that driver then left the loop to nobody, and everything stopped).
+    threads = HandlerThreads(16)
+    done: list[int] = []
+
+    async def caller() -> None:
+        for _ in range(10):
+            await threads.run(time.sleep, 0.02)
+        done.append(1)
+
+    async def main() -> None:
+        await asyncio.gather(*(caller() for _ in range(6)))
+
+    server = threading.Thread(target=serve, args=(threads, main), daemon=True)
+    server.start()
+    server.join(30)
+    assert not server.is_alive(), f"the loop stopped for good after {len(done)} callers"
+    assert done == [1] * 6
+
+
+def test_handler_threads_serve_cancels_leftover_tasks_and_raises_what_main_raised() -> None:
+    threads = HandlerThreads(4)
+    left: list[str] = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            left.append("cancelled")
+            raise
+
+    async def main() -> None:
+        task = asyncio.create_task(forever())
+        await threads.run(time.sleep, 0.05)  # long enough to lose the loop on the way
+        assert not task.done()
+        raise LookupError("from main")
+
+    with pytest.raises(LookupError, match="from main"):
+        serve(threads, main)
+    assert left == ["cancelled"]
+
+
+def test_handler_threads_run_only_on_the_loop_they_serve() -> None:
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="serve"):
+            await HandlerThreads(1).run(time.time)
+
+    asyncio.run(main())
 
 
 # --- archives ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class RuntimeConfig:
     prewarm: bool = False
     # Invocations in flight at once before new ones are answered 503 busy (0: unlimited).
     concurrency: int = 0
-    # Threads that run synchronous handlers concurrently.
+    # Threads that blocking sync handlers may hold while the loop goes on (threads.py).
     threads: int = 64
     # "auto" uses uvloop when it can be imported.
     event_loop: str = "auto"

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import signal
 import site
 import time
 from collections.abc import AsyncIterator
@@ -299,8 +300,7 @@ class Runtime:
         if isinstance(self.handler, StyleHandler):
             await self.handler.shutdown()  # after the drain, as ASGI servers do
         # Requests have drained by now (bounded by the shutdown timeout); a thread still
-        # running a handler past its deadline is not waited for.
-        self.threads.close()
+        # running a handler past its deadline is not waited for (threads.py).
         log_event("stopped")
 
 
@@ -331,16 +331,26 @@ def run(config: RuntimeConfig, capture: Capture | None = None) -> None:
     runtime = Runtime(config, capture)
     if not config.prewarm:
         runtime.load(config.handler, config.style)
-    web.run_app(
-        build_app(runtime),
-        host="0.0.0.0",
-        port=config.port,
-        loop=loop,
-        shutdown_timeout=config.timeout_s,
-        handle_signals=True,
-        access_log=None,
-        print=None,
-    )
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(stopping.set)
+
+    # Handled on this thread, which only waits while the loop runs on the handler threads.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    runtime.threads.serve(loop, serve(build_app(runtime), config, stopping))
+
+
+async def serve(app: web.Application, config: RuntimeConfig, stopping: asyncio.Event) -> None:
+    """What `web.run_app` does, on a loop it does not run: serve until `stopping`, drain."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.timeout_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "0.0.0.0", config.port).start()
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
 
 
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
