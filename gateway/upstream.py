@@ -130,26 +130,35 @@ class UpstreamConnection(asyncio.Protocol):
         ):
             self._busy = True  # answered to us, not to the client
             if self._head_only:
-                self.reusable = False
-                self._finish()
+                self._end_head()
             return
         has_length = any(n.lower() == b"content-length" for n, _ in self._headers)
         self._started = True
         if self._sink is not None:
             self._sink.start(status, self._reason, self._headers, has_length)
         if self._head_only:
-            # A HEAD response has no body but may announce one: httptools would wait for
-            # it, so finish here and do not reuse this connection.
-            self.reusable = False
-            self._finish()
+            self._end_head()
 
     def on_body(self, body: bytes) -> None:
         if self._sink is not None and not self._busy:
             self._sink.body(body)
 
     def on_message_complete(self) -> None:
+        if self._done is None:
+            return  # a HEAD response announcing no body: already finished
         if not self.parser.should_keep_alive():
             self.reusable = False
+        self._finish()
+
+    def _end_head(self) -> None:
+        """A HEAD response is complete with its head, whatever length it announces.
+
+        httptools cannot be told the request was HEAD and would wait for the announced
+        body, so the next exchange gets a parser of its own and the connection is kept.
+        """
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        self.parser = httptools.HttpResponseParser(self)
         self._finish()
 
     # -- exchanges ---------------------------------------------------------------------
