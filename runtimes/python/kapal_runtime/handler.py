@@ -17,6 +17,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from kapal_runtime.event import Context, Event
+from kapal_runtime.stream import Stream, is_stream
 from kapal_runtime.threads import HandlerThreads
 
 CONTENT_TYPE = "Content-Type"
@@ -35,11 +36,11 @@ class InvalidReturnValue(ValueError):
 
 @dataclass(slots=True)
 class Reply:
-    """A response ready to send: status, headers and body bytes."""
+    """A response ready to send: status, headers and body bytes (or a body made as sent)."""
 
     status: int
     headers: CIMultiDict[str]
-    body: bytes
+    body: bytes | Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,8 @@ def to_reply(value: object) -> Reply:
     """Adapt a handler's return value.
 
     None → 204; str → text; bytes → octet-stream; a dict with "statusCode" → that response
-    (AWS Lambda / OpenFaaS style); anything else → 200 JSON.
+    (AWS Lambda / OpenFaaS style); an iterator or async iterator → a streamed body
+    (stream.py); anything else → 200 JSON.
     """
     if value is None:
         return Reply(204, CIMultiDict(), b"")
@@ -143,6 +145,8 @@ def to_reply(value: object) -> Reply:
         return Reply(200, CIMultiDict({CONTENT_TYPE: BINARY_TYPE}), bytes(value))
     if isinstance(value, dict) and "statusCode" in value:
         return _from_response_dict(value)
+    if is_stream(value):
+        return Reply(200, CIMultiDict(), Stream(value))
     return Reply(200, CIMultiDict({CONTENT_TYPE: JSON_TYPE}), _to_json(value))
 
 
@@ -171,6 +175,8 @@ def _from_response_dict(value: Mapping[str, Any]) -> Reply:
     if isinstance(body, bytes | bytearray | memoryview):
         headers.setdefault(CONTENT_TYPE, BINARY_TYPE)
         return Reply(status, headers, bytes(body))
+    if is_stream(body):
+        return Reply(status, headers, Stream(body))
     headers.setdefault(CONTENT_TYPE, JSON_TYPE)
     return Reply(status, headers, _to_json(body))
 
