@@ -5,6 +5,10 @@ A `ClientConnection` owns the socket and the parser: it admits itself through th
 idle), queues parsed requests and answers them in order, one at a time, through a
 `RequestHandler`. Back-pressure both ways is its `FlowControl`. It is also the sink an
 upstream response is written through to, from the upstream parser's callbacks.
+
+`Upgrade: websocket` on a function's path is its last request: parsing stops, reading
+waits for the instance's answer, and after a 101 the bytes pass both ways unparsed until
+either side closes (any other answer is passed on, then the connection is closed).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Protocol, cast
 import httptools
 
 from gateway.connections import ConnectionTable, Verdict
-from gateway.flow import BODY_BUFFERED, PIPELINED, STOPPED, FlowControl
+from gateway.flow import BODY_BUFFERED, PIPELINED, STOPPED, UPGRADING, FlowControl
 from gateway.request import BodyIncomplete, Failure, Request, TooLarge
 from gateway.upstream import HOP_BY_HOP, UpstreamConnection
 
@@ -39,6 +43,8 @@ FUNCTION_PATH = b"/fn/"
 
 # What the read timer waits for.
 HEAD, BODY, IDLE = 1, 2, 3
+# Where an upgrade stands: asked (waiting for the instance's answer), then spliced.
+ASKED, SPLICED = 1, 2
 
 
 class RequestHandler(Protocol):
@@ -99,6 +105,10 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         # The runtime said the handler ran past its deadline (X-Kapal-Error: timeout).
         self.runtime_timeout = False
+        # What the client sent after its upgrade request, before the tunnel opened.
+        self._early = b""
+        # 0, ASKED or SPLICED (the client's bytes go to `upstream` unparsed).
+        self._tunnel = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -132,13 +142,15 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
+            if self._tunnel == SPLICED and self.upstream is not None:
+                self.upstream.write(data)
+            elif self._tunnel == ASKED:
+                self._early += data  # read before the pause took effect: for the tunnel
             return  # the parser gave up: the rest is not read
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self.queue and self.current is None:
-                self.queue.pop()  # the upgrade request itself: answered 501 instead
-            self._stop((501, "not_implemented", "protocol upgrades are not supported"))
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_requested(data[e.args[0] :])
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, TooLarge):
@@ -153,6 +165,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
+        if self._tunnel == SPLICED and self.upstream is not None:
+            self.upstream.close()  # the tunnel ends with either side
         self.table.remove(self)
         self.front.connections.discard(self)
         self._read_phase = 0
@@ -200,6 +214,37 @@ class ClientConnection(asyncio.Protocol):
             phase, self._held_phase = self._held_phase, 0
             if phase:
                 self._set_read_timer(phase, self._timeout_of(phase))
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The parser stopped at an upgrade request: a websocket to a function is passed
+        on (the bytes after it wait for the tunnel); anything else is 501."""
+        req = self.queue[-1] if self.queue and self.current is None else None
+        upgrade = b""
+        if req is not None and req.url.startswith(FUNCTION_PATH):
+            upgrade = next((v for n, v in req.headers if n.lower() == b"upgrade"), b"")
+        if upgrade.lower() != b"websocket":
+            if req is not None:
+                self.queue.pop()  # the upgrade request itself: answered 501 instead
+            self._stop((501, "not_implemented", "only websocket upgrades to functions"))
+            return
+        assert req is not None
+        req.upgrade = upgrade
+        req.keep_alive = False  # no HTTP after it, whatever the answer
+        self._parsing = False
+        self._tunnel = ASKED
+        self._early = rest
+        self._hold(UPGRADING)
+
+    def upgraded(self, up: UpstreamConnection) -> None:
+        """The instance answered 101 (written through already): splice the two."""
+        self._tunnel = SPLICED
+        if self.gone:  # left while the instance was answering: end the tunnel at once
+            up.close()
+            return
+        early, self._early = self._early, b""
+        if early:
+            up.write(early)
+        self._release(UPGRADING)
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -441,6 +486,8 @@ class ClientConnection(asyncio.Protocol):
         for name, value in headers:
             lname = name.lower()
             if lname in NOT_PASSED:
+                if status == 101 and lname == b"upgrade":
+                    out.append(b"Connection: Upgrade\r\nUpgrade: " + value + b"\r\n")
                 continue
             if lname == b"x-kapal-error" and status == 504 and value == b"timeout":
                 self.runtime_timeout = True
@@ -449,7 +496,7 @@ class ClientConnection(asyncio.Protocol):
         self._chunked_out = not has_length and not self._head_only and status not in NO_BODY_STATUS
         if self._chunked_out:
             out.append(b"Transfer-Encoding: chunked\r\n")
-        if not self._keep_alive:
+        if not self._keep_alive and status != 101:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
         self.status = status
