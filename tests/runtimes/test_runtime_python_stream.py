@@ -203,3 +203,40 @@ async def test_a_function_without_websocket_answers_400(
         assert "does not accept websockets" in error["message"]
         async with http.get(f"{process.url}/") as resp:
             assert await resp.text() == "no websockets here"
+
+
+FOREVER = """
+import asyncio
+
+
+async def handle(event, context):
+    async def ticks():
+        yield "tick\\n"
+        await asyncio.Event().wait()  # never set: only the deadline ends it
+    return ticks()
+
+
+async def websocket(ws, context):
+    await ws.accept()
+    await asyncio.Event().wait()
+"""
+
+
+async def test_past_the_deadline_a_stream_is_cut_and_a_websocket_closed_with_1001(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    code = write_files(tmp_path / "function", {"handler.py": FOREVER})
+    env = {"KAPAL_CODE_DIR": str(code), "KAPAL_TIMEOUT_S": "1"}
+    process = start_runtime(code, env)
+    try:
+        async with http.get(f"{process.url}/") as resp:
+            assert await resp.content.readline() == b"tick\n"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        async with http.ws_connect(f"{process.url}/") as ws:
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+        async with http.get(f"{process.url}/_/health") as resp:
+            assert (await resp.json())["in_flight"] == 0  # both slots given back
+    finally:
+        assert process.stop() == 0
