@@ -43,8 +43,6 @@ FUNCTION_PATH = b"/fn/"
 
 # What the read timer waits for.
 HEAD, BODY, IDLE = 1, 2, 3
-# Where an upgrade stands: asked (waiting for the instance's answer), then spliced.
-ASKED, SPLICED = 1, 2
 
 
 class RequestHandler(Protocol):
@@ -58,6 +56,18 @@ class RequestHandler(Protocol):
     async def handle(self, conn: ClientConnection, req: Request) -> None: ...
 
 
+class Splice:
+    """An upgrade of a client connection: asked (waiting for the instance's answer),
+    then spliced (the client's bytes go to the instance unparsed)."""
+
+    __slots__ = ("early", "spliced")
+
+    def __init__(self, early: bytes) -> None:
+        # What the client sent after its upgrade request, before the tunnel opened.
+        self.early = early
+        self.spliced = False
+
+
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -67,6 +77,11 @@ def _reason(status: int) -> bytes:
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, answers them in order, one at a time."""
+
+    # Set on the instance only when it upgrades. Not in __init__: CPython 3.11 keeps the
+    # attributes of instances compact and fast (shared keys) up to 30 of them, and a
+    # plain connection already has 29.
+    _splice: Splice | None = None
 
     def __init__(self, front: RequestHandler, table: ConnectionTable[ClientConnection]) -> None:
         self.front = front
@@ -105,10 +120,6 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         # The runtime said the handler ran past its deadline (X-Kapal-Error: timeout).
         self.runtime_timeout = False
-        # What the client sent after its upgrade request, before the tunnel opened.
-        self._early = b""
-        # 0, ASKED or SPLICED (the client's bytes go to `upstream` unparsed).
-        self._tunnel = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -142,10 +153,12 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
-            if self._tunnel == SPLICED and self.upstream is not None:
-                self.upstream.write(data)
-            elif self._tunnel == ASKED:
-                self._early += data  # read before the pause took effect: for the tunnel
+            splice = self._splice
+            if splice is not None:
+                if not splice.spliced:
+                    splice.early += data  # read before the pause took effect: for the tunnel
+                elif self.upstream is not None:
+                    self.upstream.write(data)
             return  # the parser gave up: the rest is not read
         try:
             self.parser.feed_data(data)
@@ -165,7 +178,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
-        if self._tunnel == SPLICED and self.upstream is not None:
+        splice = self._splice
+        if splice is not None and splice.spliced and self.upstream is not None:
             self.upstream.close()  # the tunnel ends with either side
         self.table.remove(self)
         self.front.connections.discard(self)
@@ -231,17 +245,18 @@ class ClientConnection(asyncio.Protocol):
         req.upgrade = upgrade
         req.keep_alive = False  # no HTTP after it, whatever the answer
         self._parsing = False
-        self._tunnel = ASKED
-        self._early = rest
+        self._splice = Splice(rest)
         self._hold(UPGRADING)
 
     def upgraded(self, up: UpstreamConnection) -> None:
         """The instance answered 101 (written through already): splice the two."""
-        self._tunnel = SPLICED
+        splice = self._splice
+        assert splice is not None
+        splice.spliced = True
         if self.gone:  # left while the instance was answering: end the tunnel at once
             up.close()
             return
-        early, self._early = self._early, b""
+        early, splice.early = splice.early, b""
         if early:
             up.write(early)
         self._release(UPGRADING)
@@ -483,11 +498,12 @@ class ClientConnection(asyncio.Protocol):
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
     ) -> None:
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
+        if status == 101:  # hop-by-hop, but the protocol switched to is the answer itself
+            upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), b"websocket")
+            out.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
         for name, value in headers:
             lname = name.lower()
             if lname in NOT_PASSED:
-                if status == 101 and lname == b"upgrade":
-                    out.append(b"Connection: Upgrade\r\nUpgrade: " + value + b"\r\n")
                 continue
             if lname == b"x-kapal-error" and status == 504 and value == b"timeout":
                 self.runtime_timeout = True
