@@ -37,9 +37,14 @@ class Stream:
         self.source = source
 
 
+# What handlers return most, and never a stream: one set lookup instead of two ABC checks
+# (≈ 0.3 µs) on the common path.
+_NOT_STREAMS = frozenset((dict, list, tuple, str, bytes, int, float, bool, type(None)))
+
+
 def is_stream(value: object) -> TypeGuard[Iterator[Any] | AsyncIterator[Any]]:
     # str, bytes, lists and dicts are iterable but not iterators: never streams.
-    return isinstance(value, Iterator | AsyncIterator)
+    return type(value) not in _NOT_STREAMS and isinstance(value, Iterator | AsyncIterator)
 
 
 def _step(source: Iterator[Any]) -> Any:

@@ -28,7 +28,8 @@ _CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR
 
 
 def is_websocket(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
+    headers = request.headers  # a membership test first: the common answer, at half the cost
+    return "Upgrade" in headers and headers["Upgrade"].lower() == "websocket"
 
 
 def find_handler(spec: str) -> WebSocketHandler | None:
