@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import cold, logs, runtime_logs, scale, warm
+from bench import cold, deploy, image, logs, runtime_logs, scale, styles, warm
 from bench.async_queue import run_async
 
 Scenario = Callable[[bool], dict[str, Any]]
@@ -19,6 +19,9 @@ SCENARIOS: dict[str, Scenario] = {
     "async": run_async,
     "logs": logs.run,
     "runtime-logs": runtime_logs.run,
+    "deploy": deploy.run,
+    "image": image.run,
+    "styles": styles.run,
 }
 
 

@@ -4,6 +4,8 @@
 - prewarm: a generic prewarmed container specialized with the function's code.
 - paused: a standby paused by scale-down, unpaused.
 - docker_run: `docker run -d` of the same image until it answers its first request.
+
+`new` and `prewarm` are measured for Node.js functions too (`*_node`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from bench.harness import deploy, get_function, kapal, say
 from infra.local import GatewayProcess
 
 NOOP = "def handle(event, context):\n    return 'ok'\n"
+NODE_NOOP = "exports.handler = async () => 'ok';\n"
+NODE = {"runtime": "nodejs"}
 
 
 async def first_request_ms(url: str) -> tuple[float, str]:
@@ -79,14 +83,27 @@ def docker_run_ms(image: str, network: str) -> float:
 
 def run(quick: bool) -> dict[str, Any]:
     samples = 3 if quick else 7
-    env = {"KAPAL_AUTOSCALE_STABLE_WINDOW_S": "1", "KAPAL_AUTOSCALE_PANIC_WINDOW_S": "1"}
-    tiers: dict[str, list[float]] = {"new": [], "prewarm": [], "paused": [], "docker_run": []}
+    env = {
+        "KAPAL_AUTOSCALE_STABLE_WINDOW_S": "1",
+        "KAPAL_AUTOSCALE_PANIC_WINDOW_S": "1",
+        "KAPAL_PREWARM_NODEJS": "2",
+    }
+    tiers: dict[str, list[float]] = {
+        "new": [],
+        "prewarm": [],
+        "paused": [],
+        "docker_run": [],
+        "new_node": [],
+        "prewarm_node": [],
+    }
     seen: dict[str, set[str]] = {k: set() for k in tiers}
     with kapal(**env) as gw:
-        say(f"deploying {2 * samples + 1} functions")
+        say(f"deploying {4 * samples + 1} functions")
         for i in range(samples):
             deploy(gw, f"new{i}", NOOP, {"limits": {"memory_mb": 300}})
             deploy(gw, f"pre{i}", NOOP, {})
+            deploy(gw, f"newn{i}", NODE_NOOP, {**NODE, "limits": {"memory_mb": 300}}, "index.js")
+            deploy(gw, f"pren{i}", NODE_NOOP, NODE, "index.js")
         deploy(gw, "paused", NOOP, {"scaling": {"idle_timeout_s": 3600}})
         image = get_function(gw, "new0")["image"]
         network = f"{gw.namespace}-functions"
@@ -105,8 +122,13 @@ def run(quick: bool) -> dict[str, Any]:
             tiers["paused"].append(ms)
             seen["paused"].add(tier)
             tiers["docker_run"].append(docker_run_ms(image, network))
+            for runtime_tier, name in (("new_node", f"newn{i}"), ("prewarm_node", f"pren{i}")):
+                ms, tier = asyncio.run(first_request_ms(f"{gw.url}/fn/{name}"))
+                tiers[runtime_tier].append(ms)
+                seen[runtime_tier].add(tier)
+            time.sleep(1.0)  # let the prewarmed pools refill
     for tier, got in seen.items():
-        if tier != "docker_run" and got != {tier}:
+        if tier != "docker_run" and got != {tier.removesuffix("_node")}:
             raise RuntimeError(f"{tier} samples were served from tiers {got}")
 
     def p50(k: str) -> float:
@@ -119,6 +141,8 @@ def run(quick: bool) -> dict[str, Any]:
         "cold_prewarm_p50_ms": p50("prewarm"),
         "cold_paused_p50_ms": p50("paused"),
         "docker_run_p50_ms": p50("docker_run"),
+        "cold_new_p50_ms_node": p50("new_node"),
+        "cold_prewarm_p50_ms_node": p50("prewarm_node"),
         "new_vs_docker_run": round(p50("new") / p50("docker_run"), 3),
         "all_ms": {k: [round(v, 1) for v in vs] for k, vs in tiers.items()},
     }

@@ -39,7 +39,11 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
     finally:
         if external is not None:
             os.environ["KAPAL_DATABASE_URL"] = external
-    env = {"KAPAL_RUNTIME_IMAGE_PYTHON": images["python"], **env}
+    env = {
+        "KAPAL_RUNTIME_IMAGE_PYTHON": images["python"],
+        "KAPAL_RUNTIME_IMAGE_NODEJS": images["nodejs"],
+        **env,
+    }
     gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level="WARNING", **env)
     try:
         gw.start()
@@ -86,13 +90,19 @@ def cpu_s(gw: GatewayProcess) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def deploy(gw: GatewayProcess, name: str, handler: str, spec: dict[str, Any]) -> dict[str, Any]:
+def deploy(
+    gw: GatewayProcess,
+    name: str,
+    handler: str,
+    spec: dict[str, Any],
+    filename: str = "handler.py",
+) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         form = aiohttp.FormData()
         # Public: the load generator calls it without a key.
         fields = {"name": name, "public": True, **spec}
         form.add_field("spec", json.dumps(fields), content_type="application/json")
-        form.add_field("code", tar_gz({"handler.py": handler}), filename="code.tar.gz")
+        form.add_field("code", tar_gz({filename: handler}), filename="code.tar.gz")
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{gw.url}/v1/functions", data=form, headers=gw.headers) as r:
                 body: dict[str, Any] = await r.json()

@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.auth import bearer
 from gateway.deploy import Plan
-from gateway.errors import BadRequest, Conflict, InvalidSpec, NotFound, PayloadTooLarge, problem
+from gateway.errors import (
+    BadRequest,
+    Conflict,
+    InvalidRequest,
+    InvalidSpec,
+    NotFound,
+    PayloadTooLarge,
+    problem,
+)
 from gateway.keys import ApiKey, Scope
 from gateway.keys import parse as parse_key
 from gateway.records import Recorder
@@ -94,10 +102,18 @@ async def _read_part(part: BodyPartReader, limit: int, what: str) -> bytes:
 
 
 async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeploySpec, bytes]:
+    """The spec and code archive of a deploy: multipart `spec` + `code`, or for an image
+    function the spec alone (as JSON, or a multipart `spec` part); its code is empty."""
+    if request.content_type == "application/json":
+        try:
+            spec = await parse_json(request, DeploySpec, MAX_SPEC_BYTES)
+        except InvalidRequest as e:  # a spec's fields, as a multipart deploy names them
+            raise InvalidSpec(e.message) from e
+        return _image_spec(spec), b""
     if not request.content_type.startswith("multipart/"):
         raise BadRequest(
             "deploy takes multipart/form-data with a 'spec' part (JSON) and a 'code' part"
-            " (.zip or .tar.gz)"
+            " (.zip or .tar.gz), or an image function's spec alone as JSON"
         )
     spec_raw: bytes | None = None
     code: bytes | None = None
@@ -116,18 +132,36 @@ async def read_deploy_body(request: web.Request, max_code: int) -> tuple[DeployS
         raise BadRequest(f"malformed multipart body: {e}") from e
     if spec_raw is None:
         raise BadRequest("missing form part 'spec' (the function spec as JSON)")
+    spec = _spec_of(spec_raw)
+    if spec.image is not None:
+        if code is not None:
+            raise InvalidSpec("image: an image function takes no code archive")
+        return spec, b""
     if code is None:
         raise BadRequest("missing form part 'code' (a .zip or .tar.gz of the function folder)")
+    return spec, code
+
+
+def _spec_of(raw: bytes) -> DeploySpec:
     try:
-        data = json.loads(spec_raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"spec is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise InvalidSpec("spec must be a JSON object")
     try:
-        return DeploySpec.model_validate(data), code
+        return DeploySpec.model_validate(data)
     except ValidationError as e:
         raise InvalidSpec(describe(e)) from e
+
+
+def _image_spec(spec: DeploySpec) -> DeploySpec:
+    if spec.image is None:
+        raise BadRequest(
+            "a JSON deploy is an image function's: give `image`, or deploy code as"
+            " multipart/form-data with 'spec' and 'code' parts"
+        )
+    return spec
 
 
 def function_out(row: FunctionRow, scheduler: Scheduler, recorder: Recorder) -> dict[str, Any]:
@@ -280,7 +314,7 @@ async def list_versions(request: web.Request, svc: Services) -> web.Response:
                 created_at=v.created_at,
                 code_sha256=v.code_sha256,
                 current=v.current,
-                spec=FunctionConfig(**v.spec.model_dump(include=set(FunctionConfig.model_fields))),
+                spec=v.spec.config(),
             )
             for v in versions
         ]
@@ -380,17 +414,24 @@ DEPLOY_BODY = Content(
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "required": ["spec", "code"],
+                "required": ["spec"],
                 "properties": {
                     "spec": {"$ref": "#/components/schemas/DeploySpec"},
-                    "code": {"type": "string", "format": "binary"},
+                    "code": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "required, except for an image function (none then)",
+                    },
                 },
             },
             "encoding": {"spec": {"contentType": "application/json"}},
-        }
+        },
+        # An image function: the spec alone.
+        "application/json": {"schema": {"$ref": "#/components/schemas/DeploySpec"}},
     },
     models=(DeploySpec,),
-    description="spec: the function spec (JSON); code: a .zip or .tar.gz of its folder",
+    description="spec: the function spec (JSON); code: a .zip or .tar.gz of its folder."
+    " An image function (`image` in the spec) sends its spec alone, as JSON",
 )
 DEPLOY_ERRORS = (400, 404, 409, 413, 422)
 DEPLOY_HEADERS = {
@@ -406,7 +447,8 @@ DEPLOYED = Content(
             "schema": {
                 "type": "string",
                 "description": "events: started, build (one per output line), unchanged,"
-                " built, then done (with the status and the function) or error",
+                " built (resolved: an image function's pinned image), then done (with the"
+                " status and the function) or error",
             }
         },
     },

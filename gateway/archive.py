@@ -156,6 +156,16 @@ def check_handler(root: Path, handler: str) -> None:
         )
 
 
+def check_node_handler(root: Path, handler: str) -> None:
+    """A Node.js handler `path/file.export` needs path/file.js, .mjs or .cjs."""
+    file = handler.rsplit(".", 1)[0]
+    if not any((root / f"{file}{ext}").is_file() for ext in (".js", ".mjs", ".cjs")):
+        raise InvalidArchive(
+            f"handler {handler!r} needs {file}.js (or .mjs, .cjs) in the code archive, "
+            "which is not there"
+        )
+
+
 def pack(root: Path) -> bytes:
     """The unpacked code folder as a normalized .tar.gz (paths relative to the root)."""
     buf = io.BytesIO()

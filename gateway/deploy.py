@@ -1,4 +1,8 @@
-"""Deploying a function version: validate, unpack, build, record, route. All or nothing."""
+"""Deploying a function version: validate, unpack, build, record, route. All or nothing.
+
+An image function has no code: its image is pulled and pinned while the deploy is
+checked (a failed pull creates nothing), and nothing is built.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,19 @@ from typing import Any
 
 from gateway import archive
 from gateway.catalog import Catalog
-from gateway.errors import FunctionExists, FunctionNotFound
+from gateway.errors import FunctionExists, FunctionNotFound, InvalidArchive, InvalidSpec
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import FunctionStore, VersionDetail
 from gateway.vault import Secrets
 from gateway.wire import DeploySpec
+from scheduler import npm
 from scheduler.builder import ImageBuilder, image_repository
+from scheduler.depcache import Entry
 from scheduler.docker_backend import DockerBackend
+from scheduler.images import ImageResolver, RegistryAuth, ResolvedImage
 from scheduler.models import FunctionConfig, FunctionSpec
+from scheduler.pydeps import read_requirements
 
 log = logging.getLogger("kapal.gateway.deploy")
 
@@ -44,6 +52,8 @@ class Plan:
     digest: str
     has_dependencies: bool
     create: bool
+    # An image function's image, pulled and pinned (its id is then `digest`).
+    image: ResolvedImage | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,8 @@ class Deployed:
 
 
 def _same(current: VersionDetail, plan: Plan) -> bool:
-    fields = set(FunctionConfig.model_fields)
+    # The image is compared through the digest: a version's is the resolved one.
+    fields = set(FunctionConfig.model_fields) - {"image"}
     return current.code_sha256 == plan.digest and current.spec.model_dump(
         include=fields
     ) == plan.spec.model_dump(include=fields)
@@ -67,6 +78,7 @@ class Deployer:
         store: FunctionStore,
         builder: ImageBuilder,
         backend: DockerBackend,
+        images: ImageResolver,
         secrets: Secrets,
         catalog: Catalog,
         metrics: Metrics,
@@ -81,6 +93,7 @@ class Deployer:
         self.store = store
         self.builder = builder
         self.backend = backend
+        self.images = images
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @asynccontextmanager
@@ -89,20 +102,45 @@ class Deployer:
     ) -> AsyncIterator[Plan]:
         """Check a deploy before anything is built: the code unpacks and has its handler,
         its secrets exist, the function exists (or not, for a create). The unpacked folder
-        lasts as long as the block."""
+        lasts as long as the block. An image function's image is pulled and pinned."""
+        if spec_in.image is not None:
+            await self.secrets.check(spec_in.secrets)
+            self._check_exists(name, await self.store.exists(name), create)
+            resolved = await self.images.resolve(spec_in.image, await self._auth(spec_in))
+            with tempfile.TemporaryDirectory(prefix="kapal-code-") as tmp:
+                yield Plan(name, spec_in, Path(tmp), b"", resolved.id, False, create, resolved)
+            return
         limits = archive.Limits(self.settings.max_code_files, self.settings.max_unpacked_bytes)
         with tempfile.TemporaryDirectory(prefix="kapal-code-") as tmp:
             root = await asyncio.to_thread(archive.unpack, code, Path(tmp), limits)
-            archive.check_handler(root, spec_in.handler)
+            if spec_in.runtime == "nodejs":
+                archive.check_node_handler(root, spec_in.handler)
+            else:
+                archive.check_handler(root, spec_in.handler)
             # Kept in Postgres: what the image was built from, and what a prewarmed
             # container is specialized with.
             packed = await asyncio.to_thread(archive.pack, root)
             digest = await asyncio.to_thread(archive.digest, root)
-            requirements = root / "requirements.txt"
-            has_dependencies = requirements.is_file() and bool(requirements.read_text().strip())
+            # Refused requirement lines are a 422 before anything is built.
+            python = spec_in.runtime == "python"
+            has_dependencies = python and bool(await asyncio.to_thread(read_requirements, root))
+            if spec_in.runtime == "nodejs":
+                try:
+                    has_dependencies = bool(npm.dependencies(root))
+                except npm.InvalidPackageJson as e:
+                    raise InvalidArchive(str(e)) from None
             await self.secrets.check(spec_in.secrets)
             self._check_exists(name, await self.store.exists(name), create)
             yield Plan(name, spec_in, root, packed, digest, has_dependencies, create)
+
+    async def _auth(self, spec: DeploySpec) -> RegistryAuth | None:
+        """The registry credentials an image function names, from the vault."""
+        if spec.registry_auth is None:
+            return None
+        found = await self.secrets.store.values([spec.registry_auth])
+        if spec.registry_auth not in found:
+            raise InvalidSpec(f"registry_auth: unknown secret {spec.registry_auth!r}")
+        return RegistryAuth.parse(found[spec.registry_auth], spec.registry_auth)
 
     @staticmethod
     def _check_exists(name: str, exists: bool, create: bool) -> None:
@@ -136,20 +174,14 @@ class Deployer:
                 say({"event": "build", "line": line})
                 log.debug("build", extra={"function": name, "version": version, "step": line})
 
-            try:
-                image = await self.builder.build(
-                    name, version, spec_in.runtime, plan.root, progress
-                )
-            except Exception as e:
-                self.metrics.build_took(time.monotonic() - started, False)
-                self._built(name, version, output, f"image build failed: {e}", "error")
-                raise
-            seconds = time.monotonic() - started
-            self.metrics.build_took(seconds, True)
-            self._built(name, version, output, f"image {image} built in {seconds:.1f} s")
-            say({"event": "built", "image": image, "seconds": round(seconds, 3)})
+            if plan.image is not None:  # an image function: nothing to build
+                image = plan.image.pinned
+                self._built(name, version, [], f"image {spec_in.image} pinned as {image}")
+                say({"event": "resolved", "image": image})
+            else:
+                image = await self._build(plan, version, output, progress, say)
             spec = FunctionSpec(
-                **spec_in.model_dump(include=set(FunctionConfig.model_fields)),
+                **spec_in.model_dump(include=set(FunctionConfig.model_fields) - {"image"}),
                 name=name,
                 version=version,
                 image=image,
@@ -159,7 +191,8 @@ class Deployer:
             try:
                 await self.store.add_version(spec, plan.code, plan.digest, base=base)
             except BaseException:
-                await self.backend.remove_image(image)
+                if plan.image is None:  # never a user's image
+                    await self.backend.remove_image(image)
                 raise
             # Every gateway hears of it (catalog notification); this one at once.
             await self.catalog.reload_functions()
@@ -173,6 +206,48 @@ class Deployer:
                 },
             )
             return Deployed(version, created=True)
+
+    async def _build(
+        self,
+        plan: Plan,
+        version: int,
+        output: list[str],
+        progress: Callable[[str], None],
+        say: DeployEvent,
+    ) -> str:
+        started = time.monotonic()
+
+        def dependencies(entry: Entry) -> None:
+            line = (
+                f"dependencies: reused (cached, sha {entry.key[:12]})"
+                if entry.reused
+                else f"dependencies: resolved in {entry.seconds:.1f} s (sha {entry.key[:12]})"
+            )
+            output.append(line)
+            say(
+                {
+                    "event": "dependencies",
+                    "reused": entry.reused,
+                    "sha256": entry.key,
+                    "bytes": entry.size,
+                    "seconds": round(entry.seconds, 3),
+                    "line": line,
+                }
+            )
+
+        try:
+            image = await self.builder.build(
+                plan.name, version, plan.spec.runtime, plan.root, progress, dependencies
+            )
+        except Exception as e:
+            self.metrics.build_took(time.monotonic() - started, False)
+            self._built(plan.name, version, output, f"image build failed: {e}", "error")
+            raise
+        seconds = time.monotonic() - started
+        self.metrics.build_took(seconds, True)
+        self._built(plan.name, version, output, f"image {image} built in {seconds:.1f} s")
+        say({"event": "built", "image": image, "seconds": round(seconds, 3)})
+        return image
 
     async def rollback(self, name: str, version: int | None) -> int:
         """Serve an earlier version again (its image is kept); pools roll over to it as to

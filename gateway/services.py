@@ -41,7 +41,9 @@ from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore
 from gateway.webhooks.store import WebhookStore, seal_plaintext
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.builder import ImageBuilder
+from scheduler.depcache import DependencyCache
 from scheduler.docker_backend import DockerBackend
+from scheduler.images import ImageResolver
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
@@ -115,7 +117,7 @@ class Services:
                 settings.records_retention_days,
                 fold=metrics.invocations.fold,
             )
-            logs = Logs.build(settings, pg, scheduler, metrics)
+            logs = Logs.build(settings, pg, scheduler, metrics, backend)
             upstreams = Upstreams()
             invoker = Invoker(
                 settings,
@@ -198,8 +200,14 @@ class Services:
                 deployer=Deployer(
                     settings,
                     functions,
-                    ImageBuilder(backend.api, settings.namespace, settings.base_images()),
+                    ImageBuilder(
+                        backend.api,
+                        settings.namespace,
+                        settings.base_images(),
+                        DependencyCache(settings.deps_cache, settings.deps_cache_mb << 20),
+                    ),
                     backend,
+                    ImageResolver(backend.api),
                     secrets,
                     catalog,
                     metrics,
@@ -266,11 +274,11 @@ def _scheduler(
     settings: Settings, backend: DockerBackend, functions: FunctionStore, peers: Cluster
 ) -> Scheduler:
     prewarm = None
-    if settings.prewarm_python:
+    if any(settings.prewarm_sizes().values()):
         prewarm = PrewarmPool(
             backend,
-            {"python": settings.runtime_image_python},
-            settings.prewarm_python,
+            settings.base_images(),
+            settings.prewarm_sizes(),
             functions,
             settings.start_timeout_s,
         )

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     # Base image per runtime that function images are built FROM (`make up` and the tests
     # name the image of their checkout, tagged by its inputs).
     runtime_image_python: str = "kapal/runtime-python:latest"
+    runtime_image_nodejs: str = "kapal/runtime-nodejs:latest"
     # Largest code archive accepted by a deploy, in bytes.
     max_code_bytes: int = 50 * 1024 * 1024
     # Largest unpacked code folder, in bytes.
@@ -65,6 +66,8 @@ class Settings(BaseSettings):
     autoscale_target_utilization: float = Field(default=0.7, gt=0, le=1)
     # Prewarmed generic containers kept ready per runtime (0: none).
     prewarm_python: int = Field(default=4, ge=0, le=50)
+    # Prewarmed Node.js containers (none unless asked: most deployments run Python alone).
+    prewarm_nodejs: int = Field(default=0, ge=0, le=50)
     # Pause scaled-down instances as standbys before removing them.
     pause_standbys: bool = True
     # How often buffered invocation records are written, in seconds.
@@ -128,6 +131,12 @@ class Settings(BaseSettings):
     log_line_bytes: int = Field(default=16 * 1024, ge=256)
     # Log level of the gateway's structured logs.
     log_level: str = "INFO"
+    # Host folder of resolved function dependencies and the wheels they came from, shared
+    # by the gateways of this host; default: deps/ in KAPAL_HOME.
+    deps_cache_dir: Path | None = None
+    # Most MiB of resolved dependency folders kept (least recently used go first), and
+    # as many of downloaded wheels.
+    deps_cache_mb: int = Field(default=4096, ge=16)
 
     @field_validator("listen", "metrics_listen")
     @classmethod
@@ -162,12 +171,20 @@ class Settings(BaseSettings):
     def secrets_root(self) -> Path:
         return self.secrets_dir or Path("/dev/shm") / f"kapal-{self.namespace}-secrets"
 
+    @property
+    def home(self) -> Path:
+        """Kapal's state folder on this host: KAPAL_HOME, else the user data dir."""
+        home = os.environ.get("KAPAL_HOME")
+        return Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
+
     def key_file(self) -> Path:
         if self.secret_key_file is not None:
             return self.secret_key_file
-        home = os.environ.get("KAPAL_HOME")
-        base = Path(home).expanduser() if home else Path(platformdirs.user_data_dir("kapal"))
-        return base / "secret.key"
+        return self.home / "secret.key"
+
+    @property
+    def deps_cache(self) -> Path:
+        return self.deps_cache_dir or self.home / "deps"
 
     def runtime_env(self) -> dict[str, str]:
         """What every function container is told about logging."""
@@ -177,4 +194,8 @@ class Settings(BaseSettings):
         }
 
     def base_images(self) -> dict[str, str]:
-        return {"python": self.runtime_image_python}
+        return {"python": self.runtime_image_python, "nodejs": self.runtime_image_nodejs}
+
+    def prewarm_sizes(self) -> dict[str, int]:
+        """Prewarmed containers kept ready per runtime."""
+        return {"python": self.prewarm_python, "nodejs": self.prewarm_nodejs}

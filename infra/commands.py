@@ -16,12 +16,15 @@ from infra.errors import InfraError
 from infra.images import ensure_base_images
 from infra.postgres import Postgres, ensure_postgres, stop_recorded_postgres
 from infra.state import state_dir
+from infra.swarm import swarm_down, swarm_up
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LISTEN = "127.0.0.1:8080"
 # Commands the tests use beyond the engine (command -> Debian package), installed when
-# missing: wrk for the load tests, Chromium for the dashboard's browser tests.
-TEST_TOOLS = {"wrk": "wrk", "chromium": "chromium"}
+# missing: wrk for the load tests, Chromium for the dashboard's browser tests, and for the
+# image-function tests a registry on the host (distribution's) with htpasswd credentials.
+REGISTRY_TOOLS = {"docker-registry": "docker-registry", "htpasswd": "apache2-utils"}
+TEST_TOOLS = {"wrk": "wrk", "chromium": "chromium", **REGISTRY_TOOLS}
 
 USAGE = """\
 usage: python -m infra COMMAND [ARGS]
@@ -30,6 +33,8 @@ usage: python -m infra COMMAND [ARGS]
   up               setup, start Postgres, run the gateway until Ctrl-C
   test [ARGS...]   setup (and wrk, chromium), run pytest with ARGS, stop what was started
   down             stop a Postgres or dockerd that an earlier `up` left running
+  swarm up [N]     a local Docker Swarm of N (default 3) docker-in-docker nodes
+  swarm down       remove the local swarm, its nodes and their data
 """
 
 
@@ -48,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         "up": cmd_up,
         "test": cmd_test,
         "down": cmd_down,
+        "swarm": cmd_swarm,
     }
     if command not in commands:
         print(f"unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
         return 2
-    if command != "test" and rest:
+    if command not in ("test", "swarm") and rest:
         print(f"{command} takes no arguments, got {rest}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _raise_terminated)
@@ -117,6 +123,34 @@ def cmd_test(pytest_args: list[str]) -> int:
         return code
     finally:
         stop_engine(engine)
+
+
+def cmd_swarm(args: list[str]) -> int:
+    action, *count = args or [""]
+    if (
+        action not in ("up", "down")
+        or len(count) > (action == "up")
+        or not all(c.isdigit() for c in count)
+    ):
+        print(f"usage: python -m infra swarm up [NODES] | swarm down, not {args}", file=sys.stderr)
+        return 2
+    state = state_dir()
+    engine = ensure_engine(state)
+    folder = state / "swarm"
+    if action == "down":
+        if not swarm_down(engine.client, folder):
+            print("no local swarm to remove")
+        return 0
+    swarm = swarm_up(engine.client, folder, nodes=int(count[0]) if count else 3)
+    for node in swarm.nodes:
+        print(f"  {node.name}  {node.address}  {'manager' if node.manager else 'worker'}")
+    print(
+        f"\nThe manager's engine: DOCKER_HOST={swarm.manager.api_url} docker node ls\n"
+        f"Overlay network for functions: {swarm.overlay}. `python -m infra swarm down` removes it."
+    )
+    if engine.started_by_us:
+        print(f"dockerd keeps running (pid {engine.started_pid}); `python -m infra down` stops it")
+    return 0
 
 
 def cmd_down(_: list[str]) -> int:

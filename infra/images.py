@@ -16,11 +16,15 @@ from infra.imagestore import build, image_labels
 from infra.recipes import (
     BASE_LABEL,
     INPUTS_LABEL,
+    NODEJS_OS,
+    NODEJS_RUNTIME_DOCKERFILE,
+    NODEJS_RUNTIME_REPO,
     RUNTIME_DOCKERFILE,
     RUNTIME_IMAGE,
     RUNTIME_IMAGES_KEPT,
     RUNTIME_REPO,
     RUNTIME_REQUIREMENTS,
+    nodejs_inputs_hash,
     pip_target_argv,
     runtime_files,
     runtime_inputs_hash,
@@ -30,6 +34,7 @@ from infra.recipes import (
 from infra.rootfs import ensure_os_image
 
 RUNTIME_NAME = "python"
+NODEJS_NAME = "nodejs"
 
 
 def ensure_base_images(
@@ -40,6 +45,13 @@ def ensure_base_images(
     The tag names the inputs, so a checkout always gets the runtime it holds, even while
     another checkout on the same engine builds a different one.
     """
+    return {
+        RUNTIME_NAME: _ensure_python(client, repo_root, log),
+        NODEJS_NAME: _ensure_nodejs(client, repo_root, log),
+    }
+
+
+def _ensure_python(client: docker.DockerClient, repo_root: Path, log: Log) -> str:
     runtime_dir = repo_root / "runtimes" / "python"
     if not (runtime_dir / "kapal_runtime").is_dir():
         raise InfraError(
@@ -49,7 +61,7 @@ def ensure_base_images(
     inputs = runtime_inputs_hash(runtime_dir, arch)
     tag = runtime_tag(inputs)
     if (image_labels(client, tag) or {}).get(INPUTS_LABEL) == inputs:
-        return {RUNTIME_NAME: tag}
+        return tag
     started = time.monotonic()
     ensure_os_image(client, arch, log)
     log(f"runtime layer: building {tag}")
@@ -60,18 +72,44 @@ def ensure_base_images(
         (context / "Dockerfile").write_text(RUNTIME_DOCKERFILE)
         build(client, context, tag, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
     client.images.get(tag).tag(RUNTIME_IMAGE)
-    _prune_runtime_images(client, keep=tag, log=log)
+    _prune_runtime_images(client, RUNTIME_REPO, keep=tag, log=log)
     log(f"runtime layer: {tag} ready in {time.monotonic() - started:.1f} s")
-    return {RUNTIME_NAME: tag}
+    return tag
 
 
-def _prune_runtime_images(client: docker.DockerClient, keep: str, log: Log) -> None:
-    """Untag the oldest runtime images past RUNTIME_IMAGES_KEPT; the engine removes each
-    one whose last tag went, unless a container or a function image still uses it."""
-    images = client.images.list(name=RUNTIME_REPO, filters={"label": BASE_LABEL})
+def _ensure_nodejs(client: docker.DockerClient, repo_root: Path, log: Log) -> str:
+    """The Node.js runtime: plain files on Debian's nodejs, nothing to resolve."""
+    runtime_dir = repo_root / "runtimes" / "nodejs"
+    if not (runtime_dir / "main.js").is_file():
+        raise InfraError(f"{runtime_dir / 'main.js'} is missing: the Node.js runtime is needed")
+    arch = wheel_arch()
+    inputs = nodejs_inputs_hash(runtime_dir, arch)
+    tag = runtime_tag(inputs, NODEJS_RUNTIME_REPO)
+    if (image_labels(client, tag) or {}).get(INPUTS_LABEL) == inputs:
+        return tag
+    started = time.monotonic()
+    ensure_os_image(client, arch, log, NODEJS_OS)
+    log(f"runtime layer: building {tag}")
+    with tempfile.TemporaryDirectory(prefix="kapal-runtime-") as tmp:
+        context = Path(tmp)
+        _copy_runtime(runtime_dir, context / "runtime")
+        (context / "Dockerfile").write_text(NODEJS_RUNTIME_DOCKERFILE)
+        build(client, context, tag, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
+    latest = f"{NODEJS_RUNTIME_REPO}:latest"
+    client.images.get(tag).tag(latest)
+    _prune_runtime_images(client, NODEJS_RUNTIME_REPO, keep=tag, log=log)
+    log(f"runtime layer: {tag} ready in {time.monotonic() - started:.1f} s")
+    return tag
+
+
+def _prune_runtime_images(client: docker.DockerClient, repo: str, keep: str, log: Log) -> None:
+    """Untag the oldest runtime images of `repo` past RUNTIME_IMAGES_KEPT; the engine
+    removes each one whose last tag went, unless a container or a function image uses it."""
+    latest = f"{repo}:latest"
+    images = client.images.list(name=repo, filters={"label": BASE_LABEL})
     images.sort(key=lambda image: str(image.attrs.get("Created", "")), reverse=True)
     for image in images[RUNTIME_IMAGES_KEPT + 1 :]:
-        if keep in image.tags or RUNTIME_IMAGE in image.tags:
+        if keep in image.tags or latest in image.tags:
             continue
         for ref in image.tags:
             try:

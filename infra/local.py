@@ -72,6 +72,8 @@ class GatewayProcess:
             "KAPAL_BOOTSTRAP_KEY_FILE": str(self.key_path),
             # Shared by gateways of one namespace (a restart must decrypt what it stored).
             "KAPAL_SECRET_KEY_FILE": str(self.key_path.parent / f"secret-{self.namespace}.key"),
+            # Shared by the gateways of a test session or benchmark, and removed with it.
+            "KAPAL_DEPS_CACHE_DIR": str(self.key_path.parent / "deps"),
             **self.env,
         }
         log = open(self.log_path, "ab")

@@ -6,6 +6,7 @@ Pure: nothing here talks to Docker or the network, so the hashing is unit-tested
 import hashlib
 import platform
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.errors import InfraError
@@ -60,6 +61,54 @@ CMD ["python3", "-m", "kapal_runtime"]
 """
 
 
+@dataclass(frozen=True)
+class OsRecipe:
+    """One OS layer: an image pulled when a registry answers, else made with debootstrap."""
+
+    image: str
+    # Bumped to force a rebuild when the recipe changes in a way its text does not show.
+    version: str
+    pull_source: str
+    include: tuple[str, ...]
+    changes: tuple[str, ...]
+
+
+PYTHON_OS = OsRecipe(OS_IMAGE, OS_RECIPE_VERSION, PULL_SOURCE, DEBIAN_INCLUDE, IMPORT_CHANGES)
+
+# Node.js gets an OS layer of its own rather than joining Python's: Python's images (and
+# their hash) stay as they are, and neither runtime carries the other's interpreter.
+# Debian's nodejs (18 in bookworm) brings libnode, libuv and ICU; no npm: dependencies are
+# resolved on the host.
+NODEJS_OS = OsRecipe(
+    "kapal/os-nodejs:bookworm",
+    "os-nodejs/1",
+    "node:18-bookworm-slim",
+    ("nodejs", "ca-certificates"),
+    (
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV LANG=C.UTF-8",
+        'CMD ["node"]',
+    ),
+)
+NODEJS_RUNTIME_REPO = "kapal/runtime-nodejs"
+NODEJS_RUNTIME_RECIPE_VERSION = "runtime-nodejs/1"
+# The function's npm dependencies go to /opt/kapal/deps/node_modules (a layer of the
+# function's image, or unpacked by /_/init); the link makes Node's own lookup, which walks
+# up from /opt/kapal/function, find them for require() and import alike.
+NODEJS_RUNTIME_DOCKERFILE = f"""\
+FROM {NODEJS_OS.image}
+COPY runtime/ /opt/kapal/runtime/
+RUN mkdir -p /opt/kapal/function /opt/kapal/deps \\
+ && ln -s deps/node_modules /opt/kapal/node_modules
+ENV NODE_ENV=production \\
+    HOME=/tmp
+WORKDIR /opt/kapal/function
+USER {RUNTIME_USER}
+EXPOSE 8080
+CMD ["node", "/opt/kapal/runtime/main.js"]
+"""
+
+
 def wheel_arch(machine: str | None = None) -> str:
     """The manylinux architecture name of this host (x86_64 or aarch64)."""
     machine = (machine or platform.machine()).lower()
@@ -79,15 +128,15 @@ def runtime_files(runtime_dir: Path) -> Iterator[Path]:
             yield path
 
 
-def os_inputs_hash(arch: str) -> str:
+def os_inputs_hash(arch: str, recipe: OsRecipe = PYTHON_OS) -> str:
     parts = [
-        OS_RECIPE_VERSION,
+        recipe.version,
         arch,
-        PULL_SOURCE,
+        recipe.pull_source,
         DEBIAN_SUITE,
         DEBIAN_MIRROR,
-        *DEBIAN_INCLUDE,
-        *IMPORT_CHANGES,
+        *recipe.include,
+        *recipe.changes,
     ]
     return _sha256_of_parts(parts)
 
@@ -104,17 +153,35 @@ def runtime_inputs_hash(runtime_dir: Path, arch: str) -> str:
         RUNTIME_DOCKERFILE,
     ]
     digest.update(_sha256_of_parts(head).encode())
+    _hash_files(digest, runtime_dir)
+    return digest.hexdigest()
+
+
+def nodejs_inputs_hash(runtime_dir: Path, arch: str) -> str:
+    """runtime_inputs_hash for the Node.js runtime (no packages of its own to resolve)."""
+    digest = hashlib.sha256()
+    head = [
+        NODEJS_RUNTIME_RECIPE_VERSION,
+        os_inputs_hash(arch, NODEJS_OS),
+        arch,
+        NODEJS_RUNTIME_DOCKERFILE,
+    ]
+    digest.update(_sha256_of_parts(head).encode())
+    _hash_files(digest, runtime_dir)
+    return digest.hexdigest()
+
+
+def _hash_files(digest: "hashlib._Hash", runtime_dir: Path) -> None:
     for path in runtime_files(runtime_dir):
         data = path.read_bytes()
         name = path.relative_to(runtime_dir).as_posix().encode()
         digest.update(b"%d:%s%d:" % (len(name), name, len(data)))
         digest.update(data)
-    return digest.hexdigest()
 
 
-def runtime_tag(inputs: str) -> str:
+def runtime_tag(inputs: str, repo: str = RUNTIME_REPO) -> str:
     """The tag of the runtime image made from `inputs` (a runtime_inputs_hash)."""
-    return f"{RUNTIME_REPO}:{inputs[:16]}"
+    return f"{repo}:{inputs[:16]}"
 
 
 def pip_target_argv(

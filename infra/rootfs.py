@@ -1,4 +1,4 @@
-"""The OS layer: Python on Debian, pulled when a registry answers, else made offline.
+"""The OS layers (Python or Node.js on Debian), pulled when a registry answers, else made offline.
 
 Offline means a Debian root filesystem made with debootstrap from the Debian mirror,
 trimmed, and imported with `docker import` (streamed: the tarball is never held whole).
@@ -22,13 +22,11 @@ from infra.errors import InfraError
 from infra.imagestore import api_timeout, build, image_id, image_labels, remove_if_unused
 from infra.recipes import (
     BASE_LABEL,
-    DEBIAN_INCLUDE,
     DEBIAN_MIRROR,
     DEBIAN_SUITE,
-    IMPORT_CHANGES,
     INPUTS_LABEL,
-    OS_IMAGE,
-    PULL_SOURCE,
+    PYTHON_OS,
+    OsRecipe,
     os_inputs_hash,
 )
 
@@ -48,23 +46,31 @@ _TRIMMED = (
 )
 
 
-def ensure_os_image(client: docker.DockerClient, arch: str, log: host.Log = print) -> str:
-    """`kapal/os-python:bookworm`, made unless its recipe hash label matches; its image id."""
-    inputs = os_inputs_hash(arch)
-    current = image_id(client, OS_IMAGE)
-    if current is not None and (image_labels(client, OS_IMAGE) or {}).get(INPUTS_LABEL) == inputs:
+def ensure_os_image(
+    client: docker.DockerClient, arch: str, log: host.Log = print, recipe: OsRecipe = PYTHON_OS
+) -> str:
+    """`recipe.image` (`kapal/os-python:bookworm`, ...), made unless its recipe hash label
+    matches; its image id."""
+    inputs = os_inputs_hash(arch, recipe)
+    current = image_id(client, recipe.image)
+    if (
+        current is not None
+        and (image_labels(client, recipe.image) or {}).get(INPUTS_LABEL) == inputs
+    ):
         return current
     labels = {INPUTS_LABEL: inputs, BASE_LABEL: "true"}
-    new = _from_registry(client, labels, log) or _from_debootstrap(client, labels, log)
+    new = _from_registry(client, recipe, labels, log) or _from_debootstrap(
+        client, recipe, labels, log
+    )
     remove_if_unused(client, current, new, log)
     return new
 
 
 def _from_registry(
-    client: docker.DockerClient, labels: dict[str, str], log: host.Log
+    client: docker.DockerClient, recipe: OsRecipe, labels: dict[str, str], log: host.Log
 ) -> str | None:
-    repository, tag = PULL_SOURCE.split(":")
-    log(f"os layer: trying docker pull {PULL_SOURCE}")
+    repository, tag = recipe.pull_source.split(":")
+    log(f"os layer: trying docker pull {recipe.pull_source}")
     try:
         with api_timeout(client, PULL_TIMEOUT):
             client.api.pull(repository, tag=tag)
@@ -72,11 +78,13 @@ def _from_registry(
         log(f"os layer: pull failed ({_first_line(err)}); building from Debian packages")
         return None
     with tempfile.TemporaryDirectory(prefix="kapal-os-") as context:
-        (Path(context) / "Dockerfile").write_text(f"FROM {PULL_SOURCE}\n")
-        return build(client, Path(context), OS_IMAGE, labels, log)
+        (Path(context) / "Dockerfile").write_text(f"FROM {recipe.pull_source}\n")
+        return build(client, Path(context), recipe.image, labels, log)
 
 
-def _from_debootstrap(client: docker.DockerClient, labels: dict[str, str], log: host.Log) -> str:
+def _from_debootstrap(
+    client: docker.DockerClient, recipe: OsRecipe, labels: dict[str, str], log: host.Log
+) -> str:
     host.ensure_commands({"debootstrap": "debootstrap"}, log)
     if not host.is_root():
         raise InfraError("debootstrap needs root: run this as root, or make the image elsewhere")
@@ -84,22 +92,22 @@ def _from_debootstrap(client: docker.DockerClient, labels: dict[str, str], log: 
     rootfs = workdir / "rootfs"
     try:
         started = time.monotonic()
-        _debootstrap(rootfs, workdir / "debootstrap.log", log)
+        _debootstrap(rootfs, recipe.include, workdir / "debootstrap.log", log)
         log(f"os layer: debootstrap took {time.monotonic() - started:.0f} s; trimming")
         _trim(rootfs)
         log("os layer: importing the root filesystem")
-        new = _import(client, rootfs, labels)
-        log(f"os layer: imported {OS_IMAGE} ({new[:19]})")
+        new = _import(client, rootfs, recipe, labels)
+        log(f"os layer: imported {recipe.image} ({new[:19]})")
         return new
     finally:
-        _remove_rootfs(workdir)
+        remove_tree(workdir)
 
 
-def _debootstrap(rootfs: Path, log_file: Path, log: host.Log) -> None:
+def _debootstrap(rootfs: Path, include: tuple[str, ...], log_file: Path, log: host.Log) -> None:
     argv = [
         "debootstrap",
         "--variant=minbase",
-        f"--include={','.join(DEBIAN_INCLUDE)}",
+        f"--include={','.join(include)}",
         DEBIAN_SUITE,
         str(rootfs),
         DEBIAN_MIRROR,
@@ -150,8 +158,10 @@ def _empty_dir(path: Path) -> None:
                 entry.unlink()
 
 
-def _import(client: docker.DockerClient, rootfs: Path, labels: dict[str, str]) -> str:
-    changes = [*IMPORT_CHANGES, *(f"LABEL {key}={value}" for key, value in labels.items())]
+def _import(
+    client: docker.DockerClient, rootfs: Path, recipe: OsRecipe, labels: dict[str, str]
+) -> str:
+    changes = [*recipe.changes, *(f"LABEL {key}={value}" for key, value in labels.items())]
     tar = subprocess.Popen(
         ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
         stdin=subprocess.DEVNULL,
@@ -159,7 +169,7 @@ def _import(client: docker.DockerClient, rootfs: Path, labels: dict[str, str]) -
     )
     assert tar.stdout is not None
     try:
-        repository, tag = OS_IMAGE.split(":")
+        repository, tag = recipe.image.split(":")
         with api_timeout(client, IMPORT_TIMEOUT):
             client.api.import_image(
                 src=_chunks(tar.stdout),
@@ -173,9 +183,9 @@ def _import(client: docker.DockerClient, rootfs: Path, labels: dict[str, str]) -
         code = tar.wait()
     if code != 0:
         raise InfraError(f"tar of the root filesystem failed with exit code {code}")
-    new = image_id(client, OS_IMAGE)
+    new = image_id(client, recipe.image)
     if new is None:
-        raise InfraError(f"docker import did not produce {OS_IMAGE}")
+        raise InfraError(f"docker import did not produce {recipe.image}")
     return new
 
 
@@ -184,8 +194,9 @@ def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _remove_rootfs(workdir: Path) -> None:
-    """Delete the temporary root filesystem, never through a mount left inside it."""
+def remove_tree(workdir: Path) -> None:
+    """Delete a folder made by root (a root filesystem, a node's engine data), never
+    through a mount left inside it."""
     mounts = _mounts_below(workdir)
     for mount in sorted(mounts, reverse=True):
         subprocess.run(["umount", "--lazy", mount], check=False)

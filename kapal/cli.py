@@ -98,8 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="until scaling.min instances are ready")
     p.add_argument("--wait-timeout", type=float, default=120.0, metavar="S")
     p.add_argument("--name", help="function name (default: kapal.toml, else the folder name)")
-    p.add_argument("--runtime", help="language runtime (default: python)")
-    p.add_argument("--handler", help="module.function to call (default: handler.handle)")
+    p.add_argument("--image", metavar="REF", help="deploy this image (serving HTTP), not a folder")
+    p.add_argument("--port", type=int, metavar="N", help="port the image serves on (8080)")
+    p.add_argument("--health-path", metavar="PATH", help="polled until the image is up (/)")
+    p.add_argument(
+        "--registry-auth", metavar="SECRET", help="secret with the registry's username:password"
+    )
+    p.add_argument("--runtime", help="language runtime: python (default) or nodejs")
+    p.add_argument(
+        "--handler",
+        help="module.function to call (default: handler.handle; nodejs: file.export, "
+        "default index.handler)",
+    )
     p.add_argument("--env", action="append", type=_pair("="), metavar="KEY=VALUE")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds per invocation")
     p.add_argument("--memory", type=int, metavar="MB", help="memory per instance")

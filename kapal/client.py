@@ -492,8 +492,9 @@ def _unreachable(url: str, exc: aiohttp.ClientConnectorError) -> KapalAPIError:
 def _deploy_form(spec: Mapping[str, Any], archive: bytes) -> aiohttp.MultipartWriter:
     form = aiohttp.MultipartWriter("form-data")
     form.append_json(dict(spec)).set_content_disposition("form-data", name="spec")
-    code = form.append(archive, {"Content-Type": "application/gzip"})
-    code.set_content_disposition("form-data", name="code", filename="code.tar.gz")
+    if archive:  # none for an image function
+        code = form.append(archive, {"Content-Type": "application/gzip"})
+        code.set_content_disposition("form-data", name="code", filename="code.tar.gz")
     return form
 
 

@@ -17,6 +17,7 @@ from kapal.archive import build_archive
 from kapal.client import KapalClient
 from kapal.errors import KapalAPIError
 from kapal.manifest import Manifest, ManifestError, ManifestFunction, canonical, handler_file
+from scheduler.models import DEFAULT_HANDLERS
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
@@ -107,17 +108,24 @@ async def check(client: KapalClient, manifest: Manifest) -> dict[str, bytes]:
         def where(field: str, fn: ManifestFunction = fn) -> str:
             return manifest.where("functions", fn.name, field)
 
-        if not fn.folder.is_dir():
-            raise ManifestError(f"{where('folder')}: {fn.folder} is not a folder")
-        handler = str(fn.spec.get("handler", "handler.handle"))
-        if handler_file(fn.folder, handler) is None:
-            raise ManifestError(f"{where('handler')}: no file in {fn.folder} for {handler!r}")
-        missing = [s for s in fn.spec.get("secrets", []) if s not in secrets]
-        if missing:
-            raise ManifestError(
-                f"{where('secrets')}: no secret named {', '.join(missing)} on {client.url}"
-                " (kapal secrets set NAME)"
-            )
+        if fn.folder is not None:
+            if not fn.folder.is_dir():
+                raise ManifestError(f"{where('folder')}: {fn.folder} is not a folder")
+            runtime = str(fn.spec.get("runtime", "python"))
+            handler = str(fn.spec.get("handler") or DEFAULT_HANDLERS.get(runtime, "handler.handle"))
+            if handler_file(fn.folder, handler, runtime) is None:
+                raise ManifestError(f"{where('handler')}: no file in {fn.folder} for {handler!r}")
+        auth = [fn.spec["registry_auth"]] if "registry_auth" in fn.spec else []
+        for field_name, names in (("secrets", fn.spec.get("secrets", [])), ("registry_auth", auth)):
+            missing = [s for s in names if s not in secrets]
+            if missing:
+                raise ManifestError(
+                    f"{where(field_name)}: no secret named {', '.join(missing)} on {client.url}"
+                    " (kapal secrets set NAME)"
+                )
+        if fn.folder is None:  # an image function: no code
+            archives[fn.name] = b""
+            continue
         try:
             archives[fn.name] = await asyncio.to_thread(build_archive, fn.folder)
         except KapalAPIError as exc:

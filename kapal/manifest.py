@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from kapal.errors import KapalError
 from scheduler.models import FunctionConfig, FunctionName
@@ -69,12 +70,22 @@ class ScheduleEntry(BaseModel):
 
 
 class FunctionEntry(FunctionConfig):
-    # The function's code, relative to the manifest's folder.
-    folder: str
+    # The function's code, relative to the manifest's folder (none for an image function).
+    folder: Annotated[str | None, Field(validate_default=True)] = None
     # Webhook endpoints that invoke it.
     webhooks: list[WebhookEntry] = Field(default_factory=list)
     # Cron schedules that invoke it.
     schedules: list[ScheduleEntry] = Field(default_factory=list)
+
+    @field_validator("folder")
+    @classmethod
+    def _code_or_image(cls, v: str | None, info: ValidationInfo) -> str | None:
+        image = info.data.get("image")
+        if v is None and image is None:
+            raise PydanticCustomError("missing", "Field required (or image, for an image function)")
+        if v is not None and image is not None:
+            raise ValueError("an image function has no folder")
+        return v
 
 
 class ManifestModel(BaseModel):
@@ -89,7 +100,8 @@ class ManifestFunction:
     """One function of a manifest, ready to deploy."""
 
     name: str
-    folder: Path
+    # None: an image function.
+    folder: Path | None
     # The deploy spec, as the gateway takes it (name included).
     spec: dict[str, Any]
     webhooks: list[WebhookEntry]
@@ -150,7 +162,7 @@ def load_manifest(path: Path) -> Manifest:
         functions.append(
             ManifestFunction(
                 name=name,
-                folder=(base / entry.folder),
+                folder=None if entry.folder is None else base / entry.folder,
                 spec={"name": name, **spec},
                 webhooks=entry.webhooks,
                 schedules=entry.schedules,
@@ -184,8 +196,12 @@ def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int:
     return line
 
 
-def handler_file(folder: Path, handler: str) -> Path | None:
-    """The file `module.function` loads from `folder`, or None when there is none."""
+def handler_file(folder: Path, handler: str, runtime: str = "python") -> Path | None:
+    """The file `module.function` (Node.js: `file.export`) loads from `folder`, or None."""
+    if runtime == "nodejs":
+        file = handler.rpartition(".")[0]
+        candidates = [folder / f"{file}{ext}" for ext in (".js", ".mjs", ".cjs")]
+        return next((c for c in candidates if c.is_file()), None)
     module = handler.rpartition(".")[0].replace(".", "/")
     for candidate in (folder / f"{module}.py", folder / module / "__init__.py"):
         if candidate.is_file():

@@ -84,13 +84,25 @@ def load_spec(folder: Path, overrides: Mapping[str, Any] | None = None) -> dict[
     try:
         spec = Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_describe(folder / SPEC_FILE, exc)) from exc
+        raise SpecError(_describe(f"{folder / SPEC_FILE} and options", exc)) from exc
     return spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def _describe(path: Path, exc: ValidationError) -> str:
+def image_spec(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec of an image function, from the command-line options alone (no folder)."""
+    raw = merge({}, overrides)
+    if "name" not in raw:
+        raise SpecError("an image function needs a name (--name)")
+    try:
+        spec = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_describe("options", exc)) from exc
+    return spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _describe(source: str, exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
         problems.append(f"{where}: {error['msg']} (got {error['input']!r})")
-    return f"invalid spec (from {path} and options): " + "; ".join(problems)
+    return f"invalid spec (from {source}): " + "; ".join(problems)

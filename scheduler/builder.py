@@ -1,30 +1,34 @@
 """Builds one image per function version: FROM the runtime's base, deps layer, code last.
 
-Python dependencies are resolved on the host (containers here cannot verify the package
-index's certificate) and copied into the build context; the build itself runs with
-networking off.
+Dependencies are resolved on the host (containers here cannot verify the package index's
+certificate) into the dependency cache, and sent to the engine with the code as the
+build context; the build itself runs with networking off. Requirements that did not
+change give the same cached folder, so the dependency layer comes from Docker's build
+cache and only the code layer is new.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-import platform
-import shutil
-import sys
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import IO
 
 import docker.errors
 from docker import APIClient
 
+from scheduler import npm, pydeps
+from scheduler.depcache import DependencyCache, Entry, trim_files
 from scheduler.errors import BuildFailed
 
 log = logging.getLogger("kapal.scheduler.build")
 
-PIP_PLATFORM_TAGS = ("manylinux2014", "manylinux_2_17", "manylinux_2_28", "linux")
 DOCKERFILE = """\
 FROM {base}
 COPY deps/ /opt/kapal/deps/
@@ -32,6 +36,8 @@ COPY function/ /opt/kapal/function/
 """
 
 Progress = Callable[[str], None]
+# Told which dependency folder a build uses, before the image is built.
+OnDependencies = Callable[[Entry], None]
 
 
 def image_repository(namespace: str, function: str) -> str:
@@ -42,61 +48,54 @@ def image_tag(namespace: str, function: str, version: int) -> str:
     return f"{image_repository(namespace, function)}:{version}"
 
 
-def _pip_target_args(target: Path, requirements: Path) -> list[str]:
-    machine = platform.machine()
-    args = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile"]
-    args += ["--disable-pip-version-check", "--target", str(target), "-r", str(requirements)]
-    args += ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
-    for tag in PIP_PLATFORM_TAGS:
-        args += ["--platform", f"{tag}_{machine}"]
-    return args
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
 
 
-async def _run(args: list[str], timeout_s: float) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+def build_context(base: str, code_dir: Path, deps_dir: Path | None) -> IO[bytes]:
+    """The build context as a tar file, the cached dependency folder read in place."""
+    context = tempfile.TemporaryFile(prefix="kapal-context-")
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = DOCKERFILE.format(base=base).encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size, info.mode = len(dockerfile), 0o644
+        tar.addfile(info, io.BytesIO(dockerfile))
+        if deps_dir is None:
+            empty = tarfile.TarInfo("deps")
+            empty.type, empty.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(empty)
+        else:
+            tar.add(deps_dir, arcname="deps", filter=_root_owned)
+        tar.add(code_dir, arcname="function", filter=_root_owned)
+    context.seek(0)
+    return context
+
+
+def _npm_dependencies(code_dir: Path) -> dict[str, str]:
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return -1, f"timed out after {timeout_s:.0f}s"
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
-async def resolve_requirements(requirements: Path, target: Path, progress: Progress) -> None:
-    """Install a function's requirements.txt into `target`, for the container's platform."""
-    progress(f"resolving {requirements.name} on the host")
-    code, out = await _run(_pip_target_args(target, requirements), timeout_s=600)
-    if code != 0:
-        # Pure-Python packages published only as sdists: build them for the host, which
-        # runs the same Python minor version and libc family as the runtime image.
-        progress("no binary wheels for every requirement; building on the host")
-        await asyncio.to_thread(shutil.rmtree, target, True)
-        args = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile"]
-        args += ["--disable-pip-version-check", "--target", str(target), "-r", str(requirements)]
-        code, out = await _run(args, timeout_s=600)
-    if code != 0:
-        lines = [ln for ln in out.splitlines() if ln.strip() and "is ignored" not in ln]
-        raise BuildFailed("installing requirements.txt failed: " + " | ".join(lines[-6:]))
-
-
-def _prepare_context(ctx: Path, code_dir: Path, base: str) -> bool:
-    """Lay out the build context; True when the function has requirements to resolve."""
-    shutil.copytree(code_dir, ctx / "function", symlinks=False)
-    (ctx / "deps").mkdir()
-    (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=base))
-    (ctx / ".dockerignore").write_text("Dockerfile\n")
-    requirements = ctx / "function" / "requirements.txt"
-    return requirements.is_file() and bool(requirements.read_text().strip())
+        return npm.dependencies(code_dir)
+    except npm.InvalidPackageJson as e:
+        raise BuildFailed(str(e)) from None
 
 
 class ImageBuilder:
-    def __init__(self, api: APIClient, namespace: str, base_images: dict[str, str]):
+    def __init__(
+        self,
+        api: APIClient,
+        namespace: str,
+        base_images: dict[str, str],
+        dependencies: DependencyCache,
+        python_target: pydeps.Target | None = None,
+    ):
         self.api = api
         self.namespace = namespace
         self.base_images = base_images
+        self.dependencies = dependencies
+        self.python_target = python_target or pydeps.Target()
+        # pip's own cache of downloaded and built wheels, beside the resolved folders.
+        self.pip_cache = dependencies.root / "pip"
 
     async def build(
         self,
@@ -105,6 +104,7 @@ class ImageBuilder:
         runtime: str,
         code_dir: Path,
         progress: Progress | None = None,
+        on_dependencies: OnDependencies | None = None,
     ) -> str:
         """Build the image of one version from an unpacked code folder; returns its tag."""
         say: Progress = progress or (lambda line: None)
@@ -113,19 +113,20 @@ class ImageBuilder:
             raise BuildFailed(f"unknown runtime {runtime!r}")
         tag = image_tag(self.namespace, function, version)
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="kapal-build-") as tmp:
-            ctx = Path(tmp)
-            has_requirements = await asyncio.to_thread(_prepare_context, ctx, code_dir, base)
-            if has_requirements:
-                await resolve_requirements(ctx / "function" / "requirements.txt", ctx / "deps", say)
-            labels = {
-                "kapal.managed": "true",
-                "kapal.namespace": self.namespace,
-                "kapal.function": function,
-                "kapal.version": str(version),
-            }
+        labels = {
+            "kapal.managed": "true",
+            "kapal.namespace": self.namespace,
+            "kapal.function": function,
+            "kapal.version": str(version),
+        }
+        async with self._dependencies(runtime, code_dir, say) as deps:
+            if deps is not None:
+                labels["kapal.deps"] = deps.key
+                if on_dependencies is not None:
+                    on_dependencies(deps)
             say(f"building image {tag} from {base}")
-            await asyncio.to_thread(self._build, ctx, tag, labels, say)
+            deps_dir = None if deps is None else deps.path
+            await asyncio.to_thread(self._build, base, code_dir, deps_dir, tag, labels, say)
         log.info(
             "image built",
             extra={
@@ -137,22 +138,76 @@ class ImageBuilder:
         )
         return tag
 
-    def _build(self, ctx: Path, tag: str, labels: dict[str, str], say: Progress) -> None:
+    @asynccontextmanager
+    async def _dependencies(
+        self, runtime: str, code_dir: Path, say: Progress
+    ) -> AsyncIterator[Entry | None]:
+        """The cached folder of the function's dependencies, held while the image is
+        built; None when it has none."""
+        packages = (
+            await asyncio.to_thread(_npm_dependencies, code_dir) if runtime == "nodejs" else {}
+        )
+        if packages:
+            async with self._node_dependencies(code_dir, say) as entry:
+                yield entry
+            return
+        lines = pydeps.read_requirements(code_dir) if runtime == "python" else []
+        if lines:
+            async with self._python_dependencies(code_dir, lines, say) as entry:
+                yield entry
+        else:
+            yield None
+
+    @asynccontextmanager
+    async def _python_dependencies(
+        self, code_dir: Path, lines: list[str], say: Progress
+    ) -> AsyncIterator[Entry]:
+        requirements = code_dir / "requirements.txt"
+        key = pydeps.cache_key(lines, self.python_target)
+
+        async def make(into: Path) -> None:
+            await pydeps.resolve(requirements, into, self.pip_cache, self.python_target, say)
+            await asyncio.to_thread(trim_files, self.pip_cache, self.dependencies.max_bytes)
+
+        async with self.dependencies.use(key, make) as entry:
+            yield entry
+
+    @asynccontextmanager
+    async def _node_dependencies(self, code_dir: Path, say: Progress) -> AsyncIterator[Entry]:
+        """package.json's dependencies as a node_modules folder, resolved once per key."""
+
+        async def make(into: Path) -> None:
+            await npm.resolve_dependencies(code_dir, into, say)
+
+        async with self.dependencies.use(npm.cache_key(code_dir), make) as entry:
+            yield entry
+
+    def _build(
+        self,
+        base: str,
+        code_dir: Path,
+        deps_dir: Path | None,
+        tag: str,
+        labels: dict[str, str],
+        say: Progress,
+    ) -> None:
         try:
-            stream = self.api.build(
-                path=str(ctx),
-                tag=tag,
-                labels=labels,
-                network_mode="none",
-                rm=True,
-                forcerm=True,
-                decode=True,
-            )
-            for chunk in stream:
-                if "error" in chunk:
-                    raise BuildFailed(f"image build failed: {chunk['error'].strip()}")
-                line = str(chunk.get("stream", "")).strip()
-                if line:
-                    say(line)
+            with build_context(base, code_dir, deps_dir) as context:
+                stream = self.api.build(
+                    fileobj=context,
+                    custom_context=True,
+                    tag=tag,
+                    labels=labels,
+                    network_mode="none",
+                    rm=True,
+                    forcerm=True,
+                    decode=True,
+                )
+                for chunk in stream:
+                    if "error" in chunk:
+                        raise BuildFailed(f"image build failed: {chunk['error'].strip()}")
+                    line = str(chunk.get("stream", "")).strip()
+                    if line:
+                        say(line)
         except docker.errors.DockerException as e:
             raise BuildFailed(f"image build failed: {e}") from e

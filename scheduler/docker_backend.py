@@ -22,13 +22,13 @@ from docker import APIClient
 from scheduler import firewall, lease
 from scheduler.backend import EVENTS, Running
 from scheduler.errors import BackendError, StartFailed
-from scheduler.models import PREWARM_NAME, FunctionSpec
+from scheduler.models import PREWARM_NAME, RUNTIME_PORT, FunctionSpec
 
 log = logging.getLogger("kapal.scheduler.docker")
 
 T = TypeVar("T")
-RUNTIME_PORT = 8080
-# The user function code runs as (the runtime image's USER).
+# The user function code runs as (the runtime image's USER); so does an image function
+# whose image would run as root.
 RUNTIME_UID = 10001
 LABEL_MANAGED = "kapal.managed"
 LABEL_NAMESPACE = "kapal.namespace"
@@ -36,6 +36,8 @@ LABEL_FUNCTION = "kapal.function"
 LABEL_VERSION = "kapal.version"
 LABEL_INSTANCE = "kapal.instance"
 LABEL_RUNTIME = "kapal.runtime"
+# The port its server listens on (an image function's own; Kapal's runtimes: 8080).
+LABEL_PORT = "kapal.port"
 # On a network: the lock file its namespace's live gateways hold (see scheduler.lease).
 LABEL_LEASE = "kapal.lease"
 
@@ -69,7 +71,19 @@ def instance_labels(namespace: str, spec: FunctionSpec, instance_id: str) -> dic
         LABEL_VERSION: str(spec.version),
         LABEL_INSTANCE: instance_id,
         LABEL_RUNTIME: spec.runtime,
+        LABEL_PORT: str(spec.port),
     }
+
+
+def runs_as_root(user: str) -> bool:
+    """Whether an image's USER (`name`, `uid`, `uid:gid`; empty: root) is root."""
+    return user.split(":", 1)[0] in ("", "root", "0")
+
+
+def address_port(labels: dict[str, str]) -> int:
+    """The port a container's server listens on, from its labels."""
+    port = labels.get(LABEL_PORT, "")
+    return int(port) if port.isdigit() else RUNTIME_PORT
 
 
 SECRETS_MOUNT = "/run/secrets"
@@ -95,10 +109,13 @@ def container_config(
     instance_id: str,
     secrets_root: Path | None = None,
     runtime_env: dict[str, str] | None = None,
+    image_user: str = "",
 ) -> dict[str, Any]:
     """The create/host config of one function instance: labelled, limited, locked down.
 
     `runtime_env`: the platform's runtime settings (log caps), the same for every instance.
+    `image_user`: an image function's image's USER; an image that would run as root runs
+    as RUNTIME_UID instead (it can read the function's secrets then).
     """
     env = {
         **spec.env,
@@ -110,6 +127,10 @@ def container_config(
         # The runtime turns away requests past this ("busy"), whichever gateway sends them.
         "KAPAL_CONCURRENCY": "0" if spec.name == PREWARM_NAME else str(spec.scaling.concurrency),
     }
+    if spec.style is not None:
+        env["KAPAL_STYLE"] = spec.style
+    if spec.from_image:  # no Kapal runtime inside: only who it is
+        env = {**spec.env, "KAPAL_FUNCTION": spec.name, "KAPAL_VERSION": str(spec.version)}
     memory = spec.limits.memory_mb * 1024 * 1024
     tmpfs = {"/tmp": "rw,nosuid,nodev,size=64m"}
     if spec.name == PREWARM_NAME:
@@ -123,7 +144,7 @@ def container_config(
         binds[str(secrets_root / spec.name)] = {"bind": SECRETS_MOUNT, "mode": "ro"}
     if not spec.network.outbound:
         network = internal_network_name(network)
-    return {
+    config: dict[str, Any] = {
         "image": spec.image,
         "name": instance_name(namespace, spec.name, spec.version, instance_id),
         "labels": instance_labels(namespace, spec, instance_id),
@@ -143,6 +164,9 @@ def container_config(
             "binds": binds or None,
         },
     }
+    if spec.from_image and runs_as_root(image_user):
+        config["user"] = f"{RUNTIME_UID}:{RUNTIME_UID}"
+    return config
 
 
 class DockerBackend:
@@ -166,6 +190,7 @@ class DockerBackend:
         self.api: APIClient = self.client.api
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
         self.lease = lease.NamespaceLease(namespace)
+        self._image_users: dict[str, str] = {}
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -265,11 +290,16 @@ class DockerBackend:
         await self._run(remove)
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
-        cfg = container_config(
-            spec, self.namespace, self.network, instance_id, self.secrets_root, self.runtime_env
-        )
-
         def start() -> Running:
+            cfg = container_config(
+                spec,
+                self.namespace,
+                self.network,
+                instance_id,
+                self.secrets_root,
+                self.runtime_env,
+                self._image_user(spec.image) if spec.from_image else "",
+            )
             host_config = self.api.create_host_config(**cfg["host_config"])
             try:
                 created = self.api.create_container(
@@ -278,6 +308,7 @@ class DockerBackend:
                     labels=cfg["labels"],
                     environment=cfg["environment"],
                     host_config=host_config,
+                    user=cfg.get("user"),
                 )
             except docker.errors.ImageNotFound as e:
                 raise StartFailed(f"image {spec.image} is missing: redeploy the function") from e
@@ -291,9 +322,20 @@ class DockerBackend:
             except BaseException:
                 self._remove_quietly(cid)
                 raise
-            return Running(cid, f"{ip}:{RUNTIME_PORT}", spec.name, spec.version, cfg["labels"])
+            return Running(cid, f"{ip}:{spec.port}", spec.name, spec.version, cfg["labels"])
 
         return await self._run(start)
+
+    def _image_user(self, image: str) -> str:
+        """The USER an image runs as (pinned images never change: asked once)."""
+        user = self._image_users.get(image)
+        if user is None:
+            try:
+                info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
+            except docker.errors.ImageNotFound as e:
+                raise StartFailed(f"image {image} is missing: redeploy the function") from e
+            user = self._image_users[image] = str((info.get("Config") or {}).get("User") or "")
+        return user
 
     def _remove_quietly(self, cid: str) -> None:
         try:
@@ -335,7 +377,7 @@ class DockerBackend:
         function, version = identity(self.namespace, labels, name)
         return Running(
             cid,
-            f"{ip}:{RUNTIME_PORT}" if ip and up else "",
+            f"{ip}:{address_port(labels)}" if ip and up else "",
             function,
             version,
             labels,
@@ -431,6 +473,19 @@ class DockerBackend:
         """Remove every container serving `function` (a deleted function)."""
         found = [c for c in await self.list_managed() if c.function == function]
         await asyncio.gather(*(self.remove(c.id) for c in found))
+
+    def follow_logs(self, container_id: str, stream: str, since_s: float) -> Any:
+        """One stream (stdout or stderr) of a container's engine log from `since_s` on,
+        followed and timestamped: a blocking iterator of entries with `close()`."""
+        return self.api.logs(
+            container_id,
+            stdout=stream == "stdout",
+            stderr=stream == "stderr",
+            stream=True,
+            follow=True,
+            timestamps=True,
+            since=since_s if since_s > 0 else None,
+        )
 
     async def remove_images(self, repository: str) -> None:
         """Remove every tag of a function's image repository."""

@@ -38,6 +38,12 @@ class BuildFailed(SchedulerError):
     status, code = 422, "build_failed"
 
 
+class RequirementsUnresolvable(BuildFailed):
+    """A function's requirements.txt cannot be resolved (or is refused); names which."""
+
+    code = "requirements_unresolvable"
+
+
 class UnknownFunction(SchedulerError):
     """The scheduler has no pool for that function."""
 
@@ -50,3 +56,9 @@ class UnknownFunction(SchedulerError):
 
 class BackendError(SchedulerError):
     """The container engine refused or failed an operation."""
+
+
+class ImageUnavailable(SchedulerError):
+    """An image function's image cannot be had: not on the engine, or its pull failed."""
+
+    status, code = 422, "image_unavailable"

@@ -9,7 +9,7 @@ field is one edit here.
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -19,18 +19,36 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# Node.js: "file.export", the file relative to the code folder without its extension.
+NODE_HANDLER_RE = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*\.[A-Za-z_$][A-Za-z0-9_$]*$")
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-RUNTIMES = ("python",)
+RUNTIMES = ("python", "nodejs")
+# The handler a function of each runtime gets when its spec names none.
+DEFAULT_HANDLERS = {"python": "handler.handle", "nodejs": "index.handler"}
+# Handler conventions the Node.js runtime knows (None: native).
+NODE_STYLES = (None, "native", "lambda", "lambda-v1")
 MAX_ENV = 200
 MAX_ENV_VALUE = 32 * 1024
 MAX_SECRETS = 50
 # The function name generic prewarmed containers run under (not a valid function name).
 PREWARM_NAME = "_prewarm"
+# The runtime of a function that is a user's image serving HTTP (no Kapal runtime in it).
+IMAGE_RUNTIME = "image"
+# The port and health path of Kapal's own runtimes (an image function names its own).
+RUNTIME_PORT = 8080
+RUNTIME_HEALTH_PATH = "/_/health"
+# An image reference: [registry[:port]/]path[:tag][@sha256:hex], at most 512 long.
+IMAGE_REF_RE = re.compile(
+    r"^[a-z0-9]([a-z0-9._:-]*[a-z0-9])?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+HEALTH_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,1023}$")
 
 
 def _function_name(v: str) -> str:
@@ -40,14 +58,17 @@ def _function_name(v: str) -> str:
 
 
 def _runtime(v: str) -> str:
-    if v not in RUNTIMES:
+    if v not in RUNTIMES and v != IMAGE_RUNTIME:
         raise ValueError(f"unknown runtime {v!r}; known: {', '.join(RUNTIMES)}")
     return v
 
 
 def _handler(v: str) -> str:
-    if not HANDLER_RE.match(v):
-        raise ValueError("must look like module.function, e.g. handler.handle")
+    if not (HANDLER_RE.match(v) or NODE_HANDLER_RE.match(v)):
+        raise ValueError(
+            "must look like module.function (python, e.g. handler.handle) "
+            "or file.export (nodejs, e.g. index.handler)"
+        )
     return v
 
 
@@ -57,6 +78,18 @@ def _secret_names(v: list[str]) -> list[str]:
             raise ValueError(f"{name!r} is not a valid secret name")
     if len(set(v)) != len(v):
         raise ValueError("names must be unique")
+    return v
+
+
+def _image(v: str | None) -> str | None:
+    if v is not None and (len(v) > 512 or not IMAGE_REF_RE.match(v)):
+        raise ValueError("must be an image reference: [registry/]repository[:tag][@digest]")
+    return v
+
+
+def _health_path(v: str | None) -> str | None:
+    if v is not None and not HEALTH_PATH_RE.match(v):
+        raise ValueError("must be a path starting with '/', e.g. /healthz")
     return v
 
 
@@ -123,11 +156,25 @@ class FunctionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # Variable names users may not set: the platform sets its own (KAPAL_FUNCTION, ...).
     reserved_env: ClassVar[str] = "KAPAL_"
+    # `image` is what the user asked to run (a version's is what runs, code functions too).
+    image_from_user: ClassVar[bool] = True
 
-    # Runtime family ("python").
+    # Runtime family ("python", "nodejs"); "image" for an image function (set when `image` is).
     runtime: Annotated[str, AfterValidator(_runtime)] = "python"
+    # An image that serves HTTP, run instead of code (an image function). In a deployed
+    # version: the image its instances run (built from code, or this one pinned by digest).
+    image: Annotated[str | None, AfterValidator(_image), Field(validate_default=True)] = None
+    # Port the image serves HTTP on (Kapal's runtimes: 8080).
+    port: Annotated[int, Field(ge=1, le=65535)] = RUNTIME_PORT
+    # Path polled until the image answers 2xx/3xx (null: "/"); Kapal's runtimes use /_/health.
+    health_path: Annotated[str | None, AfterValidator(_health_path)] = None
+    # Secret holding "username:password" for pulling `image` from its registry.
+    registry_auth: Annotated[str | None, Field(pattern=SECRET_NAME_RE.pattern)] = None
     # "module.function" of the handler inside the code folder.
     handler: Annotated[str, AfterValidator(_handler)] = "handler.handle"
+    # Handler convention: native, lambda (HTTP API v2 event), lambda-v1 (REST v1 event),
+    # openwhisk, wsgi, asgi; None: detected.
+    style: Literal["native", "lambda", "lambda-v1", "openwhisk", "wsgi", "asgi"] | None = None
     # Environment variables given to every instance.
     env: dict[str, str] = Field(default_factory=dict)
     # Resource and time limits per instance.
@@ -161,9 +208,99 @@ class FunctionConfig(BaseModel):
                 raise ValueError(f"{key!r}: value too long or holds a NUL byte")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_handler(cls, data: Any) -> Any:
+        """A Node.js function without a handler gets Lambda's default, index.handler."""
+        if isinstance(data, dict) and data.get("handler") is None:
+            runtime = data.get("runtime")
+            if isinstance(runtime, str) and runtime in DEFAULT_HANDLERS:
+                return {**data, "handler": DEFAULT_HANDLERS[runtime]}
+        return data
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_of_runtime(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("runtime") == "nodejs":
+            if not NODE_HANDLER_RE.match(v):
+                raise ValueError("must look like file.export, e.g. index.handler or src/app.main")
+        elif not HANDLER_RE.match(v):
+            raise ValueError("must look like module.function, e.g. handler.handle")
+        return v
+
+    @field_validator("style")
+    @classmethod
+    def _style_of_runtime(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("runtime") == "nodejs" and v not in NODE_STYLES:
+            known = ", ".join(s for s in NODE_STYLES if s)
+            raise ValueError(f"the nodejs runtime knows the styles {known}, not {v!r}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_runtime(cls, data: object) -> object:
+        # An image is its own runtime: `runtime` follows `image` unless given.
+        if cls.image_from_user and isinstance(data, dict) and data.get("image") is not None:
+            data = {"runtime": IMAGE_RUNTIME, **data}
+        return data
+
+    @field_validator("image")
+    @classmethod
+    def _image_and_runtime(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if "runtime" not in info.data:
+            return v  # the runtime itself was refused
+        runtime = info.data["runtime"]
+        if runtime == IMAGE_RUNTIME and v is None:
+            raise ValueError("required for runtime 'image'")
+        if v is not None and runtime != IMAGE_RUNTIME and cls.image_from_user:
+            raise ValueError(f"an image function has no runtime (not {runtime!r})")
+        return v
+
+    @field_validator("port", "health_path", "registry_auth")
+    @classmethod
+    def _only_for_images(cls, v: object, info: ValidationInfo) -> object:
+        unset = cls.model_fields[str(info.field_name)].default
+        if v != unset and info.data.get("runtime") != IMAGE_RUNTIME:
+            raise ValueError("only for image functions (with `image`)")
+        return v
+
+    @field_validator("handler")
+    @classmethod
+    def _no_handler_for_images(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("runtime") == IMAGE_RUNTIME and v != "handler.handle":
+            raise ValueError("an image function has no handler (its image serves)")
+        return v
+
+    @field_validator("style")
+    @classmethod
+    def _no_style_for_images(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("runtime") == IMAGE_RUNTIME and v is not None:
+            raise ValueError("an image function has no handler style (its image serves)")
+        return v
+
+    @property
+    def from_image(self) -> bool:
+        """An image function: the user's image serves, with no Kapal runtime inside."""
+        return self.runtime == IMAGE_RUNTIME
+
+    @property
+    def probe_path(self) -> str:
+        """The path polled until an instance is ready."""
+        if self.from_image:
+            return self.health_path or "/"
+        return RUNTIME_HEALTH_PATH
+
 
 class FunctionVersion(FunctionConfig):
     """One deployed version of a function, as anyone may see it."""
+
+    image_from_user: ClassVar[bool] = False
+
+    def config(self) -> FunctionConfig:
+        """What its user set: the config part, with the image only for an image function
+        (there, pinned by digest; a code function's image is the platform's build)."""
+        fields = set(FunctionConfig.model_fields) - (set() if self.from_image else {"image"})
+        return FunctionConfig.model_validate(self.model_dump(include=fields))
 
     # DNS-label name of the function (PREWARM_NAME for a generic prewarmed container).
     name: str

@@ -27,7 +27,8 @@ from scheduler.scaler import Scaler
 log = logging.getLogger("kapal.scheduler.pool")
 
 Clock = Callable[[], float]
-ReadyWaiter = Callable[[str, float], Awaitable[None]]
+# Polls an instance of a spec at an address until it is ready, or a deadline passes.
+ReadyWaiter = Callable[[str, float, FunctionSpec], Awaitable[None]]
 
 
 class InstanceState(StrEnum):
@@ -462,7 +463,8 @@ class Pool:
                 running = await self.backend.start(inst.spec, inst.id)
                 inst.container_id = running.id
                 inst.address = running.address
-                await self.wait_ready(running.address, began + self.config.start_timeout_s)
+                deadline = began + self.config.start_timeout_s
+                await self.wait_ready(running.address, deadline, inst.spec)
         except Exception as e:
             self._start_failed(inst, e)
             return

@@ -52,17 +52,19 @@ class PrewarmPool:
         self,
         backend: ContainerBackend,
         images: dict[str, str],
-        size: int,
+        sizes: dict[str, int],
         code: CodeSource,
         start_timeout_s: float = 30.0,
     ) -> None:
         self.backend = backend
-        self.images = images
-        self.size = size
+        # Base image per runtime, for the runtimes that keep prewarmed containers.
+        self.images = {runtime: image for runtime, image in images.items() if sizes.get(runtime)}
+        # Containers kept ready per runtime.
+        self.sizes = sizes
         self.code = code
         self.start_timeout_s = start_timeout_s
-        self.ready: dict[str, deque[Running]] = {r: deque() for r in images}
-        self.starting: dict[str, int] = dict.fromkeys(images, 0)
+        self.ready: dict[str, deque[Running]] = {r: deque() for r in self.images}
+        self.starting: dict[str, int] = dict.fromkeys(self.images, 0)
         self._backoff_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -82,6 +84,7 @@ class PrewarmPool:
                 "function": spec.name,
                 "version": spec.version,
                 "handler": spec.handler,
+                "style": spec.style,  # null: the runtime detects it
                 "env": spec.env,
                 "concurrency": spec.scaling.concurrency,
                 "code": base64.b64encode(code).decode(),
@@ -112,7 +115,7 @@ class PrewarmPool:
         if self.closed or time.monotonic() < self._backoff_until:
             return
         for runtime in self.images:
-            while len(self.ready[runtime]) + self.starting[runtime] < self.size:
+            while len(self.ready[runtime]) + self.starting[runtime] < self.sizes[runtime]:
                 self.starting[runtime] += 1
                 task = asyncio.ensure_future(self._start_one(runtime))
                 self._tasks.add(task)

@@ -1,4 +1,8 @@
-"""Readiness probe of a freshly started instance: GET /_/health until it answers 200."""
+"""Readiness probe of a freshly started instance: GET /_/health until it answers 200.
+
+An image function's instance is polled on its own health path instead, and is ready once
+it answers 2xx or 3xx (its server may answer 5xx while it warms up).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,17 @@ import json
 import time
 
 from scheduler.errors import StartFailed
+from scheduler.models import RUNTIME_HEALTH_PATH, FunctionSpec
 
 PROBE_INTERVAL_S = 0.005
-_REQUEST = b"GET /_/health HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n"
 
 
-async def health(address: str) -> tuple[int, bytes]:
+async def health(address: str, path: str = RUNTIME_HEALTH_PATH) -> tuple[int, bytes]:
     """One health request over a fresh connection; (status, body)."""
     host, port = address.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(_REQUEST)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n".encode())
         data = await reader.read(-1)
     finally:
         writer.close()
@@ -52,14 +56,24 @@ def error_message(body: bytes) -> str:
         return body[:300].decode(errors="replace")
 
 
-async def wait_ready(address: str, deadline: float) -> None:
-    """Poll until the runtime answers 200; raise StartFailed on a load error or the deadline."""
+def healthy(spec: FunctionSpec | None, status: int) -> bool:
+    """Whether a health answer says an instance of `spec` (None: a runtime's) is ready."""
+    if spec is not None and spec.from_image:
+        return 200 <= status < 400
+    return status == 200
+
+
+async def wait_ready(address: str, deadline: float, spec: FunctionSpec | None = None) -> None:
+    """Poll until the instance is healthy; raise StartFailed on a load error or the deadline.
+
+    `spec`: what it serves (its health path); None: a runtime not yet given a function."""
+    path = RUNTIME_HEALTH_PATH if spec is None else spec.probe_path
     while True:
         try:
-            status, body = await asyncio.wait_for(health(address), 1.0)
-            if status == 200:
+            status, body = await asyncio.wait_for(health(address, path), 1.0)
+            if healthy(spec, status):
                 return
-            if status >= 500:
+            if status >= 500 and (spec is None or not spec.from_image):
                 raise StartFailed(f"handler failed to load: {error_message(body)}")
         except (OSError, TimeoutError, IndexError, ValueError):
             pass

@@ -26,7 +26,7 @@ from scheduler import probe
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, Running
 from scheduler.docker_backend import LABEL_INSTANCE, LABEL_RUNTIME
-from scheduler.models import PREWARM_NAME, FunctionSpec
+from scheduler.models import PREWARM_NAME, RUNTIME_HEALTH_PATH, FunctionSpec
 from scheduler.pool import Instance, InstanceState, Pool, PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scaler import Scaler
@@ -196,13 +196,18 @@ class Scheduler:
 
     async def _adopt_or_remove(self, c: Running) -> None:
         status, body = 0, b""
+        # An image function's own health path; a runtime's (even a specialized one's) else.
+        known = self.pools.get(c.function)
+        spec = known.spec if known is not None and known.spec.from_image else None
         if c.address:
             with contextlib.suppress(Exception):
-                status, body = await asyncio.wait_for(probe.health(c.address), 2.0)
-        if status == 200:
+                path = RUNTIME_HEALTH_PATH if spec is None else spec.probe_path
+                status, body = await asyncio.wait_for(probe.health(c.address, path), 2.0)
+        if probe.healthy(spec, status):
             function, version = c.function, c.version
-            served = probe.identity(body)
-            if served is not None:  # the runtime knows best (a specialized prewarm)
+            # The runtime knows best (a specialized prewarm); an image's body is its own.
+            served = probe.identity(body) if spec is None else None
+            if served is not None:
                 function, version = served[0], served[1]
             elif function == PREWARM_NAME and self.prewarm is not None and not c.paused:
                 self.prewarm.adopt(c, c.labels.get(LABEL_RUNTIME, "python"))
@@ -263,7 +268,7 @@ class Scheduler:
                 return
             if not c.paused:
                 deadline = time.monotonic() + self.pool_config.start_timeout_s
-                await probe.wait_ready(c.address, deadline)
+                await probe.wait_ready(c.address, deadline, pool.spec)
             pool = self.pools.get(c.function)
             if pool is not None and pool.observe(c, _instance_id(c), pool.spec) is not None:
                 log.debug("instance found", extra={"function": c.function, "container": c.id[:12]})
@@ -343,6 +348,8 @@ class Scheduler:
         """Freeze only once no gateway has a request on it."""
         if not self.peers.others():
             return True
+        if inst.spec.from_image:
+            return False  # its server cannot say what other gateways sent: parked, not frozen
         await asyncio.sleep(0.05)  # the others hear "park" and stop sending to it
         deadline = time.monotonic() + inst.spec.limits.timeout_s
         while inst.state is InstanceState.PAUSED and time.monotonic() < deadline:

@@ -77,6 +77,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
     # of this checkout, whatever another checkout on the engine builds meanwhile.
     images = ensure_base_images(client, Path(__file__).resolve().parent.parent)
     os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"] = images["python"]
+    os.environ["KAPAL_RUNTIME_IMAGE_NODEJS"] = images["nodejs"]
     yield client
     client.close()
 

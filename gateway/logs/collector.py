@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 
+from gateway.logs import engine
 from gateway.logs.writer import LogWriter
 from scheduler.pool import Instance, InstanceState
 from scheduler.scheduler import Scheduler
@@ -65,6 +66,7 @@ class LogCollector:
         rate_lines_s: float,
         dropped: Callable[[str, str, int], None] | None = None,
         port: int = LOG_PORT,
+        engine_logs: engine.EngineLogs | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.writer = writer
@@ -73,6 +75,8 @@ class LogCollector:
         # Told (function, reason, lines) of lines dropped by a cap: runtime, rate.
         self.dropped = dropped
         self.port = port
+        # Where an image function's lines are read (it has no log port).
+        self.engine_logs = engine_logs
         self._follows: dict[str, asyncio.Task[None]] = {}
         self._budgets: dict[str, _Budget] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -113,7 +117,10 @@ class LogCollector:
 
     async def _follow_then_forget(self, inst: Instance) -> None:
         try:
-            await self._follow(inst)
+            if inst.spec.from_image:
+                await self._follow_engine(inst)
+            else:
+                await self._follow(inst)
         except Exception:
             log.exception("following instance logs failed", extra={"instance": inst.id})
         finally:
@@ -170,6 +177,23 @@ class LogCollector:
             if rows:
                 await self.writer.store(function, version, inst.id, rows, last)
             after = max(after, last)
+
+    async def _follow_engine(self, inst: Instance) -> None:
+        if self.engine_logs is None or not inst.container_id:
+            return
+        function, version = inst.spec.name, inst.spec.version
+
+        async def store(rows: bytes, last: int) -> None:
+            rows = self._within_rate(function, version, inst.id, rows)
+            if rows:
+                await self.writer.store(function, version, inst.id, rows, last)
+
+        # Until its container is gone (its log ends then), or another gateway collects.
+        def leading() -> bool:
+            return self.scheduler.leading
+
+        after = await self._cursor(inst.id)
+        await engine.follow(self.engine_logs, inst.container_id, after, store, leading)
 
     async def _cursor(self, instance: str) -> int:
         try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from gateway.logs.collector import LogCollector
+from gateway.logs.engine import EngineLogs
 from gateway.logs.feed import LogFeed
 from gateway.logs.writer import LogWriter
 from gateway.metrics import Metrics
@@ -23,10 +24,16 @@ class Logs:
 
     @classmethod
     def build(
-        cls, settings: Settings, pg: asyncpg.Pool, scheduler: Scheduler, metrics: Metrics
+        cls,
+        settings: Settings,
+        pg: asyncpg.Pool,
+        scheduler: Scheduler,
+        metrics: Metrics,
+        engine_logs: EngineLogs | None = None,
     ) -> Logs:
         """Wired to the scheduler, whose instance events go into each function's log, and
-        to the metrics, which count the lines dropped (by the caps, or refused)."""
+        to the metrics, which count the lines dropped (by the caps, or refused); image
+        functions' lines are read from `engine_logs`."""
 
         def dropped(function: str, reason: str, lines: int) -> None:
             metrics.log_lines_dropped[(function, reason)] += lines
@@ -44,6 +51,13 @@ class Logs:
         scheduler.events = event
         return cls(
             writer,
-            LogCollector(scheduler, writer, pg, settings.log_rate_lines_s, dropped),
+            LogCollector(
+                scheduler,
+                writer,
+                pg,
+                settings.log_rate_lines_s,
+                dropped,
+                engine_logs=engine_logs,
+            ),
             LogFeed(settings.database_url),
         )

@@ -21,17 +21,22 @@ from kapal.output import (
     print_table,
     table,
 )
-from kapal.spec import load_spec
+from kapal.spec import image_spec, load_spec
 
 
 async def deploy(client: KapalClient, args: argparse.Namespace) -> int:
     if args.file is not None:
         return await deploy_manifest(client, args)
-    if args.folder is None:
-        raise KapalError("deploy needs a folder, or -f kapal.yaml")
-    folder: Path = args.folder
-    spec = load_spec(folder, overrides(args))
-    archive = await asyncio.to_thread(build_archive, folder)
+    if args.image is not None:
+        if args.folder is not None:
+            raise KapalError("deploy takes a folder or --image, not both")
+        spec, archive = image_spec(overrides(args)), b""
+    elif args.folder is None:
+        raise KapalError("deploy needs a folder, --image REF, or -f kapal.yaml")
+    else:
+        folder: Path = args.folder
+        spec = load_spec(folder, overrides(args))
+        archive = await asyncio.to_thread(build_archive, folder)
     started = time.monotonic()
     with BuildDisplay(spec["name"], args.json) as display:
         done = await deploying.deploy_folder(client, archive, spec, on_event=display.event)
@@ -84,8 +89,12 @@ class BuildDisplay:
             self.err.print(f"{self.prefix}{event.get('line', '')}")
             if self.status is not None:
                 self.status.update(f"building {self.name}: {event.get('line', '')[:60]}")
+        elif kind == "dependencies":
+            self.err.print(f"{self.prefix}{event.get('line', '')}")
         elif kind == "built":
             self.err.print(f"{self.prefix}built {event.get('image')} in {event.get('seconds')}s")
+        elif kind == "resolved":
+            self.err.print(f"{self.prefix}image pinned as {event.get('image')}")
         elif kind == "started" and self.status is not None:
             self.status.update(f"building {self.name} version {event.get('version')}")
 
@@ -239,6 +248,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "name": args.name,
         "runtime": args.runtime,
+        "image": args.image,
+        "port": args.port,
+        "health_path": args.health_path,
+        "registry_auth": args.registry_auth,
         "handler": args.handler,
         "env": dict(args.env or []),
         "limits": {

@@ -171,8 +171,8 @@ async def test_unresolvable_requirement_fails_the_deploy_cleanly(
     }
     status, body = await deploy(http, gw, files, {"name": "baddeps"})
     assert status == 422, body
-    assert body["error"]["code"] == "build_failed"
-    assert "requirements" in body["error"]["message"]
+    assert body["error"]["code"] == "requirements_unresolvable"
+    assert "kapal-no-such-package-xyz" in body["error"]["message"]
     async with http.get(f"{gw.url}/v1/functions/baddeps", headers=gw.headers) as r:
         assert r.status == 404
 

@@ -17,23 +17,19 @@ from kapal.spec import Manifest
 from scheduler.models import FunctionConfig, FunctionSpec
 from scheduler.scheduler import InstanceView, PoolView
 
-CONFIG = {"runtime", "handler", "env", "limits", "scaling", "public", "secrets", "network"}
+CONFIG = {"runtime", "handler", "style", "env", "limits", "scaling", "public", "secrets", "network"}
+IMAGE = {"image", "port", "health_path", "registry_auth"}
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def test_every_model_of_a_function_has_the_config_fields() -> None:
     config = set(FunctionConfig.model_fields)
-    assert config == {*CONFIG, "async_"}
+    assert config == {*CONFIG, *IMAGE, "async_"}
     for model in (DeploySpec, FunctionSpec, FunctionOut, Manifest):
         assert config <= set(model.model_fields), model
     assert set(DeploySpec.model_fields) - config == {"name"}
     assert set(Manifest.model_fields) - config == {"name"}
-    assert set(FunctionSpec.model_fields) - config == {
-        "name",
-        "version",
-        "image",
-        "has_dependencies",
-    }
+    assert set(FunctionSpec.model_fields) - config == {"name", "version", "has_dependencies"}
 
 
 def test_pool_and_instance_views_are_the_schedulers() -> None:
@@ -50,6 +46,7 @@ def test_pool_and_instance_views_are_the_schedulers() -> None:
         ({"name": "Bad_Name"}, "name"),
         ({"runtime": "cobol"}, "runtime"),
         ({"handler": "no-dots"}, "handler"),
+        ({"style": "azure"}, "style"),
         ({"limits": {"timeout_s": 0}}, "limits.timeout_s"),
         ({"scaling": {"min": 5, "max": 2}}, "scaling.max"),
         ({"env": {"1BAD": "x"}}, "env"),
@@ -71,7 +68,7 @@ def test_the_deploy_spec_reaches_the_scheduler_whole() -> None:
     given = DeploySpec.model_validate(
         {"env": {"A": "1"}, "async": {"concurrency": 2}, "network": {"outbound": False}}
     )
-    config = given.model_dump(include=set(FunctionConfig.model_fields))
+    config = given.model_dump(include=set(FunctionConfig.model_fields) - {"image"})
     spec = FunctionSpec(**config, name="f", version=1, image="i")
     assert (spec.env, spec.async_.concurrency, spec.network.outbound) == ({"A": "1"}, 2, False)
 
@@ -107,7 +104,11 @@ def test_a_function_on_the_wire() -> None:
         "version",
         "runtime",
         "handler",
+        "style",
         "image",
+        "port",
+        "health_path",
+        "registry_auth",
         "env",
         "limits",
         "scaling",

@@ -10,14 +10,16 @@ def on_path(*present: str) -> object:
     return lambda cmd: f"/usr/bin/{cmd}" if cmd in present else None
 
 
-def test_the_test_set_up_brings_chromium_for_the_browser_tests() -> None:
+def test_the_test_set_up_brings_chromium_wrk_and_a_registry() -> None:
     assert commands.TEST_TOOLS["chromium"] == "chromium"
     assert commands.TEST_TOOLS["wrk"] == "wrk"
+    assert commands.TEST_TOOLS["docker-registry"] == "docker-registry"
+    assert commands.TEST_TOOLS["htpasswd"] == "apache2-utils"
 
 
 def test_only_the_missing_packages_are_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     installed: list[list[str]] = []
-    monkeypatch.setattr(host.shutil, "which", on_path("wrk"))
+    monkeypatch.setattr(host.shutil, "which", on_path("wrk", "docker-registry", "htpasswd"))
     monkeypatch.setattr(host, "is_root", lambda: True)
     monkeypatch.setattr(host, "is_debian", lambda: True)
     monkeypatch.setattr(host, "_apt_install", lambda pkgs, log: installed.append(pkgs))
@@ -40,5 +42,6 @@ def test_nothing_is_run_when_everything_is_there(monkeypatch: pytest.MonkeyPatch
 def test_missing_and_not_root_names_the_packages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host.shutil, "which", on_path())
     monkeypatch.setattr(host, "is_root", lambda: False)
-    with pytest.raises(InfraError, match=r"\['chromium', 'wrk'\]"):
+    packages = r"\['apache2-utils', 'chromium', 'docker-registry', 'wrk'\]"
+    with pytest.raises(InfraError, match=packages):
         host.ensure_commands(commands.TEST_TOOLS, log=lambda _: None)

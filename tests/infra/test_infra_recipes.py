@@ -7,7 +7,9 @@ import pytest
 
 from infra.errors import InfraError
 from infra.recipes import (
+    NODEJS_OS,
     RUNTIME_REQUIREMENTS,
+    nodejs_inputs_hash,
     os_inputs_hash,
     pip_target_argv,
     runtime_files,
@@ -83,3 +85,16 @@ def test_pip_resolves_binary_wheels_for_the_image_python(tmp_path: Path) -> None
     assert argv[-len(RUNTIME_REQUIREMENTS) :] == list(RUNTIME_REQUIREMENTS)
     with_file = pip_target_argv("python3", tmp_path, "x86_64", tmp_path / "requirements.txt")
     assert with_file[-2:] == ["--requirement", str(tmp_path / "requirements.txt")]
+
+
+def test_nodejs_has_an_os_layer_and_a_hash_of_its_own(runtime: Path, tmp_path: Path) -> None:
+    node = tmp_path / "runtimes" / "nodejs"
+    node.mkdir(parents=True)
+    (node / "main.js").write_text("'use strict';\n")
+    assert os_inputs_hash("x86_64", NODEJS_OS) != os_inputs_hash("x86_64")
+    before = nodejs_inputs_hash(node, "x86_64")
+    python = runtime_inputs_hash(runtime, "x86_64")
+    (node / "main.js").write_text("'use strict'; // v2\n")
+    assert nodejs_inputs_hash(node, "x86_64") != before
+    # Python's image is not rebuilt for a change of the Node.js runtime.
+    assert runtime_inputs_hash(runtime, "x86_64") == python

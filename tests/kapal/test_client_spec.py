@@ -4,7 +4,7 @@ import pytest
 
 from gateway.wire import DeploySpec
 from kapal.errors import SpecError
-from kapal.spec import default_name, load_spec, merge
+from kapal.spec import default_name, image_spec, load_spec, merge
 
 
 def write_toml(folder: Path, text: str) -> None:
@@ -166,3 +166,17 @@ def test_merge_skips_unset_options_and_merges_sections() -> None:
 def test_a_missing_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="is not a folder"):
         load_spec(tmp_path / "nope")
+
+
+def test_an_image_function_is_deployed_from_options_alone() -> None:
+    spec = image_spec({"name": "web", "image": "127.0.0.1:5000/app:1", "port": 9000, "env": {}})
+    assert spec == {
+        "name": "web",
+        "runtime": "image",
+        "image": "127.0.0.1:5000/app:1",
+        "port": 9000,
+    }
+    with pytest.raises(SpecError, match="--name"):
+        image_spec({"image": "app:1"})
+    with pytest.raises(SpecError, match=r"from options\): health_path"):
+        image_spec({"name": "web", "image": "app:1", "health_path": "healthz"})

@@ -73,6 +73,10 @@ def test_handler_file(tmp_path: Path) -> None:
     assert handler_file(tmp_path, "handler.handle") == tmp_path / "handler.py"
     assert handler_file(tmp_path, "pkg.mod.run") == tmp_path / "pkg" / "mod" / "__init__.py"
     assert handler_file(tmp_path, "other.handle") is None
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.mjs").write_text("export const main = async () => 'ok';\n")
+    assert handler_file(tmp_path, "src/app.main", "nodejs") == tmp_path / "src" / "app.mjs"
+    assert handler_file(tmp_path, "index.handler", "nodejs") is None
 
 
 def test_existing_and_wanted_pair_one_to_one() -> None:
@@ -86,3 +90,24 @@ def test_existing_and_wanted_pair_one_to_one() -> None:
     assert [e["id"] for e in kept] == [1]
     assert [e["id"] for e in remove] == [2, 3]
     assert create == ["c", "c"]
+
+
+def test_an_image_function_has_an_image_and_no_folder(tmp_path: Path) -> None:
+    text = "functions:\n  web:\n    image: app:1\n    port: 9000\n    registry_auth: creds\n"
+    (tmp_path / "kapal.yaml").write_text(text)
+
+    [fn] = load_manifest(tmp_path / "kapal.yaml").functions
+
+    assert fn.folder is None
+    assert fn.spec == {
+        "name": "web",
+        "runtime": "image",
+        "image": "app:1",
+        "port": 9000,
+        "registry_auth": "creds",
+    }
+    (tmp_path / "kapal.yaml").write_text(text + "    folder: web\n")
+    with pytest.raises(
+        ManifestError, match=r"functions\.web\.folder: an image function has no folder"
+    ):
+        load_manifest(tmp_path / "kapal.yaml")

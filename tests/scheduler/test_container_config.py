@@ -40,3 +40,16 @@ def test_bridge_interface_and_guard_rules() -> None:
     rules = guard_rules("br-1")
     assert all(r[:3] == ["INPUT", "-i", "br-1"] and "NEW" in r for r in rules)
     assert rules[0][-1] == "tcp-reset"  # TCP first: a refused connect, not a timeout
+
+
+def test_the_handler_style_reaches_the_runtime_only_when_set() -> None:
+    assert (
+        container_config(spec(style="asgi"), "ns", "net", "i1")["environment"]["KAPAL_STYLE"]
+        == "asgi"
+    )
+    assert "KAPAL_STYLE" not in container_config(spec(), "ns", "net", "i1")["environment"]
+
+
+def test_a_node_function_gets_its_style_and_default_handler() -> None:
+    env = container_config(spec(runtime="nodejs", style="lambda"), "ns", "net", "i1")["environment"]
+    assert (env["KAPAL_STYLE"], env["KAPAL_HANDLER"]) == ("lambda", "index.handler")

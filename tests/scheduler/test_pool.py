@@ -63,7 +63,7 @@ class FakeClock:
         return self.now
 
 
-async def ready_at_once(address: str, deadline: float) -> None:
+async def ready_at_once(address: str, deadline: float, spec: FunctionSpec) -> None:
     return None
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kapal_runtime.config import DEFAULT_HANDLER
+from kapal_runtime.config import DEFAULT_HANDLER, STYLES
 from kapal_runtime.handler import parse_spec
 
 # Python 3.11.4+ and 3.12 have extraction filters; Debian 12's 3.11.2 does not.
@@ -44,12 +44,15 @@ class InitSpec:
     deps: bytes | None
     # Invocations in flight at once (0: unlimited); None keeps KAPAL_CONCURRENCY's value.
     concurrency: int | None = None
+    # The handler's convention (config.STYLES); None: detected.
+    style: str | None = None
 
 
 def parse_init(raw: bytes) -> InitSpec:
     """Validate an init body:
     {"function": str, "version": int, "handler": str, "env": {str: str},
-     "code": base64 tar.gz, "deps": base64 tar.gz, "concurrency": int (optional)}.
+     "code": base64 tar.gz, "deps": base64 tar.gz, "concurrency": int (optional),
+     "style": one of config.STYLES (optional)}.
     """
     try:
         body = json.loads(raw)
@@ -70,6 +73,9 @@ def parse_init(raw: bytes) -> InitSpec:
         parse_spec(handler)
     except ValueError as exc:
         raise InvalidInit(str(exc)) from None
+    style = body.get("style")
+    if style is not None and style not in STYLES:
+        raise InvalidInit(f"style must be one of {', '.join(STYLES)}, not {style!r}")
     concurrency = body.get("concurrency")
     if concurrency is not None and (type(concurrency) is not int or concurrency < 0):
         raise InvalidInit(f"concurrency must be a non-negative integer, not {concurrency!r}")
@@ -81,6 +87,7 @@ def parse_init(raw: bytes) -> InitSpec:
         code=_archive(body, "code"),
         deps=_archive(body, "deps"),
         concurrency=concurrency,
+        style=style,
     )
 
 

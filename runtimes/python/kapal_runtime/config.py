@@ -10,6 +10,8 @@ T = TypeVar("T")
 
 DEFAULT_HANDLER = "handler.handle"
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+# Handler conventions (kapal_runtime/styles/); none given: detected from the handler.
+STYLES = ("native", "lambda", "lambda-v1", "openwhisk", "wsgi", "asgi")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -26,6 +28,8 @@ class RuntimeConfig:
     version: int = 0
     # "module.function" (or "pkg.mod.fn", "pkg.mod:fn") inside code_dir.
     handler: str = DEFAULT_HANDLER
+    # The handler's convention, one of STYLES; None: detected when the handler is loaded.
+    style: str | None = None
     # Where the function's code lives; also the working directory.
     code_dir: Path = Path("/opt/kapal/function")
     # Where /_/init unpacks the function's dependencies.
@@ -67,6 +71,7 @@ class RuntimeConfig:
             function=env.get("KAPAL_FUNCTION", d.function),
             version=_read(env, "KAPAL_VERSION", int, d.version, lambda v: v >= 0),
             handler=env.get("KAPAL_HANDLER") or d.handler,
+            style=_read(env, "KAPAL_STYLE", _lower, d.style, STYLES.__contains__),
             code_dir=Path(env.get("KAPAL_CODE_DIR") or d.code_dir).absolute(),
             deps_dir=Path(env.get("KAPAL_DEPS_DIR") or d.deps_dir).absolute(),
             timeout_s=_read(env, "KAPAL_TIMEOUT_S", float, d.timeout_s, lambda v: 0 < v < 1e9),

@@ -5,6 +5,7 @@ import base64
 import binascii
 import contextvars
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -12,7 +13,8 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 from multidict import CIMultiDict
 
@@ -26,7 +28,7 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 BINARY_TYPE = "application/octet-stream"
 
 # The server computes these itself; a handler's value would only corrupt the framing.
-_DROPPED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+DROPPED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -47,6 +49,8 @@ class Reply:
 class LoadedHandler:
     """The user's callable, inspected once at load so each call does no inspection."""
 
+    # The handler convention; other styles are adapters in kapal_runtime/styles/.
+    style: ClassVar[str] = "native"
     spec: str
     # Called as call(event, context) whatever the user's function takes.
     call: Callable[[Event, Context], Any]
@@ -87,6 +91,11 @@ def load_handler(spec: str, code_dir: Path) -> LoadedHandler:
     Raises whatever the import raises (ImportError, SyntaxError, ...), AttributeError,
     or TypeError when the object is not a callable taking (event, context) or (event).
     """
+    return native_handler(spec, import_target(spec, code_dir))
+
+
+def import_target(spec: str, code_dir: Path) -> object:
+    """The object `spec` names, its module imported from `code_dir`."""
     module_name, attr = parse_spec(spec)
     code = str(code_dir)
     if code not in sys.path:
@@ -95,13 +104,32 @@ def load_handler(spec: str, code_dir: Path) -> LoadedHandler:
         os.chdir(code_dir)
     # The directory may have been filled after start-up (by /_/init): forget stale listings.
     importlib.invalidate_caches()
-    module = importlib.import_module(module_name)
-    fn = getattr(module, attr)
+    if module_name == "__main__":
+        # OpenWhisk's zip actions: their __main__.py, imported as OpenWhisk imports it
+        # ("main__"), never this process's own __main__.
+        module = _import_file(code_dir / "__main__.py", "main__")
+    else:
+        module = importlib.import_module(module_name)
+    return getattr(module, attr)
+
+
+def native_handler(spec: str, fn: object) -> LoadedHandler:
+    """`fn` as a native handler: (event, context) or (event), sync or async."""
     if not callable(fn):
         raise TypeError(f"{spec} is not callable (it is a {type(fn).__name__})")
     takes_context = _takes_context(fn, spec)
     call: Callable[[Event, Context], Any] = fn if takes_context else _drop_context(fn)
-    return LoadedHandler(spec, call, _is_async(fn), takes_context)
+    return LoadedHandler(spec, call, is_async(fn), takes_context)
+
+
+def _import_file(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}", path=str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _takes_context(fn: Callable[..., Any], spec: str) -> bool:
@@ -118,7 +146,7 @@ def _takes_context(fn: Callable[..., Any], spec: str) -> bool:
     raise TypeError(f"{spec} must accept (event, context) or (event), not {signature}")
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
+def is_async(fn: Callable[..., Any]) -> bool:
     # Also instances of a class with `async def __call__`.
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
@@ -147,16 +175,16 @@ def to_reply(value: object) -> Reply:
         return _from_response_dict(value)
     if is_stream(value):
         return Reply(200, CIMultiDict(), Stream(value))
-    return Reply(200, CIMultiDict({CONTENT_TYPE: JSON_TYPE}), _to_json(value))
+    return Reply(200, CIMultiDict({CONTENT_TYPE: JSON_TYPE}), to_json(value))
 
 
 def _from_response_dict(value: Mapping[str, Any]) -> Reply:
     status = value["statusCode"]
     if type(status) is not int or not 200 <= status <= 599:
         raise InvalidReturnValue(f"statusCode must be an int in 200..599, not {status!r}")
-    headers = _headers(value.get("headers"), value.get("multiValueHeaders"))
+    headers = response_headers(value.get("headers"), value.get("multiValueHeaders"))
     for cookie in value.get("cookies") or ():
-        headers.add("Set-Cookie", _header_value("Set-Cookie", cookie))
+        headers.add("Set-Cookie", header_value("Set-Cookie", cookie))
     body = value.get("body")
     if value.get("isBase64Encoded"):
         if not isinstance(body, str | bytes):
@@ -178,10 +206,10 @@ def _from_response_dict(value: Mapping[str, Any]) -> Reply:
     if is_stream(body):
         return Reply(status, headers, Stream(body))
     headers.setdefault(CONTENT_TYPE, JSON_TYPE)
-    return Reply(status, headers, _to_json(body))
+    return Reply(status, headers, to_json(body))
 
 
-def _headers(single: object, multi: object) -> CIMultiDict[str]:
+def response_headers(single: object, multi: object) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for source in (single, multi):
         if source is None:
@@ -191,15 +219,15 @@ def _headers(single: object, multi: object) -> CIMultiDict[str]:
         for name, value in source.items():
             if not isinstance(name, str) or not name or not _is_clean(name):
                 raise InvalidReturnValue(f"invalid header name {name!r}")
-            if name.lower() in _DROPPED_HEADERS:
+            if name.lower() in DROPPED_HEADERS:
                 continue
             values = value if isinstance(value, list | tuple) else (value,)
             for item in values:
-                headers.add(name, _header_value(name, item))
+                headers.add(name, header_value(name, item))
     return headers
 
 
-def _header_value(name: str, value: object) -> str:
+def header_value(name: str, value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidReturnValue(f"header {name} must be a str, not {type(value).__name__}")
     text = str(value)
@@ -212,7 +240,7 @@ def _is_clean(text: str) -> bool:
     return "\r" not in text and "\n" not in text and "\0" not in text
 
 
-def _to_json(value: object) -> bytes:
+def to_json(value: object) -> bytes:
     try:
         return _ENCODER.encode(value).encode("utf-8")
     except (TypeError, ValueError) as exc:

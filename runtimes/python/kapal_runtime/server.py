@@ -22,10 +22,13 @@ from kapal_runtime.config import RuntimeConfig
 from kapal_runtime.deadlines import DeadlineWatch
 from kapal_runtime.errors import REQUEST_ID, error, json_response, not_allowed
 from kapal_runtime.event import Context, Event, InvalidJSONBody
-from kapal_runtime.handler import LoadedHandler, load_handler
+from kapal_runtime.handler import LoadedHandler
 from kapal_runtime.log import describe, log_event, log_traceback
 from kapal_runtime.logport import LogPort
 from kapal_runtime.stream import Stream, StreamSender
+from kapal_runtime.styles import Handler, load_handler
+from kapal_runtime.styles.adapter import StyleHandler
+from kapal_runtime.styles.request import HttpRequest
 from kapal_runtime.threads import HandlerThreads
 from kapal_runtime.websocket import WebSocket, WebSocketHandler, find_handler, is_websocket
 
@@ -58,7 +61,7 @@ class Runtime:
         self.function = config.function
         self.version = config.version
         self.state = State.PREWARM
-        self.handler: LoadedHandler | None = None
+        self.handler: Handler | None = None
         # The function's `websocket(ws, context)`, when it accepts websockets.
         self.websocket: WebSocketHandler | None = None
         # (code, one-line message) answered by health and invocations once FAILED.
@@ -69,26 +72,45 @@ class Runtime:
         self._open = 0
         self.deadlines = DeadlineWatch()
 
-    def load(self, spec: str) -> bool:
+    def load(self, spec: str, style: str | None) -> bool:
         """Import the handler; on failure log why and answer 500 from then on."""
         started = time.perf_counter()
         try:
-            self.handler = load_handler(spec, self.config.code_dir)
-            self.websocket = find_handler(spec)
+            handler = load_handler(spec, style, self.config.code_dir, self.function, self.version)
+            # Native handlers only: other styles bring their own (an ASGI app's websockets).
+            websocket = find_handler(spec) if isinstance(handler, LoadedHandler) else None
         except (Exception, SystemExit) as exc:
             log_traceback(exc)
             self._fail("handler_load_failed", describe(exc))
             log_event("handler_load_failed", "error", handler=spec, error=self.failure[1])
             return False
+        self.handler = handler
+        self.websocket = websocket
         self.state = State.READY
         log_event(
             "handler_loaded",
             handler=spec,
-            is_async=self.handler.is_async,
-            takes_context=self.handler.takes_context,
-            websocket=self.websocket is not None,
+            style=handler.style,
+            is_async=handler.is_async,
+            takes_context=handler.takes_context if isinstance(handler, LoadedHandler) else None,
+            websocket=websocket is not None,
             load_ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        return True
+
+    async def start(self) -> bool:
+        """Run what the handler's style does before its first invocation (ASGI startup)."""
+        handler = self.handler
+        if not isinstance(handler, StyleHandler):
+            return True
+        try:
+            await handler.startup()
+        except Exception as exc:
+            log_traceback(exc)
+            self.handler = None
+            self._fail("handler_load_failed", describe(exc))
+            log_event("handler_load_failed", "error", handler=handler.spec, error=self.failure[1])
+            return False
         return True
 
     @property
@@ -129,7 +151,7 @@ class Runtime:
                 capture.end(token)
 
     async def _run(
-        self, handler: LoadedHandler, request: web.Request, path: str, request_id: str
+        self, handler: Handler, request: web.Request, path: str, request_id: str
     ) -> web.StreamResponse:
         headers = request.headers
         deadline = _deadline(headers.get(DEADLINE), self.config.timeout_s)
@@ -140,14 +162,17 @@ class Runtime:
             return error("body_too_large", f"request body exceeds {limit} bytes", request_id)
         if deadline <= time.time():
             return error("timeout", "the deadline passed before the handler started", request_id)
-        event = Event(body, headers, request.method, path, request.query)
         context = Context(self.function, self.version, request_id, deadline)
         task = asyncio.current_task()
         assert task is not None
         self.deadlines.watch(task, deadline)
         sender: StreamSender | None = None
         try:
-            reply = await handler.run(event, context, self.threads)
+            if isinstance(handler, LoadedHandler):
+                event = Event(body, headers, request.method, path, request.query)
+                reply = await handler.run(event, context, self.threads)
+            else:
+                reply = await handler.run(HttpRequest.of(request, body), context, self.threads)
             reply.headers[REQUEST_ID] = request_id
             out = reply.body
             if isinstance(out, Stream):
@@ -263,7 +288,7 @@ class Runtime:
             log_event("init_failed", "error", error=self.failure[1])
             return error(*self.failure, request_id)
         self._apply(spec)
-        loaded = self.load(spec.handler)
+        loaded = self.load(spec.handler, spec.style) and await self.start()
         log_event(
             "initialized",
             function=spec.function,
@@ -285,9 +310,15 @@ class Runtime:
             "status": "ok",
             "function": self.function,
             "version": self.version,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight + self._background(),
         }
         return json.dumps(status, separators=(",", ":")).encode()
+
+    def _background(self) -> int:
+        # Work an app does after its answer (ASGI background tasks) takes no slot, but an
+        # instance running it is not idle (a pause would freeze it).
+        handler = self.handler
+        return handler.late if isinstance(handler, StyleHandler) else 0
 
     def _why_no_init(self) -> str:
         if not self.config.prewarm:
@@ -306,6 +337,8 @@ class Runtime:
         os.environ["KAPAL_FUNCTION"] = spec.function
         os.environ["KAPAL_VERSION"] = str(spec.version)
         os.environ["KAPAL_HANDLER"] = spec.handler
+        if spec.style is not None:
+            os.environ["KAPAL_STYLE"] = spec.style
         if spec.deps is not None:
             site.addsitedir(str(self.config.deps_dir))  # also honours the deps' .pth files
 
@@ -327,8 +360,11 @@ class Runtime:
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         sweeper = asyncio.create_task(self.deadlines.run(), name="deadline-sweeper")
+        await self.start()  # before the port listens: no invocation precedes the startup
         yield
         sweeper.cancel()
+        if isinstance(self.handler, StyleHandler):
+            await self.handler.shutdown()  # after the drain, as ASGI servers do
         # Requests have drained by now (bounded by the shutdown timeout); a thread still
         # running a handler past its deadline is not waited for.
         self.threads.close()
@@ -361,7 +397,7 @@ def run(config: RuntimeConfig, capture: Capture | None = None) -> None:
     asyncio.set_event_loop(loop)
     runtime = Runtime(config, capture)
     if not config.prewarm:
-        runtime.load(config.handler)
+        runtime.load(config.handler, config.style)
     web.run_app(
         build_app(runtime),
         host="0.0.0.0",
