@@ -1,7 +1,8 @@
 """Back-pressure on one client connection, both ways (after Uvicorn's `FlowControl`).
 
 Reading from the client pauses while any reason holds (a request body buffered past its
-high water, requests pipelined far ahead, a parser that gave up) and resumes when none
+high water, requests pipelined far ahead, a parser that gave up, an upgrade not yet
+answered, an instance not reading a tunnel's bytes) and resumes when none
 does. Writing to it pauses when the transport's buffer passes its high water; the writer
 waits in `drain`, and a client that reads nothing for `send_timeout_s` is dropped, so a
 stalled reader never costs more than one write buffer for long.
@@ -16,6 +17,8 @@ from collections.abc import Callable
 BODY_BUFFERED = 1
 PIPELINED = 2
 STOPPED = 4
+# An upgrade waits for the instance's 101: what the client sends next is for the tunnel.
+UPGRADING = 8
 
 
 class FlowControl:

@@ -5,6 +5,10 @@ A `ClientConnection` owns the socket and the parser: it admits itself through th
 idle), queues parsed requests and answers them in order, one at a time, through a
 `RequestHandler`. Back-pressure both ways is its `FlowControl`. It is also the sink an
 upstream response is written through to, from the upstream parser's callbacks.
+
+`Upgrade: websocket` on a function's path is its last request: parsing stops, reading
+waits for the instance's answer, and after a 101 the bytes pass both ways unparsed until
+either side closes (any other answer is passed on, then the connection is closed).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Protocol, cast
 import httptools
 
 from gateway.connections import ConnectionTable, Verdict
-from gateway.flow import BODY_BUFFERED, PIPELINED, STOPPED, FlowControl
+from gateway.flow import BODY_BUFFERED, PIPELINED, STOPPED, UPGRADING, FlowControl
 from gateway.request import BodyIncomplete, Failure, Request, TooLarge
 from gateway.upstream import HOP_BY_HOP, UpstreamConnection
 
@@ -52,6 +56,18 @@ class RequestHandler(Protocol):
     async def handle(self, conn: ClientConnection, req: Request) -> None: ...
 
 
+class Splice:
+    """An upgrade of a client connection: asked (waiting for the instance's answer),
+    then spliced (the client's bytes go to the instance unparsed)."""
+
+    __slots__ = ("early", "spliced")
+
+    def __init__(self, early: bytes) -> None:
+        # What the client sent after its upgrade request, before the tunnel opened.
+        self.early = early
+        self.spliced = False
+
+
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -61,6 +77,11 @@ def _reason(status: int) -> bytes:
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, answers them in order, one at a time."""
+
+    # Set on the instance only when it upgrades. Not in __init__: CPython 3.11 keeps the
+    # attributes of instances compact and fast (shared keys) up to 30 of them, and a
+    # plain connection already has 29.
+    _splice: Splice | None = None
 
     def __init__(self, front: RequestHandler, table: ConnectionTable[ClientConnection]) -> None:
         self.front = front
@@ -132,13 +153,17 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
+            splice = self._splice
+            if splice is not None:
+                if not splice.spliced:
+                    splice.early += data  # read before the pause took effect: for the tunnel
+                elif self.upstream is not None:
+                    self.upstream.write(data)
             return  # the parser gave up: the rest is not read
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self.queue and self.current is None:
-                self.queue.pop()  # the upgrade request itself: answered 501 instead
-            self._stop((501, "not_implemented", "protocol upgrades are not supported"))
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_requested(data[e.args[0] :])
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, TooLarge):
@@ -153,6 +178,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
+        splice = self._splice
+        if splice is not None and splice.spliced and self.upstream is not None:
+            self.upstream.close()  # the tunnel ends with either side
         self.table.remove(self)
         self.front.connections.discard(self)
         self._read_phase = 0
@@ -200,6 +228,38 @@ class ClientConnection(asyncio.Protocol):
             phase, self._held_phase = self._held_phase, 0
             if phase:
                 self._set_read_timer(phase, self._timeout_of(phase))
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The parser stopped at an upgrade request: a websocket to a function is passed
+        on (the bytes after it wait for the tunnel); anything else is 501."""
+        req = self.queue[-1] if self.queue and self.current is None else None
+        upgrade = b""
+        if req is not None and req.url.startswith(FUNCTION_PATH):
+            upgrade = next((v for n, v in req.headers if n.lower() == b"upgrade"), b"")
+        if upgrade.lower() != b"websocket":
+            if req is not None:
+                self.queue.pop()  # the upgrade request itself: answered 501 instead
+            self._stop((501, "not_implemented", "only websocket upgrades to functions"))
+            return
+        assert req is not None
+        req.upgrade = upgrade
+        req.keep_alive = False  # no HTTP after it, whatever the answer
+        self._parsing = False
+        self._splice = Splice(rest)
+        self._hold(UPGRADING)
+
+    def upgraded(self, up: UpstreamConnection) -> None:
+        """The instance answered 101 (written through already): splice the two."""
+        splice = self._splice
+        assert splice is not None
+        splice.spliced = True
+        if self.gone:  # left while the instance was answering: end the tunnel at once
+            up.close()
+            return
+        early, splice.early = splice.early, b""
+        if early:
+            up.write(early)
+        self._release(UPGRADING)
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -438,6 +498,9 @@ class ClientConnection(asyncio.Protocol):
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], has_length: bool
     ) -> None:
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
+        if status == 101:  # hop-by-hop, but the protocol switched to is the answer itself
+            upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), b"websocket")
+            out.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
         for name, value in headers:
             lname = name.lower()
             if lname in NOT_PASSED:
@@ -449,7 +512,7 @@ class ClientConnection(asyncio.Protocol):
         self._chunked_out = not has_length and not self._head_only and status not in NO_BODY_STATUS
         if self._chunked_out:
             out.append(b"Transfer-Encoding: chunked\r\n")
-        if not self._keep_alive:
+        if not self._keep_alive and status != 101:
             out.append(b"Connection: close\r\n")
         out.append(b"\r\n")
         self.status = status

@@ -2,6 +2,8 @@
 
 The request goes out on a pooled kept-alive connection; the response is written through
 to a sink: the client's connection (`http1.ClientConnection`) or a `BufferedResponse`.
+An upgrade (a websocket) is one exchange too: after the instance's 101 it lasts until
+either side closes, within the function's time limit plus a grace.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from gateway.upstream import (
 
 KEY_RE = re.compile(rb"^kpl_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$")
 OURS = frozenset((b"x-kapal-request-id", b"x-kapal-deadline", b"x-forwarded-for"))
+# A tunnel outlives the runtime's own deadline by this much: the runtime closes it first
+# (1001), and the instance is not taken for one that stopped answering.
+UPGRADE_GRACE_S = 5.0
 
 
 class ExchangeSink(Sink, Protocol):
@@ -67,6 +72,16 @@ class BufferedResponse:
     def flush(self) -> None:
         pass
 
+    # Requests made inside Kapal never ask for an upgrade.
+    def upgraded(self, up: UpstreamConnection) -> None:
+        raise AssertionError("a buffered response is never upgraded")
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     @property
     def data(self) -> bytes:
         return b"".join(self.chunks)
@@ -102,6 +117,8 @@ def request_head(
         out.append(b"host: kapal\r\n")
     out.append(b"x-forwarded-for: " + forwarded + peer + b"\r\n")
     out.append(ours)
+    if req.upgrade:
+        out.append(b"connection: upgrade\r\nupgrade: " + req.upgrade + b"\r\n")
     if req.chunked:
         out.append(b"transfer-encoding: chunked\r\n")
     elif req.content_length is not None:
@@ -125,7 +142,8 @@ async def exchange(
     Raises TimeoutError past `timeout_s`, UpstreamLost or OSError when the upstream fails.
     """
     loop = upstreams.loop
-    deadline = loop.time() + timeout_s
+    upgrade = bool(req.upgrade)
+    deadline = loop.time() + timeout_s + (UPGRADE_GRACE_S if upgrade else 0.0)
     head_only = req.method == b"HEAD"
     # A small body that has fully arrived goes out with the head in one write, and the
     # exchange may be retried on a fresh connection when a kept-alive one was stale.
@@ -139,7 +157,7 @@ async def exchange(
                 async with asyncio.timeout_at(deadline):
                     up = await upstreams.connect(address)
             sink.prepare(up, extra, head_only)
-            done = up.begin(sink, head_only)
+            done = up.begin(sink, head_only, upgrade)
             upstreams.watch(done, deadline)
             try:
                 up.write(payload)

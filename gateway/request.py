@@ -113,6 +113,7 @@ class Request:
         "headers",
         "keep_alive",
         "method",
+        "upgrade",
         "url",
     )
 
@@ -125,6 +126,9 @@ class Request:
         self.chunked = False
         self.content_length: int | None = None
         self.expect_continue = False
+        # The protocol the client switches to once the instance answers 101 (b"websocket");
+        # b"" for a plain request.
+        self.upgrade = b""
         self.body = Body(conn)
 
     @property

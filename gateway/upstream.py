@@ -2,6 +2,8 @@
 
 The invocation hot path: asyncio protocols parsed by httptools, with the response
 written straight through to a sink (the caller's connection) from parser callbacks.
+An exchange that asked for an upgrade and got 101 becomes a tunnel: the instance's bytes
+go to the sink as they come until the connection closes, which ends the exchange.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ class Sink(Protocol):
 
     def flush(self) -> None: ...
 
+    # Only sinks of requests that ask for an upgrade get these three calls.
+    def upgraded(self, up: UpstreamConnection) -> None:
+        """The instance answered 101: the client's bytes now go to `up`."""
+
+    def pause_reading(self) -> None:
+        """A tunnel's instance reads too slowly: stop reading the client."""
+
+    def resume_reading(self) -> None: ...
+
 
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, address: str) -> None:
@@ -81,6 +92,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._started = False
         self._busy = False
         self._write_paused: asyncio.Future[None] | None = None
+        # The exchange asks to switch protocols; once answered 101, bytes pass through.
+        self._upgrade = False
+        self.tunnel = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -90,8 +104,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
+        if self.tunnel:
+            if sink is not None:
+                sink.body(data)
+                sink.flush()
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            if sink is not None and self.tunnel:
+                sink.upgraded(self)
+                rest = data[e.args[0] :]
+                if rest:  # the instance's first frames, in the same read as its 101
+                    sink.body(rest)
         except httptools.HttpParserError as e:
             self._fail(f"bad response from instance: {e}")
             self.close()
@@ -100,17 +125,24 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail("instance closed the connection")
+        if self.tunnel:
+            self._finish()  # either side closing is how a tunnel ends
+        else:
+            self._fail("instance closed the connection")
         if self._write_paused is not None and not self._write_paused.done():
             self._write_paused.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = asyncio.get_running_loop().create_future()
+        if self.tunnel and self._sink is not None:
+            self._sink.pause_reading()
 
     def resume_writing(self) -> None:
         if self._write_paused is not None and not self._write_paused.done():
             self._write_paused.set_result(None)
         self._write_paused = None
+        if self.tunnel and self._sink is not None:
+            self._sink.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------------
 
@@ -122,7 +154,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if status < 200:  # an interim response (100 Continue): not the answer
+        if status < 200:
+            if status == 101:
+                if not self._upgrade:
+                    self._fail("bad response from instance: 101 to a request asking no upgrade")
+                    self.close()
+                    return
+                # Switching protocols: httptools stops at the end of this head.
+                self._started = self.tunnel = True
+                if self._sink is not None:
+                    self._sink.start(status, self._reason, self._headers, True)
+                return
+            # An interim response (100 Continue): not the answer.
             self._headers, self._reason = [], b""
             return
         if status == 503 and any(
@@ -130,26 +173,37 @@ class UpstreamConnection(asyncio.Protocol):
         ):
             self._busy = True  # answered to us, not to the client
             if self._head_only:
-                self.reusable = False
-                self._finish()
+                self._end_head()
             return
         has_length = any(n.lower() == b"content-length" for n, _ in self._headers)
         self._started = True
         if self._sink is not None:
             self._sink.start(status, self._reason, self._headers, has_length)
         if self._head_only:
-            # A HEAD response has no body but may announce one: httptools would wait for
-            # it, so finish here and do not reuse this connection.
-            self.reusable = False
-            self._finish()
+            self._end_head()
 
     def on_body(self, body: bytes) -> None:
         if self._sink is not None and not self._busy:
             self._sink.body(body)
 
     def on_message_complete(self) -> None:
+        if self.tunnel:
+            return  # a 101's head: the exchange goes on until the connection closes
+        if self._done is None:
+            return  # a HEAD response announcing no body: already finished
         if not self.parser.should_keep_alive():
             self.reusable = False
+        self._finish()
+
+    def _end_head(self) -> None:
+        """A HEAD response is complete with its head, whatever length it announces.
+
+        httptools cannot be told the request was HEAD and would wait for the announced
+        body, so the next exchange gets a parser of its own and the connection is kept.
+        """
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        self.parser = httptools.HttpResponseParser(self)
         self._finish()
 
     # -- exchanges ---------------------------------------------------------------------
@@ -180,10 +234,14 @@ class UpstreamConnection(asyncio.Protocol):
         if done is not None and not done.done():
             done.set_exception(UpstreamLost(message, response_started=started))
 
-    def begin(self, sink: Sink, head_only: bool) -> asyncio.Future[None]:
+    def begin(self, sink: Sink, head_only: bool, upgrade: bool = False) -> asyncio.Future[None]:
         """Start an exchange; the caller then writes the request and awaits the future."""
         self._sink = sink
         self._head_only = head_only
+        self._upgrade = upgrade
+        if upgrade:
+            # Refused or not, the instance may take what follows for the new protocol.
+            self.reusable = False
         self._started = False
         self.used += 1
         self._done = self._loop.create_future()

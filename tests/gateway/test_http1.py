@@ -274,14 +274,104 @@ async def test_an_error_after_a_pipelined_request_waits_for_its_answer() -> None
     assert t.closed
 
 
-async def test_an_upgrade_is_501() -> None:
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /fn/echo HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+    ],
+)
+async def test_an_upgrade_other_than_a_websocket_to_a_function_is_501(head: bytes) -> None:
     front = Front()
     conn, t = connect(front)
-    conn.data_received(b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+    conn.data_received(head)
     await settle()
     [(status, _, body)] = responses(bytes(t.written))
     assert status == 501 and error_code(body) == "not_implemented"
     assert not front.handled
+
+
+class TunnelUpstream(Upstream):
+    """The instance's connection once it answered 101: collects what the client sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class UpgradingFront(Front):
+    """Answers an upgrade the way an instance that accepts it does, then holds the tunnel."""
+
+    def __init__(self, accept: bool = True) -> None:
+        super().__init__()
+        self.accept = accept
+        self.tunnel = TunnelUpstream()
+
+    async def handle(self, conn: ClientConnection, req: Request) -> None:
+        self.handled.append(req)
+        up = self.tunnel
+        conn.prepare(up, b"X-Kapal-Request-Id: r1\r\n", False)  # type: ignore[arg-type]
+        if not self.accept:
+            conn.start(400, b"Bad Request", [(b"Content-Length", b"2")], True)
+            conn.body(b"no")
+            conn.end()
+            conn.flush()
+            return
+        upgrade = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-X", b"y")]
+        conn.start(101, b"Switching Protocols", upgrade, True)
+        conn.flush()
+        conn.upgraded(up)  # type: ignore[arg-type]
+        await up.closed.wait()
+        conn.end()
+
+
+UPGRADE = (
+    b"GET /fn/echo/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n"
+)
+
+
+async def test_a_websocket_upgrade_is_spliced_both_ways_until_the_client_leaves() -> None:
+    front = UpgradingFront()
+    conn, t = connect(front)
+    conn.data_received(UPGRADE + b"early")  # the client's first frame, before the 101
+    await settle()
+    [req] = front.handled
+    assert req.upgrade == b"websocket"
+    head, _, rest = bytes(t.written).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 101 Switching Protocols"
+    assert b"Connection: Upgrade" in lines and b"Upgrade: websocket" in lines
+    assert b"Sec-X: y" in lines and b"X-Kapal-Request-Id: r1" in lines
+    assert not any(line.startswith(b"Transfer-Encoding") for line in lines)
+    assert rest == b"" and front.tunnel.written == b"early"
+    assert t.reading  # reading resumed once spliced
+    conn.data_received(b"\x81\x02hi")  # not parsed as HTTP: passed on
+    assert front.tunnel.written == b"early\x81\x02hi"
+    conn.body(b"\x81\x03bye")  # the instance's bytes, as its connection passes them
+    conn.flush()
+    assert bytes(t.written).endswith(b"\r\n\r\n\x81\x03bye")
+    t.close()
+    await settle()
+    assert front.tunnel.closed.is_set()
+
+
+async def test_a_refused_upgrade_is_answered_then_the_connection_closed() -> None:
+    front = UpgradingFront(accept=False)
+    conn, t = connect(front)
+    conn.data_received(UPGRADE)
+    await settle()
+    [(status, headers, body)] = responses(bytes(t.written))
+    assert (status, body) == (400, b"no")
+    assert headers["connection"] == "close"
+    assert t.closed
 
 
 async def test_a_client_gone_mid_body_ends_the_exchange_without_an_answer() -> None:

@@ -22,6 +22,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "already_initialized": (409, "init"),
     "not_found": (404, "runtime"),
     "method_not_allowed": (405, "runtime"),
+    "websocket_not_supported": (400, "request"),
+    "invalid_websocket": (400, "request"),
+    "websocket_refused": (403, "request"),
 }
 
 

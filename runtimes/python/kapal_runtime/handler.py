@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from multidict import CIMultiDict
 
 from kapal_runtime.event import Context, Event
+from kapal_runtime.stream import Stream, is_stream
 from kapal_runtime.threads import HandlerThreads
 
 CONTENT_TYPE = "Content-Type"
@@ -37,11 +38,11 @@ class InvalidReturnValue(ValueError):
 
 @dataclass(slots=True)
 class Reply:
-    """A response ready to send: status, headers and body bytes."""
+    """A response ready to send: status, headers and body bytes (or a body made as sent)."""
 
     status: int
     headers: CIMultiDict[str]
-    body: bytes
+    body: bytes | Stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,8 @@ def to_reply(value: object) -> Reply:
     """Adapt a handler's return value.
 
     None → 204; str → text; bytes → octet-stream; a dict with "statusCode" → that response
-    (AWS Lambda / OpenFaaS style); anything else → 200 JSON.
+    (AWS Lambda / OpenFaaS style); an iterator or async iterator → a streamed body
+    (stream.py); anything else → 200 JSON.
     """
     if value is None:
         return Reply(204, CIMultiDict(), b"")
@@ -171,6 +173,8 @@ def to_reply(value: object) -> Reply:
         return Reply(200, CIMultiDict({CONTENT_TYPE: BINARY_TYPE}), bytes(value))
     if isinstance(value, dict) and "statusCode" in value:
         return _from_response_dict(value)
+    if is_stream(value):
+        return Reply(200, CIMultiDict(), Stream(value))
     return Reply(200, CIMultiDict({CONTENT_TYPE: JSON_TYPE}), to_json(value))
 
 
@@ -199,6 +203,8 @@ def _from_response_dict(value: Mapping[str, Any]) -> Reply:
     if isinstance(body, bytes | bytearray | memoryview):
         headers.setdefault(CONTENT_TYPE, BINARY_TYPE)
         return Reply(status, headers, bytes(body))
+    if is_stream(body):
+        return Reply(status, headers, Stream(body))
     headers.setdefault(CONTENT_TYPE, JSON_TYPE)
     return Reply(status, headers, to_json(body))
 

@@ -26,10 +26,12 @@ from kapal_runtime.event import Context, Event, InvalidJSONBody
 from kapal_runtime.handler import LoadedHandler
 from kapal_runtime.log import describe, log_event, log_traceback
 from kapal_runtime.logport import LogPort
+from kapal_runtime.stream import Stream, StreamSender
 from kapal_runtime.styles import Handler, load_handler
 from kapal_runtime.styles.adapter import StyleHandler
 from kapal_runtime.styles.request import HttpRequest
 from kapal_runtime.threads import HandlerThreads
+from kapal_runtime.websocket import WebSocket, WebSocketHandler, find_handler, is_websocket
 
 DEADLINE = "X-Kapal-Deadline"
 
@@ -61,6 +63,8 @@ class Runtime:
         self.version = config.version
         self.state = State.PREWARM
         self.handler: Handler | None = None
+        # The function's `websocket(ws, context)`, when it accepts websockets.
+        self.websocket: WebSocketHandler | None = None
         # (code, one-line message) answered by health and invocations once FAILED.
         self.failure: tuple[str, str] = ("handler_load_failed", "")
         self.concurrency = config.concurrency
@@ -74,12 +78,15 @@ class Runtime:
         started = time.perf_counter()
         try:
             handler = load_handler(spec, style, self.config.code_dir, self.function, self.version)
+            # Native handlers only: other styles bring their own (an ASGI app's websockets).
+            websocket = find_handler(spec) if isinstance(handler, LoadedHandler) else None
         except (Exception, SystemExit) as exc:
             log_traceback(exc)
             self._fail("handler_load_failed", describe(exc))
             log_event("handler_load_failed", "error", handler=spec, error=self.failure[1])
             return False
         self.handler = handler
+        self.websocket = websocket
         self.state = State.READY
         log_event(
             "handler_loaded",
@@ -87,6 +94,7 @@ class Runtime:
             style=handler.style,
             is_async=handler.is_async,
             takes_context=handler.takes_context if isinstance(handler, LoadedHandler) else None,
+            websocket=websocket is not None,
             load_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return True
@@ -122,7 +130,7 @@ class Runtime:
             return await self._control(request, path, request_id)
         return await self._invoke(request, path, request_id)
 
-    async def _invoke(self, request: web.Request, path: str, request_id: str) -> web.Response:
+    async def _invoke(self, request: web.Request, path: str, request_id: str) -> web.StreamResponse:
         handler = self.handler
         if handler is None:
             if self.state is State.FAILED:
@@ -135,6 +143,8 @@ class Runtime:
         capture = self.capture
         token = capture.begin(request_id) if capture is not None else None
         try:
+            if is_websocket(request):
+                return await self._websocket(request, path, request_id)
             return await self._run(handler, request, path, request_id)
         finally:
             self._open -= 1
@@ -143,7 +153,7 @@ class Runtime:
 
     async def _run(
         self, handler: Handler, request: web.Request, path: str, request_id: str
-    ) -> web.Response:
+    ) -> web.StreamResponse:
         headers = request.headers
         deadline = _deadline(headers.get(DEADLINE), self.config.timeout_s)
         try:
@@ -157,26 +167,83 @@ class Runtime:
         task = asyncio.current_task()
         assert task is not None
         self.deadlines.watch(task, deadline)
+        sender: StreamSender | None = None
         try:
             if isinstance(handler, LoadedHandler):
                 event = Event(body, headers, request.method, path, request.query)
                 reply = await handler.run(event, context, self.threads)
             else:
                 reply = await handler.run(HttpRequest.of(request, body), context, self.threads)
+            reply.headers[REQUEST_ID] = request_id
+            out = reply.body
+            if isinstance(out, Stream):
+                sender = StreamSender(request, reply.status, reply.headers, out, self.threads)
+                return await sender.send()
         except asyncio.CancelledError:
             if not self.deadlines.release(task):
                 raise  # shutting down, not late
             log_event("handler_timeout", "warning", request_id=request_id)
+            if sender is not None and sender.started:
+                return sender.cut()
             return error("timeout", "the handler did not finish by the deadline", request_id)
         except InvalidJSONBody as exc:
             return error("invalid_json", str(exc), request_id)
         except (Exception, SystemExit) as exc:
             log_traceback(exc)
+            if sender is not None and sender.started:
+                return sender.cut()
             return error("handler_error", describe(exc), request_id)
         finally:
             self.deadlines.release(task)
-        reply.headers[REQUEST_ID] = request_id
-        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+        return web.Response(status=reply.status, body=out, headers=reply.headers)
+
+    async def _websocket(
+        self, request: web.Request, path: str, request_id: str
+    ) -> web.StreamResponse:
+        """An upgrade to a websocket: the function's `websocket(ws, context)` runs for the
+        life of the connection, within the invocation's deadline."""
+        accept = self.websocket
+        if accept is None:
+            message = (
+                f"function {self.function} does not accept websockets"
+                " (its handler module defines no `async def websocket(ws, context)`)"
+            )
+            return _closing(error("websocket_not_supported", message, request_id))
+        if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
+            message = "not a valid websocket handshake (GET with Sec-WebSocket-Key and -Version)"
+            return _closing(error("invalid_websocket", message, request_id))
+        headers = request.headers
+        deadline = _deadline(headers.get(DEADLINE), self.config.timeout_s)
+        event = Event(b"", headers, request.method, path, request.query)
+        context = Context(self.function, self.version, request_id, deadline)
+        ws = WebSocket(request, event, self.config.max_body_bytes)
+        task = asyncio.current_task()
+        assert task is not None
+        self.deadlines.watch(task, deadline)
+        try:
+            await accept(ws, context)
+        except asyncio.CancelledError:
+            if not self.deadlines.release(task):
+                raise
+            log_event("handler_timeout", "warning", request_id=request_id)
+            if ws.response is None:
+                message = "the handler did not finish by the deadline"
+                return _closing(error("timeout", message, request_id))
+            await ws.close(1001, "the function's time limit passed")
+            return ws.response
+        except (Exception, SystemExit) as exc:
+            log_traceback(exc)
+            if ws.response is None:
+                return _closing(error("handler_error", describe(exc), request_id))
+            await ws.close(1011, "the function failed")
+            return ws.response
+        finally:
+            self.deadlines.release(task)
+        if ws.response is None:
+            message = "the function's websocket handler refused the connection"
+            return _closing(error("websocket_refused", message, request_id))
+        await ws.close()
+        return ws.response
 
     async def _control(self, request: web.Request, path: str, request_id: str) -> web.Response:
         if path == "/_/health":
@@ -363,6 +430,12 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def _closing(response: web.Response) -> web.Response:
+    # An upgrade refused: what the client sends next may be websocket frames, not HTTP.
+    response.force_close()
+    return response
 
 
 def _busy(request: web.Request, limit: int, request_id: str) -> web.Response:
