@@ -42,6 +42,15 @@ def remove_if_unused(
         log(f"removed the replaced image {old_id[:19]}")
 
 
+def remove_other_tags(client: docker.DockerClient, repository: str, keep: str) -> None:
+    """Untag a repository's images made from older recipes, except `keep`."""
+    for image in client.images.list(name=repository):
+        for ref in image.tags:
+            if ref != keep:
+                with contextlib.suppress(APIError):  # in use by a container of another checkout
+                    client.images.remove(ref)
+
+
 @contextlib.contextmanager
 def api_timeout(client: docker.DockerClient, seconds: int) -> Iterator[None]:
     """Give the engine calls inside more (or less) time than the client's default."""

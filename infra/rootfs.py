@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -96,7 +96,7 @@ def _from_debootstrap(
         log(f"os layer: debootstrap took {time.monotonic() - started:.0f} s; trimming")
         _trim(rootfs)
         log("os layer: importing the root filesystem")
-        new = _import(client, rootfs, recipe, labels)
+        new = import_rootfs(client, rootfs, recipe.image, recipe.changes, labels)
         log(f"os layer: imported {recipe.image} ({new[:19]})")
         return new
     finally:
@@ -158,10 +158,15 @@ def _empty_dir(path: Path) -> None:
                 entry.unlink()
 
 
-def _import(
-    client: docker.DockerClient, rootfs: Path, recipe: OsRecipe, labels: dict[str, str]
+def import_rootfs(
+    client: docker.DockerClient,
+    rootfs: Path,
+    image: str,
+    changes: Sequence[str],
+    labels: Mapping[str, str],
 ) -> str:
-    changes = [*recipe.changes, *(f"LABEL {key}={value}" for key, value in labels.items())]
+    """`docker import` a root filesystem folder as `image` (streamed); its image id."""
+    changes = [*changes, *(f"LABEL {key}={value}" for key, value in labels.items())]
     tar = subprocess.Popen(
         ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
         stdin=subprocess.DEVNULL,
@@ -169,7 +174,7 @@ def _import(
     )
     assert tar.stdout is not None
     try:
-        repository, tag = recipe.image.split(":")
+        repository, tag = image.split(":")
         with api_timeout(client, IMPORT_TIMEOUT):
             client.api.import_image(
                 src=_chunks(tar.stdout),
@@ -183,9 +188,9 @@ def _import(
         code = tar.wait()
     if code != 0:
         raise InfraError(f"tar of the root filesystem failed with exit code {code}")
-    new = image_id(client, recipe.image)
+    new = image_id(client, image)
     if new is None:
-        raise InfraError(f"docker import did not produce {recipe.image}")
+        raise InfraError(f"docker import did not produce {image}")
     return new
 
 

@@ -24,7 +24,7 @@ from docker.types import IPAMConfig, IPAMPool
 
 from infra.errors import InfraError
 from infra.host import Log
-from infra.imagestore import build, image_labels
+from infra.imagestore import build, image_labels, remove_other_tags
 from infra.recipes import BASE_LABEL, INPUTS_LABEL, OsRecipe, os_inputs_hash, wheel_arch
 from infra.rootfs import ensure_os_image, remove_tree
 
@@ -136,11 +136,7 @@ def node_image(client: docker.DockerClient, log: Log = print) -> str:
         entrypoint.chmod(0o755)
         (context / "Dockerfile").write_text(NODE_DOCKERFILE)
         build(client, context, tag, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
-    for image in client.images.list(name=NODE_REPO):
-        for ref in image.tags:
-            if ref != tag:
-                with contextlib.suppress(APIError):  # in use by a node of another checkout
-                    client.images.remove(ref)
+    remove_other_tags(client, NODE_REPO, tag)
     return tag
 
 
