@@ -15,6 +15,7 @@ from infra.engine import Engine, ensure_engine, stop_engine, stop_recorded_engin
 from infra.errors import InfraError
 from infra.images import ensure_base_images
 from infra.postgres import Postgres, ensure_postgres, stop_recorded_postgres
+from infra.registry import REGISTRY_TOOLS
 from infra.state import state_dir
 from infra.swarm import swarm_down, swarm_up
 
@@ -23,7 +24,6 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 # Commands the tests use beyond the engine (command -> Debian package), installed when
 # missing: wrk for the load tests, Chromium for the dashboard's browser tests, and for the
 # image-function tests a registry on the host (distribution's) with htpasswd credentials.
-REGISTRY_TOOLS = {"docker-registry": "docker-registry", "htpasswd": "apache2-utils"}
 TEST_TOOLS = {"wrk": "wrk", "chromium": "chromium", **REGISTRY_TOOLS}
 
 USAGE = """\

@@ -16,25 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from infra import host
-from infra.commands import REGISTRY_TOOLS
+from infra.registry import REGISTRY_TOOLS, htpasswd_entry, registry_config
 from tests.support import free_port
-
-CONFIG = """\
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {root}/data
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-auth:
-  htpasswd:
-    realm: kapal-test
-    path: {root}/htpasswd
-"""
 
 
 class Registry:
@@ -48,14 +31,9 @@ class Registry:
 
     def start(self) -> None:
         host.ensure_commands(REGISTRY_TOOLS)
-        line = subprocess.run(
-            ["htpasswd", "-Bbn", self.username, self.password],
-            check=True,
-            capture_output=True,
-        ).stdout
-        (self.root / "htpasswd").write_bytes(line)
+        (self.root / "htpasswd").write_bytes(htpasswd_entry(self.username, self.password))
         config = self.root / "config.yml"
-        config.write_text(CONFIG.format(root=self.root, port=self.port))
+        config.write_text(registry_config(self.host, f"{self.root}/data", f"{self.root}/htpasswd"))
         with open(self.root / "registry.log", "wb") as err:  # the child keeps its own copy
             self._proc = subprocess.Popen(
                 ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=err
