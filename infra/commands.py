@@ -33,8 +33,8 @@ usage: python -m infra COMMAND [ARGS]
   up               setup, start Postgres, run the gateway until Ctrl-C
   test [ARGS...]   setup (and wrk, chromium), run pytest with ARGS, stop what was started
   down             stop a Postgres or dockerd that an earlier `up` left running
-  swarm up [N]     a local Docker Swarm of N (default 3) docker-in-docker nodes
-  swarm down       remove the local swarm, its nodes and their data
+  swarm up [N]     a local Docker Swarm of N (default 3) docker-in-docker nodes and a registry
+  swarm down       remove the local swarm, its nodes, its registry and their data
 """
 
 
@@ -146,7 +146,10 @@ def cmd_swarm(args: list[str]) -> int:
         print(f"  {node.name}  {node.address}  {'manager' if node.manager else 'worker'}")
     print(
         f"\nThe manager's engine: DOCKER_HOST={swarm.manager.api_url} docker node ls\n"
-        f"Overlay network for functions: {swarm.overlay}. `python -m infra swarm down` removes it."
+        f"Overlay network for functions: {swarm.overlay}.\n"
+        f"Registry: push from this host to {swarm.registry.push}/NAME:TAG; "
+        f"nodes pull {swarm.registry.address}/NAME@sha256:...\n"
+        "`python -m infra swarm down` removes it all."
     )
     if engine.started_by_us:
         print(f"dockerd keeps running (pid {engine.started_pid}); `python -m infra down` stops it")

@@ -6,7 +6,9 @@ bridge with fixed addresses that only this machine reaches; the first one is the
 manager. The host talks to every node's engine over TCP on that bridge (no TLS: nothing
 but this machine can reach it). Everything carries the label `kapal.swarm=NAME`, so
 `down` finds it from any process, and a node's `/var/lib/docker` is a folder of the
-host's (overlay2 inside needs a real filesystem under it), removed with the node.
+host's (overlay2 inside needs a real filesystem under it), removed with the node. A
+registry of Kapal's own (infra/registry.py) sits on the same bridge: the host pushes
+images to it, the nodes pull them from it.
 """
 
 import contextlib
@@ -26,6 +28,7 @@ from infra.errors import InfraError
 from infra.host import Log
 from infra.imagestore import build, image_labels, remove_other_tags
 from infra.recipes import BASE_LABEL, INPUTS_LABEL, OsRecipe, os_inputs_hash, wheel_arch
+from infra.registry import REGISTRY_PORT, RunningRegistry, registry_image, start_registry
 from infra.rootfs import ensure_os_image, remove_tree
 
 SWARM_LABEL = "kapal.swarm"
@@ -77,6 +80,8 @@ BRIDGE_SUBNET = "10.213.0.0/24"
 BRIDGE_GATEWAY = "10.213.0.1"
 NODE_BIP = "10.214.{index}.1/24"
 NODE_POOL = "base=10.215.0.0/16,size=24"
+# The swarm's registry on the bridge, before the nodes' addresses (10.213.0.11...).
+REGISTRY_IP = "10.213.0.2"
 SWARM_POOL = "10.216.0.0/16"
 OVERLAY_SUBNET = "10.217.0.0/24"
 
@@ -109,12 +114,14 @@ class SwarmNode:
 
 @dataclass(frozen=True)
 class LocalSwarm:
-    """A running local swarm: its nodes (the manager first) and its overlay network."""
+    """A running local swarm: its nodes (the manager first), overlay network and registry."""
 
     name: str
     nodes: tuple[SwarmNode, ...]
     # Attachable overlay network that function tasks (and gateways) join.
     overlay: str
+    # Images pushed from the host to `registry.push` are pulled by nodes from `registry.address`.
+    registry: RunningRegistry
 
     @property
     def manager(self) -> SwarmNode:
@@ -149,13 +156,15 @@ def swarm_up(
     insecure_registries: tuple[str, ...] = (),
     log: Log = print,
 ) -> LocalSwarm:
-    """Start `nodes` nodes and join them into a swarm with an overlay network.
+    """Start `nodes` nodes and join them into a swarm with an overlay network, beside a
+    registry they pull from (`insecure_registries` are more for their engines to trust).
 
     A swarm of that name left by an earlier run is removed first: this one is new.
     """
     if not 1 <= nodes <= 9:
         raise InfraError(f"a local swarm has 1 to 9 nodes, not {nodes}")
     image = node_image(client, log)
+    registry_tag = registry_image(client, log)
     swarm_down(client, state, name=name, log=log)
     started = time.monotonic()
     bridge = f"{name}-swarm"
@@ -169,23 +178,35 @@ def swarm_up(
         SwarmNode(f"{name}-node-{i}", f"10.213.0.{10 + i}", manager=i == 1)
         for i in range(1, nodes + 1)
     )
+    trusted = (f"{REGISTRY_IP}:{REGISTRY_PORT}", *insecure_registries)
     try:
         for index, node in enumerate(members, start=1):
-            _start_node(client, image, node, index, bridge, state / name, name, insecure_registries)
+            _start_node(client, image, node, index, bridge, state / name, name, trusted)
+        # Started while the nodes' engines come up.
+        registry = start_registry(
+            client,
+            registry_tag,
+            state / name / "registry",
+            name=f"{name}-registry",
+            network=bridge,
+            ip=REGISTRY_IP,
+            labels={SWARM_LABEL: name},
+        )
         for node in members:
             _wait_for_engine(node)
         overlay = _form_swarm(name, members)
     except BaseException:
         swarm_down(client, state, name=name, log=log)
         raise
-    log(f"swarm {name}: {nodes} nodes ready in {time.monotonic() - started:.1f} s")
-    return LocalSwarm(name, members, overlay)
+    log(f"swarm {name}: {nodes} nodes and a registry ready in {time.monotonic() - started:.1f} s")
+    return LocalSwarm(name, members, overlay, registry)
 
 
 def swarm_down(
     client: docker.DockerClient, state: Path, *, name: str = "kapal", log: Log = print
 ) -> bool:
-    """Remove the swarm's nodes, their folders and the bridge; True when there was one."""
+    """Remove the swarm's nodes, its registry, their folders and the bridge; True when
+    there was one."""
     found = False
     for container in client.containers.list(all=True, filters={"label": f"{SWARM_LABEL}={name}"}):
         container.remove(force=True, v=True)
@@ -200,15 +221,6 @@ def swarm_down(
     if found:
         log(f"swarm {name}: removed")
     return found
-
-
-def load_image(swarm: LocalSwarm, client: docker.DockerClient, tag: str) -> None:
-    """Copy a local image into every node's engine (`docker save | docker load`)."""
-    image = client.images.get(tag)
-    for node in swarm.nodes:
-        with node.engine(timeout=300) as engine:
-            # Streamed: the archive is never held whole.
-            engine.images.load(image.save(named=True))  # type: ignore[arg-type]  # requests streams an iterator
 
 
 def _node_inputs_hash(arch: str) -> str:
@@ -331,7 +343,6 @@ def _wait_for_nodes(engine: docker.DockerClient, count: int) -> None:
 __all__ = [
     "LocalSwarm",
     "SwarmNode",
-    "load_image",
     "node_image",
     "swarm_down",
     "swarm_up",

@@ -1,5 +1,8 @@
-"""A local swarm of docker-in-docker nodes, made on the real engine and taken down again."""
+"""A local swarm of docker-in-docker nodes and its registry, made on the real engine and
+taken down again."""
 
+import contextlib
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -7,13 +10,20 @@ from pathlib import Path
 
 import docker
 import pytest
+from docker.errors import APIError, NotFound
 
+from infra.errors import InfraError
 from infra.recipes import OS_IMAGE
-from infra.swarm import SWARM_LABEL, LocalSwarm, load_image, swarm_down, swarm_up
+from infra.registry import REGISTRY_PORT, push_image, registry_image, start_registry
+from infra.swarm import SWARM_LABEL, LocalSwarm, swarm_down, swarm_up
 
 pytestmark = pytest.mark.integration
 
 NAME = "kapal-test"
+# A second registry on the swarm's bridge, with a password; the nodes trust it from the start.
+PRIVATE_IP = "10.213.0.3"
+PRIVATE = f"{PRIVATE_IP}:{REGISTRY_PORT}"
+USER, PASSWORD = "swarm-tester", "s3cret-swarm-pass"
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +33,9 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def swarm(docker_client: docker.DockerClient, state: Path) -> Iterator[LocalSwarm]:
-    made = swarm_up(docker_client, state, name=NAME, nodes=3, log=lambda _: None)
+    made = swarm_up(
+        docker_client, state, name=NAME, nodes=3, insecure_registries=(PRIVATE,), log=lambda _: None
+    )
     try:
         yield made
     finally:
@@ -44,15 +56,26 @@ def test_three_nodes_join_one_swarm(swarm: LocalSwarm) -> None:
     assert swarm.overlay in networks
 
 
-def test_a_service_spreads_over_the_nodes_and_answers_on_each(
+def test_a_service_pulls_from_the_registry_spreads_and_answers_on_each_node(
     swarm: LocalSwarm, docker_client: docker.DockerClient
 ) -> None:
-    # The image goes to every node by hand here; Kapal's own images come from a registry.
-    docker_client.images.get(OS_IMAGE)  # made by the session's base-image set-up
-    load_image(swarm, docker_client, OS_IMAGE)
+    # Made by the session's base-image set-up; pushed from the host, pulled by the nodes.
+    digest = push_image(docker_client, OS_IMAGE, swarm.registry, "kapal-test/web", "1")
+    image = swarm.registry.reference("kapal-test/web", digest)
+    assert image.startswith("10.213.0.2:5000/kapal-test/web@sha256:")
+    with urllib.request.urlopen(f"http://{swarm.registry.push}/v2/_catalog") as response:
+        assert json.load(response)["repositories"] == ["kapal-test/web"]
+    # The push names (loopback port) are gone from the host; the image keeps its own.
+    assert not [
+        ref
+        for found in docker_client.images.list()
+        for ref in [*found.tags, *(found.attrs.get("RepoDigests") or [])]
+        if ref.startswith(swarm.registry.push)
+    ]
+    assert OS_IMAGE in docker_client.images.get(OS_IMAGE).tags
     with swarm.manager.engine() as engine:
         service = engine.services.create(
-            OS_IMAGE,
+            image,
             command=["python3", "-m", "http.server", "8080"],
             name="web",
             networks=[swarm.overlay],
@@ -77,7 +100,9 @@ def test_a_service_spreads_over_the_nodes_and_answers_on_each(
                 break
             time.sleep(0.2)
     assert len(tasks) == 3, "three tasks did not start in 60 s"
+    # The fresh nodes had no image at all: each one running a task pulled it by digest.
     assert len({t["NodeID"] for t in tasks}) >= 2
+    assert {t["Spec"]["ContainerSpec"]["Image"] for t in tasks} == {image}
     for task in tasks:
         port = task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]
         url = f"http://{addresses[task['NodeID']]}:{port}/"
@@ -91,6 +116,44 @@ def test_a_service_spreads_over_the_nodes_and_answers_on_each(
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+def test_a_registry_with_credentials_serves_only_who_logs_in(
+    swarm: LocalSwarm, docker_client: docker.DockerClient, state: Path
+) -> None:
+    payload = registry_image(docker_client, log=lambda _: None)  # a small image at hand
+    name = f"{NAME}-private-registry"
+    try:
+        registry = start_registry(
+            docker_client,
+            payload,
+            state / NAME / "private-registry",
+            name=name,
+            network=f"{NAME}-swarm",
+            ip=PRIVATE_IP,
+            labels={SWARM_LABEL: NAME},
+            credentials=(USER, PASSWORD),
+        )
+        with pytest.raises(InfraError, match="no basic auth credentials"):
+            push_image(docker_client, payload, registry, "kapal-test/private", "1")
+        digest = push_image(
+            docker_client, payload, registry, "kapal-test/private", "1", (USER, PASSWORD)
+        )
+        reference = registry.reference("kapal-test/private", digest)
+        with swarm.nodes[1].engine() as engine:
+            with pytest.raises(APIError, match="no basic auth credentials"):
+                engine.images.pull(reference)
+            with pytest.raises(APIError, match=r"(?i)unauthorized"):
+                engine.login(USER, "wrong", registry=registry.address)
+            assert engine.login(USER, PASSWORD, registry=registry.address)["Status"] == (
+                "Login Succeeded"
+            )
+            # The client now sends the login with each pull, as `docker login` makes the CLI do.
+            pulled = engine.images.pull(reference)
+        assert pulled.id == docker_client.images.get(payload).id
+    finally:
+        with contextlib.suppress(NotFound):
+            docker_client.api.remove_container(name, force=True, v=True)
 
 
 def test_down_leaves_nothing_behind(
