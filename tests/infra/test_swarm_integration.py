@@ -56,6 +56,22 @@ def test_three_nodes_join_one_swarm(swarm: LocalSwarm) -> None:
     assert swarm.overlay in networks
 
 
+def test_the_registry_is_labelled_limited_and_hardened(
+    swarm: LocalSwarm, docker_client: docker.DockerClient
+) -> None:
+    attrs = docker_client.api.inspect_container(swarm.registry.container)
+    config, host = attrs["Config"], attrs["HostConfig"]
+    assert config["Labels"][SWARM_LABEL] == NAME
+    assert config["User"] not in ("", "0", "root") and not config["User"].startswith("0:")
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Memory"] > 0 and host["PidsLimit"] > 0 and host["NanoCpus"] > 0
+    assert host["PortBindings"][f"{REGISTRY_PORT}/tcp"][0]["HostIp"] == "127.0.0.1"
+    networks = attrs["NetworkSettings"]["Networks"]
+    assert networks[f"{NAME}-swarm"]["IPAddress"] == swarm.registry.address.split(":")[0]
+
+
 def test_a_service_pulls_from_the_registry_spreads_and_answers_on_each_node(
     swarm: LocalSwarm, docker_client: docker.DockerClient
 ) -> None:
