@@ -1,6 +1,5 @@
 """Loading the function's handler once, calling it, and turning what it returns into a reply."""
 
-import asyncio
 import base64
 import binascii
 import contextvars
@@ -10,7 +9,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -63,15 +62,18 @@ class LoadedHandler:
             return to_reply(await self.call(event, context))
         # In a copy of this context: what the handler writes carries this invocation's tag.
         run_in_context = contextvars.copy_context().run
-        loop = asyncio.get_running_loop()
-        reply: Reply = await threads.run(run_in_context, self._run_sync, event, context, loop)
+        outcome = await threads.run(run_in_context, self._run_sync, event, context)
+        if inspect.iscoroutine(outcome):
+            # A sync wrapper around an async function: its coroutine runs here, on the loop
+            # (blocking the calling thread on it would wait for the loop to be handed on).
+            return to_reply(await outcome)
+        reply: Reply = outcome
         return reply
 
-    def _run_sync(self, event: Event, context: Context, loop: asyncio.AbstractEventLoop) -> Reply:
+    def _run_sync(self, event: Event, context: Context) -> Reply | Coroutine[Any, Any, Any]:
         result = self.call(event, context)
         if inspect.iscoroutine(result):
-            # A sync wrapper around an async function: run the coroutine on the loop.
-            result = asyncio.run_coroutine_threadsafe(result, loop).result()
+            return result
         # Serialising here keeps large JSON bodies off the event loop.
         return to_reply(result)
 

@@ -1,9 +1,9 @@
 """What every foreign handler style is to the server: one `run` per invocation, and the
 start-up and shutdown some of them need (ASGI's lifespan)."""
 
-import asyncio
 import contextvars
 import inspect
+from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from kapal_runtime.event import Context
@@ -62,15 +62,16 @@ class CallStyle(StyleHandler):
             return self.reply(await self.target(*self.arguments(request, context)))
         # In a copy of this context: what the handler writes carries this invocation's tag.
         run_in_context = contextvars.copy_context().run
-        loop = asyncio.get_running_loop()
-        reply: Reply = await threads.run(run_in_context, self._call, request, context, loop)
+        outcome = await threads.run(run_in_context, self._call, request, context)
+        if inspect.iscoroutine(outcome):
+            # A sync wrapper around an async function: its coroutine runs here, on the loop.
+            return self.reply(await outcome)
+        reply: Reply = outcome
         return reply
 
-    def _call(
-        self, request: HttpRequest, context: Context, loop: asyncio.AbstractEventLoop
-    ) -> Reply:
+    def _call(self, request: HttpRequest, context: Context) -> Reply | Coroutine[Any, Any, Any]:
         # Building the event and serialising the answer here keeps both off the event loop.
         result = self.target(*self.arguments(request, context))
         if inspect.iscoroutine(result):
-            result = asyncio.run_coroutine_threadsafe(result, loop).result()
+            return result
         return self.reply(result)
