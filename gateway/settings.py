@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +20,21 @@ class Settings(BaseSettings):
     database_url: str
     # Prefix of every container, network and image this gateway owns.
     namespace: str = Field(default="kapal", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    # What runs function instances: containers on one Docker engine ("docker"), or
+    # services of a Docker Swarm whose replica counts the autoscaler sets ("swarm").
+    backend: Literal["docker", "swarm"] = "docker"
+    # Engine API of a swarm manager (e.g. tcp://10.0.0.5:2375); unset: DOCKER_HOST or the
+    # local socket. Function images are built on that engine too.
+    swarm_manager: str | None = None
+    # The attachable overlay network function tasks and gateways share; default
+    # NAMESPACE-functions (made when missing).
+    swarm_network: str | None = None
+    # Registry function images are pushed to and pulled from by the swarm's nodes
+    # (host:port); required with the swarm backend.
+    registry: str | None = None
+    # Credentials for that registry (else the engine's docker config, if any).
+    registry_user: str | None = None
+    registry_password: SecretStr | None = None
     # Base image per runtime that function images are built FROM (`make up` and the tests
     # name the image of their checkout, tagged by its inputs).
     runtime_image_python: str = "kapal/runtime-python:latest"
@@ -148,6 +164,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be host:port, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _swarm_needs_registry(self) -> Settings:
+        if self.backend == "swarm" and not self.registry:
+            raise ValueError("KAPAL_BACKEND=swarm needs KAPAL_REGISTRY (host:port)")
+        if (self.registry_user is None) != (self.registry_password is None):
+            raise ValueError("KAPAL_REGISTRY_USER and KAPAL_REGISTRY_PASSWORD go together")
+        return self
+
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0]
@@ -165,6 +189,8 @@ class Settings(BaseSettings):
 
     @property
     def network(self) -> str:
+        if self.backend == "swarm" and self.swarm_network:
+            return self.swarm_network
         return f"{self.namespace}-functions"
 
     @property
