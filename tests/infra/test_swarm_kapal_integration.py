@@ -1,0 +1,176 @@
+"""Kapal's gateways as a service of a local swarm, over a Postgres reached by TCP.
+
+Run under `flock /tmp/kapal-swarm.lock`: the swarm's bridge and addresses are fixed, so
+one local swarm runs at a time on a machine.
+"""
+
+import json
+import os
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from infra.gateway_image import gateway_image
+from infra.postgres import TcpAccess, postmaster_pid, serve_over_tcp
+from infra.swarm import (
+    BRIDGE_GATEWAY,
+    POSTGRES_DIR,
+    SWARM_LABEL,
+    LocalSwarm,
+    swarm_down,
+    swarm_up,
+)
+from infra.swarm_kapal import (
+    create_admin_key,
+    deploy_gateways,
+    gateway_service,
+    remove_gateways,
+)
+
+pytestmark = pytest.mark.integration
+
+NAME = "swarm-stack"
+NAMESPACE = "kst"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    swarm: LocalSwarm
+    state: Path
+    urls: list[str]
+    admin_key: str
+    runtime_image: str
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    state = tmp_path_factory.mktemp("swarm-kapal")
+    runtime_image = os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"]  # the docker_client fixture's
+    image = gateway_image(docker_client, REPO_ROOT, quiet)
+    swarm = swarm_up(docker_client, state, name=NAME, nodes=3, log=quiet)
+    try:
+        tcp = TcpAccess(BRIDGE_GATEWAY, 5432, secrets.token_urlsafe(16))
+        database_url = serve_over_tcp(state / NAME / POSTGRES_DIR, tcp)
+        urls = deploy_gateways(
+            docker_client,
+            swarm,
+            image=image,
+            runtime_images={"python": runtime_image},
+            database_url=database_url,
+            namespace=NAMESPACE,
+            # Until the swarm backend is wired, the manager's engine as a plain one.
+            env={"KAPAL_BACKEND": "docker"},
+            log=quiet,
+        )
+        yield Deployment(swarm, state, urls, create_admin_key(database_url), runtime_image)
+    finally:
+        swarm_down(docker_client, state, name=NAME, log=quiet)
+
+
+def get(url: str, key: str | None = None) -> tuple[int, Any]:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def gateway_tasks(swarm: LocalSwarm) -> list[dict[str, Any]]:
+    with swarm.manager.engine() as engine:
+        tasks: list[dict[str, Any]] = engine.api.tasks(  # type: ignore[no-untyped-call]
+            filters={"service": gateway_service(NAMESPACE), "desired-state": "running"}
+        )
+    return tasks
+
+
+def test_two_gateways_run_on_two_nodes_and_answer_from_the_host(deployment: Deployment) -> None:
+    tasks = gateway_tasks(deployment.swarm)
+    assert len(tasks) == 2
+    assert len({t["NodeID"] for t in tasks}) == 2
+    hosts = {url.split("//")[1].split(":")[0] for url in deployment.urls}
+    assert len(hosts) == 2
+    assert hosts <= {node.address for node in deployment.swarm.nodes}
+    for url in deployment.urls:
+        assert get(f"{url}/healthz") == (200, {"status": "ok"})
+
+
+def test_each_gateway_serves_the_management_api_with_the_admin_key(
+    deployment: Deployment,
+) -> None:
+    for url in deployment.urls:
+        assert get(f"{url}/v1/functions")[0] == 401
+        # The key was inserted from the host; each gateway learns of it by notification.
+        deadline = time.monotonic() + 30
+        while (answer := get(f"{url}/v1/functions", deployment.admin_key))[0] == 401:
+            assert time.monotonic() < deadline, f"{url} never took the admin key"
+            time.sleep(0.2)
+        assert answer == (200, {"functions": []})
+
+
+def test_the_runtime_base_image_is_on_the_managers_engine_under_the_hosts_tag(
+    deployment: Deployment, docker_client: docker.DockerClient
+) -> None:
+    with deployment.swarm.manager.engine() as engine:
+        on_manager = engine.images.get(deployment.runtime_image)
+    assert on_manager.id == docker_client.images.get(deployment.runtime_image).id
+    assert deployment.runtime_image in on_manager.tags
+
+
+def test_the_gateway_containers_run_read_only_unprivileged_limited_and_labelled(
+    deployment: Deployment,
+) -> None:
+    seen = 0
+    for node in deployment.swarm.nodes:
+        with node.engine() as engine:
+            containers = engine.containers.list(
+                filters={"label": f"com.docker.swarm.service.name={gateway_service(NAMESPACE)}"}
+            )
+            for container in containers:
+                seen += 1
+                attrs = container.attrs
+                config, host = attrs["Config"], attrs["HostConfig"]
+                assert config["User"] == "10001:10001"
+                assert config["Labels"][SWARM_LABEL] == NAME
+                assert host["ReadonlyRootfs"] is True
+                assert host["CapDrop"] == ["ALL"]
+                assert host["Init"] is True
+                assert host["Memory"] > 0 and host["NanoCpus"] > 0 and host["PidsLimit"] > 0
+                uid = container.exec_run(["python3", "-c", "import os; print(os.getuid())"])
+                assert uid.output.decode().strip() == "10001"
+                assert container.exec_run(["touch", "/opt/kapal/x"]).exit_code != 0
+                assert container.exec_run(["touch", "/tmp/x"]).exit_code == 0
+    assert seen == 2
+
+
+def test_removal_leaves_no_service_node_or_postgres(
+    deployment: Deployment, docker_client: docker.DockerClient
+) -> None:
+    assert remove_gateways(deployment.swarm, NAMESPACE, log=quiet)
+    with deployment.swarm.manager.engine() as engine:
+        assert engine.services.list() == []
+        assert engine.secrets.list() == []
+    assert not remove_gateways(deployment.swarm, NAMESPACE, log=quiet)
+    pgdata = deployment.state / NAME / POSTGRES_DIR
+    assert postmaster_pid(pgdata) is not None
+    assert swarm_down(docker_client, deployment.state, name=NAME, log=quiet)
+    assert postmaster_pid(pgdata) is None
+    label = {"label": f"{SWARM_LABEL}={NAME}"}
+    assert docker_client.containers.list(all=True, filters=label) == []
+    assert docker_client.networks.list(filters=label) == []
+    assert not (deployment.state / NAME).exists()
