@@ -31,8 +31,6 @@ from docker.types import (
     TaskTemplate,
 )
 
-from gateway import db
-from gateway.keys import KeyStore, Scope
 from infra.errors import InfraError
 from infra.gateway_image import GATEWAY_PORT, GATEWAY_REPO
 from infra.host import Log
@@ -190,6 +188,9 @@ def remove_gateways(swarm: LocalSwarm, namespace: str, log: Log = print) -> bool
 def create_admin_key(database_url: str, name: str = "swarm-admin") -> str:
     """A new admin API key in the gateways' database, made from this host (the schema is
     migrated first, as a gateway would); the gateways learn of it by notification."""
+    # Imported here, as `up` does: the rest of infra works before the gateway can import.
+    from gateway import db
+    from gateway.keys import KeyStore, Scope
 
     async def create() -> str:
         pool = await db.connect(database_url)
