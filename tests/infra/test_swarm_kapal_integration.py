@@ -4,9 +4,11 @@ Run under `flock /tmp/kapal-swarm.lock`: the swarm's bridge and addresses are fi
 one local swarm runs at a time on a machine.
 """
 
+import base64
 import json
 import os
 import secrets
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +20,9 @@ from typing import Any
 import docker
 import pytest
 
-from infra.gateway_image import gateway_image
+from infra.gateway_image import GATEWAY_REPO, gateway_image
 from infra.postgres import TcpAccess, postmaster_pid, serve_over_tcp
+from infra.registry import push_image, registry_image
 from infra.swarm import (
     BRIDGE_GATEWAY,
     POSTGRES_DIR,
@@ -40,6 +43,7 @@ pytestmark = pytest.mark.integration
 NAME = "swarm-stack"
 NAMESPACE = "kst"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+STACK = "kst-stack"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Deployment:
     urls: list[str]
     admin_key: str
     runtime_image: str
+    gateway_image: str
+    database_url: str
 
 
 def quiet(_: str) -> None:
@@ -77,7 +83,8 @@ def deployment(
             env={"KAPAL_BACKEND": "docker"},
             log=quiet,
         )
-        yield Deployment(swarm, state, urls, create_admin_key(database_url), runtime_image)
+        key = create_admin_key(database_url)
+        yield Deployment(swarm, state, urls, key, runtime_image, image, database_url)
     finally:
         swarm_down(docker_client, state, name=NAME, log=quiet)
 
@@ -158,14 +165,133 @@ def test_the_gateway_containers_run_read_only_unprivileged_limited_and_labelled(
     assert seen == 2
 
 
-def test_removal_leaves_no_service_node_or_postgres(
-    deployment: Deployment, docker_client: docker.DockerClient
-) -> None:
+def test_remove_gateways_removes_the_service_and_its_secret(deployment: Deployment) -> None:
     assert remove_gateways(deployment.swarm, NAMESPACE, log=quiet)
     with deployment.swarm.manager.engine() as engine:
         assert engine.services.list() == []
         assert engine.secrets.list() == []
+        for node in deployment.swarm.nodes:
+            with node.engine() as on_node:
+                assert on_node.containers.list(all=True, filters={"label": SWARM_LABEL}) == []
     assert not remove_gateways(deployment.swarm, NAMESPACE, log=quiet)
+
+
+def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.25)
+    return result
+
+
+def answers(url: str, key: str | None = None) -> tuple[int, Any] | None:
+    try:
+        return get(url, key)
+    except (OSError, ValueError):
+        return None
+
+
+def test_the_stack_file_runs_a_gateway_on_the_manager_over_its_socket(
+    deployment: Deployment, docker_client: docker.DockerClient
+) -> None:
+    swarm = deployment.swarm
+    tag = deployment.gateway_image.rpartition(":")[2]
+    gateway = swarm.registry.reference(
+        GATEWAY_REPO,
+        push_image(docker_client, deployment.gateway_image, swarm.registry, GATEWAY_REPO, tag),
+    )
+    registry = registry_image(docker_client, quiet)
+    registry_ref = swarm.registry.reference(
+        "kapal/registry",
+        push_image(docker_client, registry, swarm.registry, "kapal/registry", "stack"),
+    )
+    node = docker_client.containers.get(f"{NAME}-node-1")
+    docker_gid = node.exec_run(["stat", "-c", "%g", "/var/run/docker.sock"]).output.decode()
+    with swarm.manager.engine() as engine:
+        manager = engine.nodes.list(filters={"role": "manager"})[0]
+        spec = manager.attrs["Spec"]
+        spec.setdefault("Labels", {})["kapal-registry"] = "true"
+        manager.update(spec)
+        engine.secrets.create(
+            name="kapal_secret_key",
+            data=base64.b64encode(secrets.token_bytes(32)),
+            labels={SWARM_LABEL: NAME},
+        )
+    env = {
+        "PATH": os.environ["PATH"],
+        "DOCKER_HOST": swarm.manager.api_url,
+        "KAPAL_GATEWAY_IMAGE": gateway,
+        "KAPAL_REGISTRY_IMAGE": registry_ref,
+        "KAPAL_REGISTRY": swarm.registry.address,
+        "KAPAL_DATABASE_URL": deployment.database_url,
+        "KAPAL_DOCKER_GID": docker_gid.strip(),
+        "KAPAL_NAMESPACE": STACK,
+        "KAPAL_FUNCTIONS_SUBNET": "10.219.0.0/24",
+        "KAPAL_RUNTIME_IMAGE_PYTHON": deployment.runtime_image,
+    }
+    deploy = ["docker", "stack", "deploy", "--resolve-image", "never"]
+    subprocess.run(
+        [*deploy, "-c", str(REPO_ROOT / "infra" / "kapal-stack.yml"), STACK],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        url = f"http://{swarm.manager.address}:8080"
+        assert wait_for("the stack's gateway", lambda: answers(f"{url}/healthz")) == (
+            200,
+            {"status": "ok"},
+        )
+        # The same database: the admin key made for the service's gateways works here too.
+        assert answers(f"{url}/v1/functions", deployment.admin_key) == (200, {"functions": []})
+        with swarm.manager.engine() as engine:
+            service = engine.services.get(f"{STACK}_gateway").attrs["Spec"]
+            container = service["TaskTemplate"]["ContainerSpec"]
+            assert container["User"] == f"10001:{docker_gid.strip()}"
+            assert container["ReadOnly"] is True
+            assert container["CapabilityDrop"] == ["ALL"]
+            assert container["Init"] is True
+            assert {m["Target"]: m["Type"] for m in container["Mounts"]} == {
+                "/var/run/docker.sock": "bind",
+                "/tmp": "tmpfs",
+            }
+            placement = service["TaskTemplate"]["Placement"]
+            assert placement["MaxReplicas"] == 1
+            assert placement["Constraints"] == ["node.role == manager"]
+            assert service["EndpointSpec"]["Ports"][0]["PublishMode"] == "host"
+            network = engine.networks.get(f"{STACK}-functions").attrs
+            assert network["Attachable"] is True
+            assert network["IPAM"]["Config"][0]["Subnet"] == "10.219.0.0/24"
+
+            def registry_running() -> bool:
+                tasks = engine.api.tasks(  # type: ignore[no-untyped-call]
+                    filters={"service": f"{STACK}_registry", "desired-state": "running"}
+                )
+                return any(t["Status"]["State"] == "running" for t in tasks)
+
+            wait_for("the stack's registry", registry_running)
+    finally:
+        remove = ["docker", "stack", "rm", STACK]
+        subprocess.run(remove, env=env, capture_output=True, check=False)
+
+    def stack_gone() -> bool:
+        label = {"label": f"com.docker.stack.namespace={STACK}"}
+        for node in swarm.nodes:
+            with node.engine() as engine:
+                if engine.containers.list(all=True, filters=label):
+                    return False
+        # `stack rm` removes the networks at once, while tasks still stop on them: again.
+        return subprocess.run(remove, env=env, capture_output=True, check=False).returncode == 0
+
+    wait_for("the stack's containers and networks to go", stack_gone)
+    with swarm.manager.engine() as engine:
+        assert engine.services.list() == []
+        assert [n.name for n in engine.networks.list(names=[f"{STACK}-functions"])] == []
+
+
+def test_swarm_down_leaves_no_node_or_postgres(
+    deployment: Deployment, docker_client: docker.DockerClient
+) -> None:
     pgdata = deployment.state / NAME / POSTGRES_DIR
     assert postmaster_pid(pgdata) is not None
     assert swarm_down(docker_client, deployment.state, name=NAME, log=quiet)
