@@ -105,6 +105,8 @@ def deploy_gateways(
     name = gateway_service(namespace)
     labels = {SWARM_LABEL: swarm.name, ROLE_LABEL: "gateway"}
     with swarm.manager.engine() as engine:
+        if engine.api.services(filters={"name": name}):  # type: ignore[no-untyped-call]
+            raise InfraError(f"the service {name} exists: remove_gateways first")
         secret = _secret_key(engine, f"{namespace}-secret-key", labels)
         container = ContainerSpec(
             reference,
