@@ -107,7 +107,7 @@ def deploy_gateways(
     with swarm.manager.engine() as engine:
         if engine.api.services(filters={"name": name}):  # type: ignore[no-untyped-call]
             raise InfraError(f"the service {name} exists: remove_gateways first")
-        secret = _secret_key(engine, f"{namespace}-secret-key", labels)
+        secret = _secret_key(engine, secret_key_name(namespace), labels)
         container = ContainerSpec(
             reference,
             env={**gateway_env(swarm, runtime_images, database_url, namespace), **(env or {})},
@@ -169,9 +169,14 @@ def share_with_manager(
     log(f"gateways: {image} is on the manager's engine")
 
 
-def remove_gateways(swarm: LocalSwarm, namespace: str, log: Log = print) -> bool:
-    """Remove the gateway service and its secret, once its containers are gone; True when
-    there was a service."""
+def remove_gateways(
+    swarm: LocalSwarm, namespace: str, *, forget_key: bool = False, log: Log = print
+) -> bool:
+    """Remove the gateway service once its containers are gone; True when there was one.
+
+    The secrets key stays unless `forget_key`: gateways deployed again on the same
+    database need it to open the secrets sealed so far (swarm_down removes it anyway).
+    """
     name = gateway_service(namespace)
     found = False
     with swarm.manager.engine() as engine:
@@ -180,11 +185,17 @@ def remove_gateways(swarm: LocalSwarm, namespace: str, log: Log = print) -> bool
             found = True
         if found:
             _wait_until_gone(swarm, name)
-        with contextlib.suppress(NotFound):
-            engine.api.remove_secret(f"{namespace}-secret-key")
+        if forget_key:
+            with contextlib.suppress(NotFound):
+                engine.api.remove_secret(secret_key_name(namespace))
     if found:
         log(f"gateways: service {name} removed")
     return found
+
+
+def secret_key_name(namespace: str) -> str:
+    """The swarm secret holding the secrets key of `namespace`'s gateways."""
+    return f"{namespace}-secret-key"
 
 
 def create_admin_key(database_url: str, name: str = "swarm-admin") -> str:
@@ -283,5 +294,6 @@ __all__ = [
     "gateway_env",
     "gateway_service",
     "remove_gateways",
+    "secret_key_name",
     "share_with_manager",
 ]

@@ -36,6 +36,7 @@ from infra.swarm_kapal import (
     deploy_gateways,
     gateway_service,
     remove_gateways,
+    secret_key_name,
 )
 
 pytestmark = pytest.mark.integration
@@ -165,15 +166,20 @@ def test_the_gateway_containers_run_read_only_unprivileged_limited_and_labelled(
     assert seen == 2
 
 
-def test_remove_gateways_removes_the_service_and_its_secret(deployment: Deployment) -> None:
-    assert remove_gateways(deployment.swarm, NAMESPACE, log=quiet)
-    with deployment.swarm.manager.engine() as engine:
+def test_remove_gateways_removes_the_service_and_keeps_the_key_unless_told(
+    deployment: Deployment,
+) -> None:
+    swarm = deployment.swarm
+    assert remove_gateways(swarm, NAMESPACE, log=quiet)
+    with swarm.manager.engine() as engine:
         assert engine.services.list() == []
-        assert engine.secrets.list() == []
-        for node in deployment.swarm.nodes:
+        for node in swarm.nodes:
             with node.engine() as on_node:
                 assert on_node.containers.list(all=True, filters={"label": SWARM_LABEL}) == []
-    assert not remove_gateways(deployment.swarm, NAMESPACE, log=quiet)
+        # Gateways deployed again on this database need the key secrets were sealed with.
+        assert [s.name for s in engine.secrets.list()] == [secret_key_name(NAMESPACE)]
+        assert not remove_gateways(swarm, NAMESPACE, forget_key=True, log=quiet)
+        assert engine.secrets.list() == []
 
 
 def wait_for(what: str, check: Any, timeout: float = 90) -> Any:
