@@ -16,6 +16,7 @@ from bench import (
     runtime_logs,
     scale,
     styles,
+    swarm,
     sync_handlers,
     traffic,
     warm,
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "styles": styles.run,
     "traffic": traffic.run,
     "sync": sync_handlers.run,
+    "swarm": swarm.run,
 }
 
 

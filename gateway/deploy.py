@@ -33,8 +33,12 @@ from scheduler.errors import ImagePushFailed, SchedulerError
 from scheduler.images import ImageResolver, RegistryAuth, ResolvedImage
 from scheduler.models import FunctionConfig, FunctionSpec
 from scheduler.pydeps import read_requirements
+from scheduler.swarm_backend import SwarmBackend
 
 log = logging.getLogger("kapal.gateway.deploy")
+
+# What runs instances: containers on this host's engine, or services of a swarm.
+Backend = DockerBackend | SwarmBackend
 
 
 BuildEvent = Callable[[str, int, str, str, str], None]
@@ -78,7 +82,7 @@ class Deployer:
         settings: Settings,
         store: FunctionStore,
         builder: ImageBuilder,
-        backend: DockerBackend,
+        backend: Backend,
         images: ImageResolver,
         secrets: Secrets,
         catalog: Catalog,

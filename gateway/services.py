@@ -20,7 +20,7 @@ from gateway import db
 from gateway.auth import Gate
 from gateway.catalog import Catalog
 from gateway.cluster import Cluster
-from gateway.deploy import Deployer
+from gateway.deploy import Backend, Deployer
 from gateway.exporter import CachedQueueStats, Exporter
 from gateway.invoke import Invoker
 from gateway.jobs.store import JobStore
@@ -47,6 +47,7 @@ from scheduler.images import ImageResolver
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
+from scheduler.swarm_backend import SwarmBackend
 
 log = logging.getLogger("kapal.gateway")
 
@@ -62,7 +63,7 @@ class Services:
     settings: Settings
     # The management API's connections (the queue has a pool of its own).
     pg: asyncpg.Pool
-    backend: DockerBackend
+    backend: Backend
     functions: FunctionStore
     scheduler: Scheduler
     cluster: Cluster
@@ -242,7 +243,7 @@ class _Departure:
         if self.last:
             secrets.files.clear()
 
-    async def remove_network(self, backend: DockerBackend) -> None:
+    async def remove_network(self, backend: Backend) -> None:
         if not self.last:
             return
         try:
@@ -251,7 +252,7 @@ class _Departure:
             log.warning("network not removed", extra={"error": str(e)})
 
 
-async def _ensure_network(pg: asyncpg.Pool, backend: DockerBackend, namespace: str) -> None:
+async def _ensure_network(pg: asyncpg.Pool, backend: Backend, namespace: str) -> None:
     async with pg.acquire() as conn:  # gateways starting together create it once
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", NETWORK_LOCK + namespace)
         try:
@@ -260,7 +261,21 @@ async def _ensure_network(pg: asyncpg.Pool, backend: DockerBackend, namespace: s
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", NETWORK_LOCK + namespace)
 
 
-def _backend(settings: Settings) -> DockerBackend:
+def _backend(settings: Settings) -> Backend:
+    if settings.backend == "swarm":
+        assert settings.registry is not None  # checked with the settings
+        auth = None
+        if settings.registry_user is not None and settings.registry_password is not None:
+            auth = (settings.registry_user, settings.registry_password.get_secret_value())
+        return SwarmBackend(
+            settings.namespace,
+            settings.network,
+            manager_url=settings.swarm_manager,
+            registry=settings.registry,
+            registry_auth=auth,
+            secrets_root=settings.secrets_root,
+            runtime_env=settings.runtime_env(),
+        )
     return DockerBackend(
         settings.namespace,
         settings.network,
@@ -271,8 +286,23 @@ def _backend(settings: Settings) -> DockerBackend:
 
 
 def _scheduler(
-    settings: Settings, backend: DockerBackend, functions: FunctionStore, peers: Cluster
+    settings: Settings, backend: Backend, functions: FunctionStore, peers: Cluster
 ) -> Scheduler:
+    if isinstance(backend, SwarmBackend):
+        # Swarm runs a count of replicas per version: no standbys to pause, no generic
+        # containers to specialize (a task is only ever its own service's).
+        return Scheduler(
+            backend,
+            PoolConfig(
+                start_timeout_s=settings.start_timeout_s,
+                buffer_size=settings.buffer_size,
+                stop_grace_s=settings.stop_grace_s,
+                pause=False,
+            ),
+            _autoscaler(settings),
+            peers=peers,
+            replicas=backend,
+        )
     prewarm = None
     if any(settings.prewarm_sizes().values()):
         prewarm = PrewarmPool(
@@ -290,13 +320,17 @@ def _scheduler(
             stop_grace_s=settings.stop_grace_s,
             pause=settings.pause_standbys,
         ),
-        AutoscalerConfig(
-            target_utilization=settings.autoscale_target_utilization,
-            stable_window_s=settings.autoscale_stable_window_s,
-            panic_window_s=settings.autoscale_panic_window_s,
-        ),
+        _autoscaler(settings),
         prewarm,
         peers=peers,
+    )
+
+
+def _autoscaler(settings: Settings) -> AutoscalerConfig:
+    return AutoscalerConfig(
+        target_utilization=settings.autoscale_target_utilization,
+        stable_window_s=settings.autoscale_stable_window_s,
+        panic_window_s=settings.autoscale_panic_window_s,
     )
 
 

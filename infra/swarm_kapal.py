@@ -15,7 +15,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import docker
@@ -90,10 +90,12 @@ def deploy_gateways(
     replicas: int = 2,
     port: int = GATEWAY_PORT,
     env: Mapping[str, str] | None = None,
+    constraints: Sequence[str] = (),
     log: Log = print,
 ) -> list[str]:
-    """Run `replicas` gateways of `image` on the swarm, one per node at most; the base URL
-    (http://NODE:port) of each, once every one answers GET /healthz from this host."""
+    """Run `replicas` gateways of `image` on the swarm, one per node at most (and only on
+    nodes `constraints` allow, e.g. `node.hostname!=NAME`); the base URL (http://NODE:port)
+    of each, once every one answers GET /healthz from this host."""
     if not 1 <= replicas <= len(swarm.nodes):
         raise InfraError(f"{replicas} gateways do not fit {len(swarm.nodes)} nodes, one per node")
     repository, _, tag = image.rpartition(":")
@@ -127,7 +129,7 @@ def deploy_gateways(
             container,
             resources=resources,
             restart_policy=RestartPolicy(condition="any", delay=1_000_000_000),
-            placement=Placement(maxreplicas=1),
+            placement=Placement(constraints=list(constraints) or None, maxreplicas=1),
             networks=[swarm.overlay],
         )
         engine.api.create_service(  # type: ignore[no-untyped-call]

@@ -19,29 +19,23 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import docker
 import pytest
-from docker.errors import NotFound
 
-from infra.gateway_image import gateway_image
 from infra.local import REPO
-from infra.postgres import TcpAccess, serve_over_tcp
-from infra.registry import REGISTRY_PORT, RunningRegistry, registry_image, start_registry
-from infra.swarm import BRIDGE_GATEWAY, POSTGRES_DIR, SWARM_LABEL, LocalSwarm, swarm_down, swarm_up
-from infra.swarm_kapal import create_admin_key, deploy_gateways
+from infra.registry import RunningRegistry
+from infra.swarm import LocalSwarm
+from infra.swarm_lab import SwarmLab, swarm_lab
 from tests.support import deploy
 
 pytestmark = pytest.mark.integration
 
 NAME = "kapal-e2e"
 NAMESPACE = "e2e"
-# Function images go to a registry of their own, with a password, on the swarm's bridge.
-PRIVATE_IP = "10.213.0.3"
-PRIVATE = f"{PRIVATE_IP}:{REGISTRY_PORT}"
+# Function images go to a registry of their own that needs a password.
 USER, PASSWORD = "kapal-pusher", secrets.token_urlsafe(16)
 # The node the node-kill test kills: no gateway runs there.
 DOOMED = f"{NAME}-node-3"
@@ -50,12 +44,11 @@ HANDLER = """\
 import os, time
 
 def handle(event, context):
-    q = event.get("query") or {}
-    time.sleep(float(q.get("s", 0)))
-    body = event.get("body")
-    return {"v": os.environ["KAPAL_VERSION"], "x": (body or {}).get("x") if isinstance(body, dict) else None}
+    time.sleep(float(event.query.get("s", 0)))
+    item = event.json() if event.body else None
+    x = item.get("x") if isinstance(item, dict) else None
+    return {"v": os.environ["KAPAL_VERSION"], "x": x}
 """
-
 
 def quiet(_: str) -> None:
     pass
@@ -71,69 +64,58 @@ class Gateway:
 
 @dataclass
 class SwarmKapal:
-    swarm: LocalSwarm
+    lab: SwarmLab
     gateways: list[Gateway]
-    registry: RunningRegistry
-    state: Path
-    nodes: dict[str, str] = field(default_factory=dict)  # node ID -> hostname
+    nodes: dict[str, str]  # node ID -> hostname
 
     @property
     def gw(self) -> Gateway:
         return self.gateways[0]
 
+    @property
+    def swarm(self) -> LocalSwarm:
+        return self.lab.swarm
+
 
 @pytest.fixture(scope="module")
-def kapal(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmKapal]:
-    state = tmp_path_factory.mktemp("swarm-e2e")
-    swarm = swarm_up(docker_client, state, name=NAME, nodes=3, insecure_registries=(PRIVATE,), log=quiet)
-    try:
-        registry = start_registry(
-            docker_client,
-            registry_image(docker_client, log=quiet),
-            state / NAME / "private-registry",
-            name=f"{NAME}-private-registry",
-            network=f"{NAME}-swarm",
-            ip=PRIVATE_IP,
-            labels={SWARM_LABEL: NAME},
-            credentials=(USER, PASSWORD),
-        )
-        tcp = TcpAccess(BRIDGE_GATEWAY, 5432, secrets.token_urlsafe(24))
-        database_url = serve_over_tcp(state / NAME / POSTGRES_DIR, tcp)
-        urls = deploy_gateways(
-            docker_client,
-            swarm,
-            image=gateway_image(docker_client, REPO, log=quiet),
-            runtime_images={"python": os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"]},
-            database_url=database_url,
-            namespace=NAMESPACE,
-            replicas=2,
-            constraints=[f"node.hostname!={DOOMED}"],
-            env={
-                "KAPAL_REGISTRY": PRIVATE,
-                "KAPAL_REGISTRY_USER": USER,
-                "KAPAL_REGISTRY_PASSWORD": PASSWORD,
-                # Scale-down and lease expiry within a test's patience.
-                "KAPAL_AUTOSCALE_STABLE_WINDOW_S": "4",
-                "KAPAL_AUTOSCALE_PANIC_WINDOW_S": "2",
-                "KAPAL_QUEUE_LEASE_S": "3",
-                "KAPAL_LOG_LEVEL": "INFO",
-            },
-            log=quiet,
-        )
-        key = create_admin_key(database_url)
-        headers = {"Authorization": f"Bearer {key}"}
-        with swarm.manager.engine() as engine:
-            nodes = {n.id: n.attrs["Description"]["Hostname"] for n in engine.nodes.list()}
-        yield SwarmKapal(swarm, [Gateway(u, headers) for u in urls], registry, state, nodes)
-    finally:
-        swarm_down(docker_client, state, name=NAME, log=quiet)
+def kapal(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SwarmKapal]:
+    with swarm_lab(
+        docker_client,
+        tmp_path_factory.mktemp("swarm-e2e"),
+        REPO,
+        name=NAME,
+        namespace=NAMESPACE,
+        runtime_images={"python": os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"]},
+        credentials=(USER, PASSWORD),
+        gateway_constraints=[f"node.hostname!={DOOMED}"],
+        env={
+            # Scale-down and lease expiry within a test's patience.
+            "KAPAL_AUTOSCALE_STABLE_WINDOW_S": "4",
+            "KAPAL_AUTOSCALE_PANIC_WINDOW_S": "2",
+            "KAPAL_QUEUE_LEASE_S": "3",
+        },
+        log=quiet,
+    ) as lab:
+        gateways = [Gateway(url, lab.headers) for url in lab.urls]
+        yield SwarmKapal(lab, gateways, lab.node_names())
 
 
 # -- helpers ----------------------------------------------------------------------------
 
 
-async def deployed(http: aiohttp.ClientSession, kapal: SwarmKapal, name: str, spec: dict[str, Any], *, update: bool = False) -> None:
-    status, body = await deploy(http, kapal.gw, {"handler.py": HANDLER}, {"name": name, **spec}, name=name, update=update)  # type: ignore[arg-type]
+async def deployed(
+    http: aiohttp.ClientSession,
+    kapal: SwarmKapal,
+    name: str,
+    spec: dict[str, Any],
+    *,
+    update: bool = False,
+) -> None:
+    status, body = await deploy(
+        http, kapal.gw, {"handler.py": HANDLER}, {"name": name, **spec}, name=name, update=update
+    )  # type: ignore[arg-type]
     assert status in (200, 201), body
 
 
@@ -224,7 +206,9 @@ async def run_job(http: aiohttp.ClientSession, gw: Gateway, name: str, items: in
         return str((await r.json())["id"])
 
 
-async def job_results(http: aiohttp.ClientSession, gateways: list[Gateway], id: str, items: int) -> list[dict[str, Any]]:
+async def job_results(
+    http: aiohttp.ClientSession, gateways: list[Gateway], id: str, items: int
+) -> list[dict[str, Any]]:
     async def done() -> bool:
         for gw in gateways:
             with contextlib.suppress(aiohttp.ClientError, OSError):
@@ -257,15 +241,20 @@ async def test_a_deploy_is_pushed_and_its_tasks_on_several_nodes_answer_through_
 ) -> None:
     await deployed(http, kapal, "hello", {"scaling": {"min": 3}})
     repository = f"kapal-fn/{NAMESPACE}-hello"
-    assert registry_tags(kapal.registry, repository) == ["1"]
+    assert registry_tags(kapal.lab.registry, repository) == ["1"]
     with pytest.raises(urllib.error.HTTPError, match="401"):
-        registry_tags(kapal.registry, repository, auth=False)
+        registry_tags(kapal.lab.registry, repository, auth=False)
     for gw in kapal.gateways:
         await until("3 ready instances", lambda gw=gw: _count(http, gw, "hello", 3))
     tasks = service_tasks(kapal, "hello")
     assert len({t["NodeID"] for t in tasks}) >= 2
     assert all("@sha256:" in t["Spec"]["ContainerSpec"]["Image"] for t in tasks)
-    assert all(t["Spec"]["ContainerSpec"]["Image"].startswith(f"{PRIVATE}/{repository}@") for t in tasks)
+    assert all(
+        t["Spec"]["ContainerSpec"]["Image"].startswith(
+            f"{kapal.lab.registry.address}/{repository}@"
+        )
+        for t in tasks
+    )
     for gw in kapal.gateways:
         for _ in range(6):
             async with http.get(f"{gw.url}/fn/hello", headers=gw.headers) as r:
@@ -274,7 +263,7 @@ async def test_a_deploy_is_pushed_and_its_tasks_on_several_nodes_answer_through_
     async with http.delete(f"{kapal.gw.url}/v1/functions/hello", headers=kapal.gw.headers) as r:
         assert r.status == 204, await r.text()
     await until("the service gone", lambda: replicas(kapal, "hello") is None)
-    assert registry_tags(kapal.registry, repository) == []
+    assert registry_tags(kapal.lab.registry, repository) == []
 
 
 async def _count(http: aiohttp.ClientSession, gw: Gateway, name: str, n: int) -> bool:
@@ -289,7 +278,9 @@ async def test_a_step_of_load_scales_across_nodes_then_back_to_zero(
         assert r.status == 200, await r.text()
         assert r.headers["X-Kapal-Cold-Start"] == "new"
     stop = asyncio.Event()
-    running = asyncio.ensure_future(load(http, kapal.gateways, "step", stop, callers=8, seconds=0.2))
+    running = asyncio.ensure_future(
+        load(http, kapal.gateways, "step", stop, callers=8, seconds=0.2)
+    )
     most, nodes = 0, set()
     began = time.monotonic()
     while time.monotonic() - began < 15:
@@ -301,7 +292,11 @@ async def test_a_step_of_load_scales_across_nodes_then_back_to_zero(
     got = await running
     assert got.failed == [] and got.ok > 0
     assert most >= 3 and len(nodes) >= 2, (most, nodes)
-    await until("scaled to zero", lambda: replicas(kapal, "step") == 0 and not service_tasks(kapal, "step"), 90)
+    await until(
+        "scaled to zero",
+        lambda: replicas(kapal, "step") == 0 and not service_tasks(kapal, "step"),
+        90,
+    )
     assert await instances(http, kapal.gw, "step") == []
 
 
@@ -312,7 +307,9 @@ async def test_a_new_version_rolls_over_without_a_failed_request(
     for gw in kapal.gateways:
         await until("2 ready instances", lambda gw=gw: _count(http, gw, "roll", 2))
     stop = asyncio.Event()
-    running = asyncio.ensure_future(load(http, kapal.gateways, "roll", stop, callers=4, seconds=0.05))
+    running = asyncio.ensure_future(
+        load(http, kapal.gateways, "roll", stop, callers=4, seconds=0.05)
+    )
     await asyncio.sleep(2)
     await deployed(http, kapal, "roll", {"scaling": {"min": 2}, "env": {"NEXT": "1"}}, update=True)
     await until("version 1 gone", lambda: replicas(kapal, "roll", 1) is None, 90)
@@ -326,7 +323,9 @@ async def test_a_new_version_rolls_over_without_a_failed_request(
 async def test_a_gateway_killed_mid_job_loses_nothing(
     kapal: SwarmKapal, http: aiohttp.ClientSession
 ) -> None:
-    await deployed(http, kapal, "jobs", {"scaling": {"min": 2, "concurrency": 2}, "async": {"max_retries": 3}})
+    await deployed(
+        http, kapal, "jobs", {"scaling": {"min": 2, "concurrency": 2}, "async": {"max_retries": 3}}
+    )
     await until("2 ready instances", lambda: _count(http, kapal.gw, "jobs", 2))
     items = 60
     id = await run_job(http, kapal.gateways[1], "jobs", items)
@@ -334,7 +333,9 @@ async def test_a_gateway_killed_mid_job_loses_nothing(
     victim = kapal.gateways[1].url.split("//")[1].split(":")[0]
     node = next(n for n in kapal.swarm.nodes if n.address == victim)
     with node.engine() as engine:
-        gateway = engine.containers.list(filters={"label": f"com.docker.swarm.service.name={NAMESPACE}-gateway"})
+        gateway = engine.containers.list(
+            filters={"label": f"com.docker.swarm.service.name={NAMESPACE}-gateway"}
+        )
         assert len(gateway) == 1
         gateway[0].kill("SIGKILL")
     lines = await job_results(http, kapal.gateways, id, items)
@@ -353,14 +354,21 @@ def _healthy(url: str) -> bool:
 async def test_a_worker_node_killed_under_load_fails_only_what_ran_there(
     kapal: SwarmKapal, http: aiohttp.ClientSession, docker_client: docker.DockerClient
 ) -> None:
-    await deployed(http, kapal, "work", {"scaling": {"min": 3, "concurrency": 4}, "async": {"max_retries": 3}})
+    await deployed(
+        http, kapal, "work", {"scaling": {"min": 3, "concurrency": 4}, "async": {"max_retries": 3}}
+    )
     for gw in kapal.gateways:
         await until("3 ready instances", lambda gw=gw: _count(http, gw, "work", 3))
     doomed = {i for i, host in kapal.nodes.items() if host == DOOMED}
-    await until("a task on the doomed node", lambda: doomed & {t["NodeID"] for t in service_tasks(kapal, "work")})
+    await until(
+        "a task on the doomed node",
+        lambda: doomed & {t["NodeID"] for t in service_tasks(kapal, "work")},
+    )
     stop = asyncio.Event()
     callers = 6
-    running = asyncio.ensure_future(load(http, kapal.gateways, "work", stop, callers=callers, seconds=0.2))
+    running = asyncio.ensure_future(
+        load(http, kapal.gateways, "work", stop, callers=callers, seconds=0.2)
+    )
     items = 40
     id = await run_job(http, kapal.gw, "work", items)
     await asyncio.sleep(1.5)
@@ -386,6 +394,4 @@ async def test_a_worker_node_killed_under_load_fails_only_what_ran_there(
         assert status == 502, body
         assert json.loads(body)["error"]["code"] == "instance_failed"
     assert got.ok > 0
-    print(f"node kill: {len(got.failed)} failed of {got.ok + len(got.failed)}, healed in {heal_s:.1f} s")
-    with contextlib.suppress(NotFound):
-        docker_client.containers.get(DOOMED)
+    print(f"node kill: {len(got.failed)} of {got.ok + len(got.failed)} failed, {heal_s:.1f} s")
