@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import docker
 import docker.errors
@@ -170,6 +170,9 @@ def container_config(
 
 
 class DockerBackend:
+    # Pools start and stop single containers here (a Swarm backend sets replica counts).
+    replicated: ClassVar[bool] = False
+
     def __init__(
         self,
         namespace: str,
