@@ -45,6 +45,7 @@ from scheduler.docker_backend import (
     LABEL_NAMESPACE,
     LABEL_VERSION,
     address_port,
+    internal_network_name,
 )
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import FunctionSpec
@@ -104,6 +105,7 @@ class SwarmBackend:
     ) -> None:
         self.namespace = namespace
         self.network = network
+        self.internal_network = internal_network_name(network)
         self.registry = registry
         self.registry_auth = registry_auth
         self.secrets_root = secrets_root
@@ -181,47 +183,50 @@ class SwarmBackend:
     def _remove_service(self, service_id: str) -> None:
         self.api.remove_service(service_id)  # type: ignore[no-untyped-call]
 
-    # -- the overlay network -------------------------------------------------------------
+    # -- the overlay networks --------------------------------------------------------------
 
     async def ensure_network(self) -> None:
-        """The attachable overlay network functions and gateways share exists."""
+        """The attachable overlays functions and gateways share exist: `network`, and its
+        internal twin (no route out) for functions whose outbound access is cut. Gateways
+        join both."""
 
         def ensure() -> None:
-            if self._network_exists():
-                return
-            ipam = None
-            if self.overlay_subnet is not None:
-                ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=self.overlay_subnet)])
-            try:
-                self.api.create_network(
-                    self.network,
-                    driver="overlay",
-                    attachable=True,
-                    ipam=ipam,
-                    labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
-                    check_duplicate=True,
-                )
-            except docker.errors.APIError:
-                if not self._network_exists():  # not another gateway's at the same time
-                    raise
+            for name, internal in ((self.network, False), (self.internal_network, True)):
+                if self._network_exists(name):
+                    continue
+                ipam = None
+                if self.overlay_subnet is not None and not internal:
+                    ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=self.overlay_subnet)])
+                try:
+                    self.api.create_network(
+                        name,
+                        driver="overlay",
+                        attachable=True,
+                        internal=internal,
+                        ipam=ipam,
+                        labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
+                        check_duplicate=True,
+                    )
+                except docker.errors.APIError:
+                    if not self._network_exists(name):  # not another gateway's just now
+                        raise
 
         await self._run(ensure)
 
-    def _network_exists(self) -> bool:
+    def _network_exists(self, name: str) -> bool:
         # A substring match: check names exactly.
-        return any(n["Name"] == self.network for n in self.api.networks(names=[self.network]))
+        return any(n["Name"] == name for n in self.api.networks(names=[name]))
 
     async def remove_network(self) -> None:
-        """Remove the overlay when this namespace made it and has no service left."""
+        """Remove the overlays this namespace made when it has no service left."""
 
         def remove() -> None:
             if self._services(filters=self._filters()):
                 log.info("network kept: services of this namespace remain")
                 return
-            for net in self.api.networks(names=[self.network]):
-                labels = net.get("Labels") or {}
-                if net["Name"] != self.network or labels.get(LABEL_NAMESPACE) != self.namespace:
-                    continue  # not ours (a swarm's own overlay): left alone
+            for net in self.api.networks(filters=self._filters()):
+                if net["Name"] not in (self.network, self.internal_network):
+                    continue  # a swarm's own overlay is not labelled as ours: left alone
                 try:
                     self.api.remove_network(net["Id"])
                 except docker.errors.APIError as e:
@@ -423,22 +428,22 @@ class SwarmBackend:
     def _tasks(self) -> list[tuple[dict[str, Any], dict[str, str]]]:
         """Every task of this namespace's services, with its service's labels."""
         services = self._services(filters=self._filters())
-        for service in services:
-            self._service_labels[service["ID"]] = dict(service["Spec"].get("Labels") or {})
-        ids = {service["ID"] for service in services}
-        if not ids:
+        labels = {s["ID"]: dict(s["Spec"].get("Labels") or {}) for s in services}
+        self._service_labels = labels  # replaced whole: removed services drop out
+        if not labels:
             return []
         return [
-            (task, self._service_labels[task["ServiceID"]])
+            (task, labels[task["ServiceID"]])
             for task in self._all_tasks()
-            if task.get("ServiceID") in ids
+            if task.get("ServiceID") in labels
         ]
 
     def _running(self, task: dict[str, Any], labels: dict[str, str]) -> Running | None:
         """A task as pools see it; None unless it runs and has its overlay address."""
         if not swarm_spec.task_runs(task):
             return None
-        address = swarm_spec.task_address(task, self.network, address_port(labels))
+        networks = (self.network, self.internal_network)
+        address = swarm_spec.task_address(task, networks, address_port(labels))
         if not address:
             return None
         task_id = str(task["ID"])
@@ -510,12 +515,10 @@ class SwarmBackend:
                         if self._running(task, labels) is not None
                     }
                     now_seen = {str(task["ID"]) for task, _ in tasks}
-                    for task_id in now_running - running:
-                        emit(task_id, "start")
-                    for task_id in running - now_running:
-                        emit(task_id, "die")
-                    for task_id in seen - now_seen:
-                        emit(task_id, "destroy")
+                    for task_id, action in swarm_spec.task_changes(
+                        running, seen, now_running, now_seen
+                    ):
+                        emit(task_id, action)
                     running, seen = now_running, now_seen
                 wake.wait(self.poll_s)
                 wake.clear()

@@ -162,7 +162,8 @@ def service_spec(
             "RestartPolicy": {"Condition": "any", "Delay": 0, "MaxAttempts": 0},
             "Placement": {"Preferences": [{"Spread": {"SpreadDescriptor": "node.id"}}]},
             # Every version of a function answers to one more name on the overlay.
-            "Networks": [{"Target": network, "Aliases": [f"{namespace}-{spec.name}"]}],
+            # container_config's choice: the internal overlay when outbound is cut.
+            "Networks": [{"Target": host["network_mode"], "Aliases": [f"{namespace}-{spec.name}"]}],
             "LogDriver": {
                 "Name": "json-file",
                 "Options": host["log_config"]["config"],
@@ -193,10 +194,10 @@ def with_replicas(stored: dict[str, Any], replicas: int) -> dict[str, Any]:
     return updated
 
 
-def task_address(task: dict[str, Any], network: str, port: int) -> str:
-    """host:port of a task on `network` ("" when it has no address there yet)."""
+def task_address(task: dict[str, Any], networks: tuple[str, ...], port: int) -> str:
+    """host:port of a task on one of `networks` ("" when it has no address there yet)."""
     for attachment in task.get("NetworksAttachments") or []:
-        if ((attachment.get("Network") or {}).get("Spec") or {}).get("Name") != network:
+        if ((attachment.get("Network") or {}).get("Spec") or {}).get("Name") not in networks:
             continue
         for address in attachment.get("Addresses") or []:
             return f"{address.split('/', 1)[0]}:{port}"
@@ -208,3 +209,16 @@ def task_runs(task: dict[str, Any]) -> bool:
     return (task.get("Status") or {}).get("State") == "running" and task.get(
         "DesiredState"
     ) == "running"
+
+
+def task_changes(
+    running: set[str], seen: set[str], now_running: set[str], now_seen: set[str]
+) -> list[tuple[str, str]]:
+    """What `watch` reports between two looks at the tasks: (task ID, action) for each task
+    that came to run ("start"), stopped running or is meant to stop ("die"), or is gone
+    ("destroy"; a running task that vanished at once also "die"s first)."""
+    return [
+        *((task_id, "start") for task_id in sorted(now_running - running)),
+        *((task_id, "die") for task_id in sorted(running - now_running)),
+        *((task_id, "destroy") for task_id in sorted(seen - now_seen)),
+    ]

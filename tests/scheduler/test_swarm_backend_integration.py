@@ -20,7 +20,7 @@ import pytest
 from infra.registry import push_image
 from infra.swarm import SWARM_LABEL, LocalSwarm, swarm_down, swarm_up
 from scheduler.docker_backend import LABEL_INSTANCE, LABEL_NAMESPACE, RUNTIME_UID
-from scheduler.models import FunctionSpec, Limits
+from scheduler.models import FunctionSpec, Limits, Network
 from scheduler.registry_api import RegistryAPI
 from scheduler.swarm_backend import SwarmBackend
 from scheduler.swarm_spec import LABEL_NODE, registry_repository
@@ -45,6 +45,18 @@ def swarm(
         yield made
     finally:
         swarm_down(docker_client, state, name=NAME, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def runtime(swarm: LocalSwarm, docker_client: docker.DockerClient) -> tuple[str, str]:
+    """(reference, digest) of the runtime image in the swarm's registry, also on the
+    manager's engine (as a deploy's build leaves a function image there)."""
+    image = os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"]
+    digest = push_image(docker_client, image, swarm.registry, "kapal-test/runtime", "1")
+    reference = swarm.registry.reference("kapal-test/runtime", digest)
+    with swarm.manager.engine() as engine:
+        engine.images.pull(reference)
+    return reference, digest
 
 
 async def until(what: str, check: Callable[[], bool | Awaitable[bool]]) -> None:
@@ -110,14 +122,9 @@ def task_container(swarm: LocalSwarm, task: dict[str, object]) -> tuple[str, str
 
 
 async def test_a_function_version_runs_as_one_replicated_service(
-    swarm: LocalSwarm, docker_client: docker.DockerClient, tmp_path: Path
+    swarm: LocalSwarm, runtime: tuple[str, str], tmp_path: Path
 ) -> None:
-    runtime = os.environ["KAPAL_RUNTIME_IMAGE_PYTHON"]
-    # A function image on the manager's engine, as a deploy's build would leave it.
-    digest = push_image(docker_client, runtime, swarm.registry, "kapal-test/runtime", "1")
-    source = swarm.registry.reference("kapal-test/runtime", digest)
-    with swarm.manager.engine() as engine:
-        engine.images.pull(source)
+    source, digest = runtime
     secrets_root = tmp_path / "secrets"
     (secrets_root / FUNCTION).mkdir(parents=True)
     (secrets_root / FUNCTION / SECRET).write_bytes(SECRET_VALUE)
@@ -236,6 +243,24 @@ async def test_a_function_version_runs_as_one_replicated_service(
         assert after["TaskTemplate"] == template  # the template was never touched
         assert after["Mode"] == {"Replicated": {"Replicas": 1}}
 
+        # A second version, cut off from the outside, with the same secret value.
+        cut = spec.model_copy(update={"version": 2, "network": Network(outbound=False)})
+        await backend.set_replicas(cut, 1)
+        await until("both versions run", lambda: count(2))
+        [second] = [r for r in await backend.list_managed() if r.version == 2]
+        internal = f"{network}-internal"
+        assert fetch_from_overlay(
+            swarm, source, internal, [f"http://{second.address}/_/health"]
+        ) == [200]
+        await backend.remove_version(FUNCTION, 1)
+        await until("only the second version runs", lambda: count(1))
+        with swarm.manager.engine() as engine:
+            [left] = engine.services.list(filters={"label": f"{LABEL_NAMESPACE}={NAMESPACE}"})
+            assert left.name == f"{NAMESPACE}-{FUNCTION}-2"
+            # Still used by the second version: kept.
+            [secret] = engine.secrets.list(filters={"label": f"{LABEL_NAMESPACE}={NAMESPACE}"})
+            assert secret.name.startswith(f"{NAMESPACE}-{FUNCTION}-{SECRET}-")
+
         await backend.remove_function(FUNCTION)
         await until("no task is left", lambda: count(0))
         with swarm.manager.engine() as engine:
@@ -248,14 +273,60 @@ async def test_a_function_version_runs_as_one_replicated_service(
 
         await backend.remove_network()
 
-        def network_gone() -> bool:
+        def networks_gone() -> bool:
             # Swarm removes an overlay once the last task on it is gone.
             with swarm.manager.engine() as engine:
-                return not [n for n in engine.networks.list(names=[network]) if n.name == network]
+                names = {n.name for n in engine.networks.list(names=[network])}
+            return not names & {network, internal}
 
-        await until("the overlay is gone", network_gone)
+        await until("both overlays are gone", networks_gone)
     finally:
         stop()
         await backend.remove_function(FUNCTION)
         await backend.remove_network()
+        backend.close()
+
+
+async def test_a_tasks_log_is_followed_with_timestamps(
+    swarm: LocalSwarm, runtime: tuple[str, str]
+) -> None:
+    source, _ = runtime
+    script = (
+        "import sys, time\n"
+        "print('to-out', flush=True)\n"
+        "print('to-err', file=sys.stderr, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    backend = SwarmBackend(
+        NAMESPACE, f"{NAMESPACE}-functions", manager_url=swarm.manager.api_url, registry="-"
+    )
+    with swarm.manager.engine() as engine:
+        service = engine.services.create(  # type: ignore[no-untyped-call]
+            source,
+            command=["python3", "-c", script],
+            name=f"{NAMESPACE}-logger",
+            labels={SWARM_LABEL: swarm.name},
+            resources=docker.types.Resources(mem_limit=64 * 1024 * 1024, cpu_limit=250_000_000),
+            restart_policy=docker.types.RestartPolicy(condition="none"),
+            read_only=True,
+            cap_drop=["ALL"],
+        )
+    try:
+
+        async def started() -> bool:
+            return any(t["Status"]["State"] == "running" for t in service.tasks())
+
+        await until("the logger runs", started)
+        [task] = service.tasks()
+        for stream, line in (("stdout", b"to-out"), ("stderr", b"to-err")):
+            logs = backend.follow_logs(task["ID"], stream, 0)
+            try:
+                entry = await asyncio.wait_for(asyncio.to_thread(next, iter(logs)), WAIT_S)
+            finally:
+                logs.close()
+            stamp, _, text = entry.partition(b" ")
+            assert text.rstrip(b"\n") == line
+            assert stamp.endswith(b"Z") and stamp[:2] == b"20"  # RFC 3339, UTC
+    finally:
+        service.remove()
         backend.close()

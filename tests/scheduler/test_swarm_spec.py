@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scheduler.docker_backend import LABEL_INSTANCE, RUNTIME_UID, container_config
-from scheduler.models import FunctionSpec, Limits
+from scheduler.models import FunctionSpec, Limits, Network
 from scheduler.swarm_spec import (
     MAX_SECRET_NAME,
     MAX_SERVICE_NAME,
@@ -14,6 +14,7 @@ from scheduler.swarm_spec import (
     service_name,
     service_spec,
     task_address,
+    task_changes,
     task_runs,
     with_replicas,
 )
@@ -147,7 +148,30 @@ def test_a_task_routes_by_its_address_on_the_overlay_once_it_runs() -> None:
         ],
     }
     assert task_runs(task)
-    assert task_address(task, "ns-functions", 8080) == "10.217.0.5:8080"
-    assert task_address(task, "other", 8080) == ""
+    assert task_address(task, ("ns-functions", "ns-functions-internal"), 8080) == (
+        "10.217.0.5:8080"
+    )
+    assert task_address(task, ("other",), 8080) == ""
     assert not task_runs({**task, "DesiredState": "shutdown"})  # scale-down chose it
     assert not task_runs({**task, "Status": {"State": "starting"}})
+
+
+def test_a_function_without_outbound_access_is_on_the_internal_overlay() -> None:
+    cut = spec(network=Network(outbound=False))
+    networks = service_spec(cut, "ns", "ns-functions", 1)["TaskTemplate"]["Networks"]
+    assert networks == [{"Target": "ns-functions-internal", "Aliases": ["ns-fn"]}]
+
+
+def test_watch_reports_what_changed_between_two_looks() -> None:
+    assert task_changes(set(), set(), {"a", "b"}, {"a", "b", "c"}) == [
+        ("a", "start"),
+        ("b", "start"),
+    ]
+    # b was chosen by a scale-down (still listed, shutting down); a went at once; c is gone.
+    assert task_changes({"a", "b"}, {"a", "b", "c"}, set(), {"b"}) == [
+        ("a", "die"),
+        ("b", "die"),
+        ("a", "destroy"),
+        ("c", "destroy"),
+    ]
+    assert task_changes({"a"}, {"a"}, {"a"}, {"a"}) == []
