@@ -245,12 +245,9 @@ class SwarmBackend:
 
         def push() -> str:
             self.api.tag(image, repository, str(version))
-            auth = None
-            if self.registry_auth is not None:
-                auth = {"username": self.registry_auth[0], "password": self.registry_auth[1]}
             digest = None
             for event in self.api.push(
-                repository, str(version), stream=True, decode=True, auth_config=auth
+                repository, str(version), stream=True, decode=True, auth_config=self._auth_config()
             ):
                 if "error" in event:
                     raise BackendError(f"pushing {image} to {repository}: {event['error']}")
@@ -343,14 +340,15 @@ class SwarmBackend:
                 info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
             except docker.errors.ImageNotFound:
                 try:
-                    self.api.pull(image, auth_config=self._pull_auth())
+                    self.api.pull(image, auth_config=self._auth_config())
                     info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
                 except docker.errors.APIError as e:
                     raise StartFailed(f"image {image} cannot be had: {e}") from e
             user = self._image_users[image] = str((info.get("Config") or {}).get("User") or "")
         return user
 
-    def _pull_auth(self) -> dict[str, str] | None:
+    def _auth_config(self) -> dict[str, str] | None:
+        """The registry credentials as the engine takes them for a push or a pull."""
         if self.registry_auth is None:
             return None
         return {"username": self.registry_auth[0], "password": self.registry_auth[1]}

@@ -7,15 +7,17 @@ import base64
 import copy
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 import requests
 
-from scheduler.errors import BackendError
+from scheduler.errors import BackendError, StartFailed
 from scheduler.models import FunctionSpec
 from scheduler.swarm_backend import SwarmBackend
-from scheduler.swarm_spec import service_spec, with_replicas
+from scheduler.swarm_spec import secret_name, service_spec, with_replicas
 
 IMAGE = "r:5000/kapal-fn/ns-fn@sha256:" + "a" * 64
 SPEC = FunctionSpec(name="fn", version=3, image=IMAGE)
@@ -41,6 +43,45 @@ class FakeManager:
         self.posts: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, str]]] = []
         # Answers to give updates before taking them (e.g. someone else's update first).
         self.refusals: list[requests.Response] = []
+        self.images, self.registry, self.pulls = {}, {}, []
+        self.stored_secrets, self.task_states = {}, {}
+
+    # Images on the manager's engine (name -> USER), what the registry has, pulls made.
+    images: dict[str, str]
+    registry: dict[str, str]
+    pulls: list[str]
+    # Secrets by name (ID, value); tasks by ID.
+    stored_secrets: dict[str, tuple[str, bytes]]
+    task_states: dict[str, dict[str, Any]]
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        if image not in self.images:
+            raise docker.errors.ImageNotFound(image)
+        return {"Config": {"User": self.images[image]}}
+
+    def pull(self, image: str, auth_config: dict[str, str] | None = None) -> None:
+        self.pulls.append(image)
+        if image not in self.registry:
+            raise docker.errors.APIError(f"manifest for {image} not found")
+        self.images[image] = self.registry[image]
+
+    def secrets(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        name = filters["name"]
+        return [
+            {"ID": sid, "Spec": {"Name": n}}
+            for n, (sid, _) in self.stored_secrets.items()
+            if n.startswith(name)
+        ]
+
+    def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> dict[str, str]:
+        assert labels == {"kapal.managed": "true", "kapal.namespace": "ns", "kapal.function": "fn"}
+        self.stored_secrets[name] = (f"sid{len(self.stored_secrets)}", data)
+        return {"ID": self.stored_secrets[name][0]}
+
+    def inspect_task(self, task_id: str) -> dict[str, Any]:
+        if task_id not in self.task_states:
+            raise docker.errors.NotFound(task_id)
+        return self.task_states[task_id]
 
     def services(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return [] if self.service is None else [copy.deepcopy(self.service)]
@@ -164,3 +205,89 @@ async def test_single_instances_are_not_started_or_stopped(backend: SwarmBackend
     with pytest.raises(BackendError, match="replica count"):
         await backend.pause("t1")
     await backend.remove("t1", grace_s=5)  # nothing to do: the replica count decides
+
+
+async def test_an_image_that_runs_as_root_is_pulled_once_and_run_as_the_runtime_user(
+    backend: SwarmBackend, manager: FakeManager
+) -> None:
+    image_fn = FunctionSpec(name="fn", version=1, image=IMAGE, runtime="image")
+    manager.registry[IMAGE] = "root"
+    await backend.set_replicas(image_fn, 1)
+    assert manager.pulls == [IMAGE]
+    assert manager.service is not None
+    assert manager.service["Spec"]["TaskTemplate"]["ContainerSpec"]["User"] == "10001:10001"
+    manager.service = None
+    await backend.set_replicas(image_fn, 1)
+    assert manager.pulls == [IMAGE]  # its USER is known now
+
+
+async def test_an_image_that_cannot_be_had_fails_the_start(
+    backend: SwarmBackend, manager: FakeManager
+) -> None:
+    image_fn = FunctionSpec(name="fn", version=1, image=IMAGE, runtime="image")
+    with pytest.raises(StartFailed, match="cannot be had"):
+        await backend.set_replicas(image_fn, 1)
+    assert manager.posts == []
+
+
+async def test_secrets_are_made_once_per_value(manager: FakeManager, tmp_path: Path) -> None:
+    (tmp_path / "fn").mkdir()
+    (tmp_path / "fn" / "pw").write_bytes(b"v1")
+    backend = SwarmBackend(
+        "ns", "net", manager_url="tcp://127.0.0.1:9", registry="r", secrets_root=tmp_path
+    )
+    backend.api = manager  # type: ignore[assignment]
+    with_secret = SPEC.model_copy(update={"secrets": ["pw"]})
+    try:
+        await backend.set_replicas(with_secret, 1)
+        await backend.set_replicas(with_secret.model_copy(update={"version": 4}), 1)
+        (tmp_path / "fn" / "pw").write_bytes(b"v2")
+        await backend.set_replicas(with_secret.model_copy(update={"version": 5}), 1)
+    finally:
+        backend.close()
+    assert {name: value for name, (_, value) in manager.stored_secrets.items()} == {
+        secret_name("ns", "fn", "pw", b"v1"): b"v1",
+        secret_name("ns", "fn", "pw", b"v2"): b"v2",
+    }
+    refs = [
+        body["TaskTemplate"]["ContainerSpec"]["Secrets"][0]["SecretID"]
+        for path, body, _, _ in manager.posts
+        if path == "/services/create"
+    ]
+    assert refs == ["sid0", "sid0", "sid1"]
+
+
+async def test_a_secret_not_written_fails_the_start(manager: FakeManager, tmp_path: Path) -> None:
+    backend = SwarmBackend(
+        "ns", "net", manager_url="tcp://127.0.0.1:9", registry="r", secrets_root=tmp_path
+    )
+    backend.api = manager  # type: ignore[assignment]
+    try:
+        with pytest.raises(StartFailed, match="secret pw of fn"):
+            await backend.set_replicas(SPEC.model_copy(update={"secrets": ["pw"]}), 1)
+    finally:
+        backend.close()
+    assert manager.posts == []
+
+
+def task(state: str, desired: str, exit_code: int = 0, err: str = "") -> dict[str, Any]:
+    return {
+        "DesiredState": desired,
+        "Status": {"State": state, "Err": err, "ContainerStatus": {"ExitCode": exit_code}},
+    }
+
+
+async def test_oom_is_told_from_the_tasks_end(backend: SwarmBackend, manager: FakeManager) -> None:
+    manager.task_states = {
+        "killed": task("failed", "running", 137, "task: non-zero exit (137)"),
+        "said": task("failed", "running", 1, "OOM killed"),
+        "stopped": task("shutdown", "shutdown", 137),
+        "failed": task("failed", "running", 1, "task: non-zero exit (1)"),
+        "runs": task("running", "running"),
+    }
+    assert await backend.oom_killed("killed")
+    assert await backend.oom_killed("said")
+    assert not await backend.oom_killed("stopped")  # a scale-down's kill, not memory
+    assert not await backend.oom_killed("failed")
+    assert not await backend.oom_killed("runs", wait_s=0.1)
+    assert not await backend.oom_killed("gone")
