@@ -8,7 +8,7 @@ each service is (labels, limits, hardening, secrets) is `scheduler.swarm_spec`.
 A replica-count change sends the service's stored Spec back with only the count changed:
 docker-py's `Service.scale()` re-sends a spec with defaults filled in, which Swarm takes
 for a new task template, replacing every task. Swarm has no per-task events, so `watch`
-polls the namespace's tasks (woken early by the manager's service events).
+polls the namespace's tasks (`scheduler.swarm_tasks`).
 
 Images: a version's image, built on the manager's engine, is pushed to the registry as
 `REGISTRY/kapal-fn/NAME:VERSION` and services name it by digest, which every node pulls.
@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import struct
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -50,7 +48,9 @@ from scheduler.docker_backend import (
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import FunctionSpec
 from scheduler.registry_api import RegistryAPI
-from scheduler.swarm_spec import LABEL_NODE, SecretRef
+from scheduler.swarm_secrets import ensure_secrets, remove_unused_secrets
+from scheduler.swarm_spec import LABEL_NODE
+from scheduler.swarm_tasks import TaskLogs, follow_task_logs, watch_tasks
 
 log = logging.getLogger("kapal.scheduler.swarm")
 
@@ -60,29 +60,6 @@ ENGINE_TIMEOUT_S = 600
 # Exit status of a process killed by SIGKILL (the kernel's OOM killer sends that).
 SIGKILL_EXIT = 137
 NOT_SCALED = "swarm services are scaled by replica count"
-
-
-class TaskLogs:
-    """A followed task log: an iterator of entries (one frame each), with `close()`."""
-
-    def __init__(self, response: requests.Response) -> None:
-        self._response = response
-
-    def __iter__(self) -> Iterator[bytes]:
-        raw = self._response.raw
-        while True:
-            # The engine multiplexes stdout and stderr: an 8-byte header, then the frame.
-            header = raw.read(8)
-            if len(header) < 8:
-                return
-            _, size = struct.unpack(">BxxxL", header)
-            frame = raw.read(size)
-            if not frame:
-                return
-            yield frame
-
-    def close(self) -> None:
-        self._response.close()
 
 
 class SwarmBackend:
@@ -322,7 +299,7 @@ class SwarmBackend:
             self.namespace,
             self.network,
             replicas,
-            secrets=self._secrets(spec),
+            secrets=ensure_secrets(self.api, self.namespace, self.secrets_root, spec),
             runtime_env=self.runtime_env,
             image_user=image_user,
         )
@@ -353,37 +330,6 @@ class SwarmBackend:
             return None
         return {"username": self.registry_auth[0], "password": self.registry_auth[1]}
 
-    def _secrets(self, spec: FunctionSpec) -> tuple[SecretRef, ...]:
-        """The Swarm secrets of `spec`, made from the files the gateway wrote."""
-        if not spec.secrets:
-            return ()
-        if self.secrets_root is None:
-            raise StartFailed(f"function {spec.name} has secrets but no secrets folder is set")
-        refs = []
-        for file in spec.secrets:
-            path = self.secrets_root / spec.name / file
-            try:
-                value = path.read_bytes()
-            except OSError as e:
-                raise StartFailed(f"secret {file} of {spec.name} is not at hand: {e}") from e
-            name = swarm_spec.secret_name(self.namespace, spec.name, file, value)
-            found = [
-                s for s in self.api.secrets(filters={"name": name}) if s["Spec"]["Name"] == name
-            ]
-            if found:
-                secret_id = str(found[0]["ID"])
-            else:
-                labels = swarm_spec.secret_labels(self.namespace, spec.name)
-                try:
-                    secret_id = str(self.api.create_secret(name, value, labels=labels)["ID"])
-                except docker.errors.APIError as e:
-                    if e.status_code != 409:
-                        raise
-                    # Made by another gateway just now.
-                    secret_id = str(self.api.inspect_secret(name)["ID"])
-            refs.append(SecretRef(file, secret_id, name))
-        return tuple(refs)
-
     async def remove_version(self, function: str, version: int) -> None:
         """Remove a version's service (its tasks get SIGTERM and their grace period) and
         the secrets no other service uses."""
@@ -408,18 +354,8 @@ class SwarmBackend:
         await self._run(remove)
 
     def _remove_unused_secrets(self, function: str) -> None:
-        used = {
-            ref["SecretID"]
-            for service in self._services(filters=self._filters(**{LABEL_FUNCTION: function}))
-            for ref in service["Spec"]["TaskTemplate"]["ContainerSpec"].get("Secrets") or []
-        }
-        for secret in self.api.secrets(filters=self._filters(**{LABEL_FUNCTION: function})):
-            if secret["ID"] in used:
-                continue
-            try:
-                self.api.remove_secret(secret["ID"])
-            except docker.errors.APIError as e:  # gone, or in use by another gateway's
-                log.debug("secret kept", extra={"secret": secret["Spec"]["Name"], "error": str(e)})
+        mine = self._filters(**{LABEL_FUNCTION: function})
+        remove_unused_secrets(self.api, mine, self._services(filters=mine))
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -486,55 +422,14 @@ class SwarmBackend:
         runs with an address (every running task at the first look too, so none started
         before the caller listed them is missed), "die" when one stops running or is
         meant to stop, "destroy" when it is gone. Returns a function that stops watching.
+        Swarm has no task events: see `swarm_tasks.watch_tasks`."""
 
-        Swarm reports no task events: the tasks are polled every `poll_s` on a thread,
-        and the manager's service and node events wake the poll early.
-        """
-        loop = asyncio.get_running_loop()
-        stopped = threading.Event()
-        wake = threading.Event()
-        stream = self.api.events(decode=True, filters={"type": ["service", "node"]})
+        def look() -> tuple[set[str], set[str]]:
+            tasks = self._tasks()
+            running = {str(t["ID"]) for t, labels in tasks if self._running(t, labels)}
+            return running, {str(t["ID"]) for t, _ in tasks}
 
-        def emit(task_id: str, action: str) -> None:
-            loop.call_soon_threadsafe(on_event, task_id, action)
-
-        def poll() -> None:
-            running: set[str] = set()
-            seen: set[str] = set()
-            while not stopped.is_set():
-                try:
-                    tasks = self._tasks()
-                except (docker.errors.DockerException, requests.RequestException) as e:
-                    log.warning("swarm tasks not listed", extra={"error": str(e)})
-                else:
-                    now_running = {
-                        str(task["ID"])
-                        for task, labels in tasks
-                        if self._running(task, labels) is not None
-                    }
-                    now_seen = {str(task["ID"]) for task, _ in tasks}
-                    for task_id, action in swarm_spec.task_changes(
-                        running, seen, now_running, now_seen
-                    ):
-                        emit(task_id, action)
-                    running, seen = now_running, now_seen
-                wake.wait(self.poll_s)
-                wake.clear()
-
-        def listen() -> None:
-            try:
-                for _ in stream:
-                    wake.set()
-            except Exception as e:  # the stream closes when we stop, or the engine goes
-                log.debug("swarm event stream ended", extra={"error": str(e)})
-
-        def stop() -> None:
-            stopped.set()
-            wake.set()
-            stream.close()
-
-        threading.Thread(target=poll, name="kapal-swarm-tasks", daemon=True).start()
-        threading.Thread(target=listen, name="kapal-swarm-events", daemon=True).start()
+        stop = watch_tasks(self.api, look, on_event, self.poll_s)
         self._stops.append(stop)
         return stop
 
@@ -568,22 +463,7 @@ class SwarmBackend:
     def follow_logs(self, task_id: str, stream: str, since_s: float) -> TaskLogs:
         """One stream (stdout or stderr) of a task's log from `since_s` on, followed and
         timestamped: a blocking iterator of entries with `close()`."""
-        params: dict[str, Any] = {
-            "follow": 1,
-            "timestamps": 1,
-            "stdout": int(stream == "stdout"),
-            "stderr": int(stream == "stderr"),
-        }
-        if since_s > 0:
-            params["since"] = f"{since_s:.9f}"
-        url = f"{self.api.base_url}/v{self.api.api_version}/tasks/{task_id}/logs"
-        response = self.api.get(url, params=params, stream=True, timeout=None)
-        try:
-            response.raise_for_status()
-        except requests.HTTPError as e:
-            response.close()
-            docker.errors.create_api_error_from_http_exception(e)
-        return TaskLogs(response)
+        return follow_task_logs(self.api, task_id, stream, since_s)
 
     async def remove(self, task_id: str, grace_s: float = 0.0) -> None:
         """Nothing: Swarm cannot stop one task of a service and keep the others (a lower

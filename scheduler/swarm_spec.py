@@ -18,10 +18,8 @@ limits and the user) mapped onto the Swarm API of Docker 20.10 (API 1.41):
   nodes sets it engine-wide; without it the task still runs non-root, with no
   capabilities at all, on a read-only root, so a setuid binary gains nothing to use.
 
-Secrets are Swarm secrets, not the host folder the Docker backend binds: a task runs on
-whichever node Swarm picks, where that folder does not exist. Each secret's name ends in
-a hash of its value (Swarm secrets are immutable): a changed value is a new secret, and
-a version keeps the values it was started with.
+Secrets are Swarm secrets, not the host folder the Docker backend binds: see
+`scheduler.swarm_secrets`.
 """
 
 from __future__ import annotations
