@@ -17,9 +17,10 @@ from typing import Any
 import docker
 import pytest
 
-from infra.registry import push_image
+from infra.registry import REGISTRY_PORT, push_image, registry_image, start_registry
 from infra.swarm import SWARM_LABEL, LocalSwarm, swarm_down, swarm_up
 from scheduler.docker_backend import LABEL_INSTANCE, LABEL_NAMESPACE, RUNTIME_UID
+from scheduler.errors import BackendError
 from scheduler.models import FunctionSpec, Limits, Network
 from scheduler.registry_api import RegistryAPI
 from scheduler.swarm_backend import SwarmBackend
@@ -33,14 +34,22 @@ FUNCTION = "echo"
 SECRET = "token"
 SECRET_VALUE = b"swarm-secret-value"
 WAIT_S = 60.0
+# A second registry on the swarm's bridge, with a password; the nodes trust it from the start.
+PRIVATE_IP = "10.213.0.3"
+PRIVATE = f"{PRIVATE_IP}:{REGISTRY_PORT}"
+CREDENTIALS = ("kapal-pusher", "s3cret-swarm-backend")
 
 
 @pytest.fixture(scope="module")
-def swarm(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalSwarm]:
-    state = tmp_path_factory.mktemp("swarm-backend-state")
-    made = swarm_up(docker_client, state, name=NAME, nodes=3, log=lambda _: None)
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("swarm-backend-state")
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client: docker.DockerClient, state: Path) -> Iterator[LocalSwarm]:
+    made = swarm_up(
+        docker_client, state, name=NAME, nodes=3, insecure_registries=(PRIVATE,), log=lambda _: None
+    )
     try:
         yield made
     finally:
@@ -330,3 +339,54 @@ async def test_a_tasks_log_is_followed_with_timestamps(
     finally:
         service.remove()
         backend.close()
+
+
+async def test_a_registry_with_credentials_serves_pushes_pulls_and_deletes(
+    swarm: LocalSwarm, runtime: tuple[str, str], docker_client: docker.DockerClient, state: Path
+) -> None:
+    source, digest = runtime
+    registry = start_registry(
+        docker_client,
+        registry_image(docker_client, log=lambda _: None),
+        state / NAME / "private-registry",
+        name=f"{NAME}-private-registry",
+        network=f"{NAME}-swarm",
+        ip=PRIVATE_IP,
+        labels={SWARM_LABEL: NAME},
+        credentials=CREDENTIALS,
+    )
+    anonymous = SwarmBackend(
+        NAMESPACE, f"{NAMESPACE}-functions", manager_url=swarm.manager.api_url, registry=PRIVATE
+    )
+    backend = SwarmBackend(
+        NAMESPACE,
+        f"{NAMESPACE}-functions",
+        manager_url=swarm.manager.api_url,
+        registry=PRIVATE,
+        registry_auth=CREDENTIALS,
+    )
+    try:
+        with pytest.raises(BackendError, match="no basic auth credentials"):
+            await anonymous.publish(source, "private", 1)
+        image = await backend.publish(source, "private", 1)
+        assert image == f"{PRIVATE}/kapal-fn/{NAMESPACE}-private@{digest}"
+        await backend.ensure_network()
+        spec = FunctionSpec(name="private", version=1, image=image, env={"KAPAL_PREWARM": "1"})
+        # Three tasks: every node pulls the image, with the credentials the service carries.
+        await backend.set_replicas(spec, 3)
+
+        async def three() -> bool:
+            return len(await backend.list_managed()) == 3
+
+        await until("three tasks pulled the image and run", three)
+        repository = registry_repository(NAMESPACE, "private")
+        assert RegistryAPI(PRIVATE, CREDENTIALS).tags(repository) == ["1"]
+        await backend.remove_function("private")
+        await backend.unpublish("private")
+        assert RegistryAPI(PRIVATE, CREDENTIALS).tags(repository) == []
+    finally:
+        await backend.remove_function("private")
+        await backend.remove_network()
+        anonymous.close()
+        backend.close()
+        docker_client.api.remove_container(registry.container, force=True, v=True)
