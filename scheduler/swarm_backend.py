@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,10 @@ T = TypeVar("T")
 ENGINE_TIMEOUT_S = 600
 # Exit status of a process killed by SIGKILL (the kernel's OOM killer sends that).
 SIGKILL_EXIT = 137
+# How long an overlay being removed may take to go (its last tasks stopping).
+NETWORK_GONE_S = 60.0
+# How the manager refuses a service on an overlay being removed.
+MISSING_NETWORK = re.compile(r"network (\S+) not found")
 NOT_SCALED = "swarm services are scaled by replica count"
 
 
@@ -166,29 +171,42 @@ class SwarmBackend:
         """The attachable overlays functions and gateways share exist: `network`, and its
         internal twin (no route out) for functions whose outbound access is cut. Gateways
         join both."""
+        await self._run(self._ensure_networks)
 
-        def ensure() -> None:
-            for name, internal in ((self.network, False), (self.internal_network, True)):
-                if self._network_exists(name):
-                    continue
-                ipam = None
-                if self.overlay_subnet is not None and not internal:
-                    ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=self.overlay_subnet)])
-                try:
-                    self.api.create_network(
-                        name,
-                        driver="overlay",
-                        attachable=True,
-                        internal=internal,
-                        ipam=ipam,
-                        labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
-                        check_duplicate=True,
-                    )
-                except docker.errors.APIError:
-                    if not self._network_exists(name):  # not another gateway's just now
-                        raise
+    def _ensure_networks(self) -> None:
+        for name, internal in ((self.network, False), (self.internal_network, True)):
+            if self._network_exists(name):
+                continue
+            ipam = None
+            if self.overlay_subnet is not None and not internal:
+                ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=self.overlay_subnet)])
+            try:
+                self.api.create_network(
+                    name,
+                    driver="overlay",
+                    attachable=True,
+                    internal=internal,
+                    ipam=ipam,
+                    labels={LABEL_MANAGED: "true", LABEL_NAMESPACE: self.namespace},
+                    check_duplicate=True,
+                )
+            except docker.errors.APIError:
+                if not self._network_exists(name):  # not another gateway's just now
+                    raise
 
-        await self._run(ensure)
+    def _renew_network(self, name: str) -> None:
+        """Make overlay `name` again once a removal under way has finished.
+
+        A removed overlay that tasks still used is listed until they are gone, yet no
+        service can join it any more ("network ... not found"): wait for it to go, then
+        make it anew.
+        """
+        deadline = time.monotonic() + NETWORK_GONE_S
+        while self._network_exists(name):
+            if time.monotonic() > deadline:
+                raise BackendError(f"network {name} is being removed and stays")
+            time.sleep(0.2)
+        self._ensure_networks()
 
     def _network_exists(self, name: str) -> bool:
         # A substring match: check names exactly.
@@ -303,7 +321,14 @@ class SwarmBackend:
             runtime_env=self.runtime_env,
             image_user=image_user,
         )
-        created = self._post("/services/create", body)
+        try:
+            created = self._post("/services/create", body)
+        except docker.errors.APIError as e:
+            gone = MISSING_NETWORK.search(str(e))
+            if gone is None or gone[1] not in (self.network, self.internal_network):
+                raise
+            self._renew_network(gone[1])
+            created = self._post("/services/create", body)
         log.info(
             "service created",
             extra={"service": body["Name"], "id": created["ID"], "replicas": replicas},

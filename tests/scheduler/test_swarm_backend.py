@@ -291,3 +291,42 @@ async def test_oom_is_told_from_the_tasks_end(backend: SwarmBackend, manager: Fa
     assert not await backend.oom_killed("failed")
     assert not await backend.oom_killed("runs", wait_s=0.1)
     assert not await backend.oom_killed("gone")
+
+
+class LeavingNetwork(FakeManager):
+    """An overlay removed a moment ago: listed for a few more looks, joined by nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed_for = 3
+        self.created: list[tuple[str, bool]] = []
+
+    def networks(self, names: list[str]) -> list[dict[str, Any]]:
+        if names == ["ns-functions"] and self.listed_for > 0:
+            self.listed_for -= 1
+            return [{"Name": "ns-functions"}]
+        return [{"Name": name} for name, _ in self.created if name in names]
+
+    def create_network(self, name: str, internal: bool, **kw: Any) -> None:
+        self.created.append((name, internal))
+
+    def post(
+        self, url: str, data: str, params: dict[str, Any] | None, headers: dict[str, str]
+    ) -> requests.Response:
+        if not self.created:
+            self.posts.append((url, json.loads(data), {}, headers))
+            return response(500, {"message": "network ns-functions not found"})
+        return super().post(url, data, params, headers)
+
+
+async def test_a_service_waits_for_an_overlay_being_removed_and_makes_it_again() -> None:
+    manager = LeavingNetwork()
+    backend = SwarmBackend("ns", "ns-functions", manager_url="tcp://127.0.0.1:9", registry="r")
+    backend.api = manager  # type: ignore[assignment]
+    try:
+        await backend.set_replicas(SPEC, 1)
+    finally:
+        backend.close()
+    assert manager.listed_for == 0
+    assert manager.created == [("ns-functions", False), ("ns-functions-internal", True)]
+    assert manager.service is not None

@@ -390,3 +390,50 @@ async def test_a_registry_with_credentials_serves_pushes_pulls_and_deletes(
         anonymous.close()
         backend.close()
         docker_client.api.remove_container(registry.container, force=True, v=True)
+
+
+async def test_the_tasks_of_a_dead_node_die_and_are_replaced_on_the_others(
+    swarm: LocalSwarm, runtime: tuple[str, str], docker_client: docker.DockerClient
+) -> None:
+    # Last in this module: the swarm keeps a dead node afterwards.
+    source, _ = runtime
+    backend = SwarmBackend(
+        NAMESPACE,
+        f"{NAMESPACE}-functions",
+        manager_url=swarm.manager.api_url,
+        registry=swarm.registry.address,
+        poll_s=0.2,
+    )
+    events: list[tuple[str, str]] = []
+    stop = backend.watch(lambda task_id, action: events.append((task_id, action)))
+    spec = FunctionSpec(name="spread", version=1, image=source, env={"KAPAL_PREWARM": "1"})
+    try:
+        await backend.ensure_network()
+        await backend.set_replicas(spec, 3)
+
+        async def on_every_node() -> bool:
+            return len({r.labels[LABEL_NODE] for r in await backend.list_managed()}) == 3
+
+        await until("a task on each node", on_every_node)
+        with swarm.manager.engine() as engine:
+            ids = {n.attrs["Description"]["Hostname"]: n.id for n in engine.nodes.list()}
+        worker = swarm.nodes[-1]
+        [doomed] = [
+            r for r in await backend.list_managed() if r.labels[LABEL_NODE] == ids[worker.name]
+        ]
+        docker_client.api.kill(worker.name)
+
+        await until("watch reports the dead node's task", lambda: (doomed.id, "die") in events)
+
+        async def healed() -> bool:
+            running = await backend.list_managed()
+            return len(running) == 3 and ids[worker.name] not in {
+                r.labels[LABEL_NODE] for r in running
+            }
+
+        await until("three tasks run on the two nodes left", healed)
+    finally:
+        stop()
+        await backend.remove_function("spread")
+        await backend.remove_network()
+        backend.close()
