@@ -29,6 +29,7 @@ from scheduler import npm
 from scheduler.builder import ImageBuilder, image_repository
 from scheduler.depcache import Entry
 from scheduler.docker_backend import DockerBackend
+from scheduler.errors import ImagePushFailed, SchedulerError
 from scheduler.images import ImageResolver, RegistryAuth, ResolvedImage
 from scheduler.models import FunctionConfig, FunctionSpec
 from scheduler.pydeps import read_requirements
@@ -180,6 +181,7 @@ class Deployer:
                 say({"event": "resolved", "image": image})
             else:
                 image = await self._build(plan, version, output, progress, say)
+            image = await self._publish(name, version, image, say)
             spec = FunctionSpec(
                 **spec_in.model_dump(include=set(FunctionConfig.model_fields) - {"image"}),
                 name=name,
@@ -249,6 +251,21 @@ class Deployer:
         say({"event": "built", "image": image, "seconds": round(seconds, 3)})
         return image
 
+    async def _publish(self, name: str, version: int, image: str, say: DeployEvent) -> str:
+        """The image where instances pull it from (a swarm's nodes: the registry, by
+        digest); the deploy fails, with nothing recorded, when it cannot get there."""
+        started = time.monotonic()
+        try:
+            published = await self.backend.publish(image, name, version)
+        except SchedulerError as e:
+            self._built(name, version, [], f"image push failed: {e}", "error")
+            raise ImagePushFailed(f"image of {name} version {version} not pushed: {e}") from None
+        if published != image:
+            seconds = time.monotonic() - started
+            self._built(name, version, [], f"image pushed as {published} in {seconds:.1f} s")
+            say({"event": "pushed", "image": published, "seconds": round(seconds, 3)})
+        return published
+
     async def rollback(self, name: str, version: int | None) -> int:
         """Serve an earlier version again (its image is kept); pools roll over to it as to
         a new version, draining what serves now."""
@@ -284,4 +301,5 @@ class Deployer:
             # images can go.
             await self.backend.remove_function(name)
             await self.backend.remove_images(image_repository(self.settings.namespace, name))
+            await self.backend.unpublish(name)
         self._locks.pop(name, None)

@@ -22,7 +22,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.metrics import Metrics
-from gateway.proxy import BufferedResponse, ExchangeSink, exchange, request_head
+from gateway.proxy import BufferedResponse, ExchangeSink, Unreachable, exchange, request_head
 from gateway.records import InvocationRecord, Recorder
 from gateway.request import Request
 from gateway.settings import Settings
@@ -129,6 +129,16 @@ class Invoker:
                         f"every instance of {name} is busy", retry_after_s=1.0, reason="busy"
                     ) from None
                 continue
+            except Unreachable as e:
+                # Dropped from routing already; nothing was sent, so another may take it.
+                pool.release(inst)
+                if req.replayable and time.monotonic() < wait_until:
+                    continue
+                failed = UpstreamFailed(f"instance of {name} could not be reached ({e})")
+                self._record(
+                    req, target, request_id, inst, 502, acquired, wall_start, t0, trigger, parent
+                )
+                raise failed from None
             except BaseException as e:
                 status = getattr(e, "status", 502)
                 pool.release(inst)
@@ -169,6 +179,9 @@ class Invoker:
         head = request_head(req, target, peer, ours, strip_key)
         try:
             await exchange(self.upstreams, sink, req, inst.address, head, extra, timeout, limit)
+        except Unreachable as e:
+            pool.discard(inst, f"unreachable: {e}")
+            raise
         except TimeoutError:
             pool.discard(inst, "timeout")
             raise UpstreamTimeout(f"function {name} did not answer within {timeout:g}s") from None

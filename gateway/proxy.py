@@ -28,6 +28,13 @@ OURS = frozenset((b"x-kapal-request-id", b"x-kapal-deadline", b"x-forwarded-for"
 # A tunnel outlives the runtime's own deadline by this much: the runtime closes it first
 # (1001), and the instance is not taken for one that stopped answering.
 UPGRADE_GRACE_S = 5.0
+# An instance that does not take a connection within this is taken as gone: the kernel of
+# a live one accepts at once, a task on a node that died answers nothing at all.
+CONNECT_TIMEOUT_S = 2.0
+
+
+class Unreachable(Exception):
+    """No connection to the instance could be made: nothing of the request was sent."""
 
 
 class ExchangeSink(Sink, Protocol):
@@ -154,8 +161,7 @@ async def exchange(
     try:
         while True:
             if up is None:
-                async with asyncio.timeout_at(deadline):
-                    up = await upstreams.connect(address)
+                up = await _connect(upstreams, address, deadline)
             sink.prepare(up, extra, head_only)
             done = up.begin(sink, head_only, upgrade)
             upstreams.watch(done, deadline)
@@ -184,6 +190,17 @@ async def exchange(
         sink.upstream = None
         raise
     upstreams.put(up)
+
+
+async def _connect(upstreams: Upstreams, address: str, deadline: float) -> UpstreamConnection:
+    loop = upstreams.loop
+    try:
+        async with asyncio.timeout_at(min(deadline, loop.time() + CONNECT_TIMEOUT_S)):
+            return await upstreams.connect(address)
+    except (OSError, TimeoutError) as e:
+        if loop.time() >= deadline:
+            raise TimeoutError() from e
+        raise Unreachable(f"{address}: {e or 'no answer'}") from e
 
 
 async def _send_body(req: Request, up: UpstreamConnection, limit: int) -> None:

@@ -9,11 +9,23 @@ go to the sink as they come until the connection closes, which ends the exchange
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import defaultdict
 from typing import Protocol, cast
 
 import httptools
+
+# Kernel keepalive on upstream connections: an instance whose host vanished (a swarm node
+# killed) sends no reset, and a request waiting on it would wait out its whole deadline;
+# these probes find it gone in about KEEPIDLE + KEEPINTVL * KEEPCNT seconds. A live
+# instance's kernel answers them even while its handler is busy or its cgroup frozen.
+KEEPALIVE = (
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+)
 
 HOP_BY_HOP = frozenset(
     (
@@ -331,9 +343,13 @@ class Upstreams:
             )
         else:
             host, _, port = address.rpartition(":")
-            _, conn = await loop.create_connection(
+            transport, conn = await loop.create_connection(
                 lambda: UpstreamConnection(address), host, int(port)
             )
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                for level, option, value in KEEPALIVE:
+                    sock.setsockopt(level, option, value)
         return conn
 
     def put(self, conn: UpstreamConnection) -> None:

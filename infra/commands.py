@@ -1,6 +1,8 @@
 """`python -m infra setup|up|test|down`: make this machine ready, run Kapal, test it."""
 
+import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -10,17 +12,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import docker
+
 from infra import host
 from infra.engine import Engine, ensure_engine, stop_engine, stop_recorded_engine
 from infra.errors import InfraError
+from infra.gateway_image import gateway_image
 from infra.images import ensure_base_images
-from infra.postgres import Postgres, ensure_postgres, stop_recorded_postgres
+from infra.postgres import (
+    Postgres,
+    TcpAccess,
+    ensure_postgres,
+    serve_over_tcp,
+    stop_recorded_postgres,
+)
 from infra.registry import REGISTRY_TOOLS
 from infra.state import state_dir
-from infra.swarm import swarm_down, swarm_up
+from infra.swarm import BRIDGE_GATEWAY, POSTGRES_DIR, LocalSwarm, swarm_down, swarm_up
+from infra.swarm_kapal import create_admin_key, deploy_gateways
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LISTEN = "127.0.0.1:8080"
+# Postgres of `swarm up --kapal`, on the swarm bridge's host side (only this machine and
+# the swarm reach it).
+SWARM_POSTGRES_PORT = 5432
 # Commands the tests use beyond the engine (command -> Debian package), installed when
 # missing: wrk for the load tests, Chromium for the dashboard's browser tests, and for the
 # image-function tests a registry on the host (distribution's) with htpasswd credentials.
@@ -34,7 +49,8 @@ usage: python -m infra COMMAND [ARGS]
   test [ARGS...]   setup (and wrk, chromium), run pytest with ARGS, stop what was started
   down             stop a Postgres or dockerd that an earlier `up` left running
   swarm up [N]     a local Docker Swarm of N (default 3) docker-in-docker nodes and a registry
-  swarm down       remove the local swarm, its nodes, its registry and their data
+        [--kapal]  and Kapal on it: Postgres over TCP, two gateways as a Swarm service
+  swarm down       remove the local swarm, its nodes, its registry, Kapal on it and their data
 """
 
 
@@ -126,22 +142,28 @@ def cmd_test(pytest_args: list[str]) -> int:
 
 
 def cmd_swarm(args: list[str]) -> int:
-    action, *count = args or [""]
-    if (
-        action not in ("up", "down")
-        or len(count) > (action == "up")
-        or not all(c.isdigit() for c in count)
-    ):
-        print(f"usage: python -m infra swarm up [NODES] | swarm down, not {args}", file=sys.stderr)
+    parser = argparse.ArgumentParser(prog="python -m infra swarm", exit_on_error=False)
+    parser.add_argument("action", choices=("up", "down"))
+    parser.add_argument("nodes", nargs="?", type=int)
+    parser.add_argument("--kapal", action="store_true", help="and Kapal's gateways on it")
+    parser.add_argument("--name", default="kapal", help="of the swarm (one runs at a time)")
+    try:
+        options = parser.parse_args(args)
+    except argparse.ArgumentError as err:
+        print(f"{err}\n{parser.format_usage()}", end="", file=sys.stderr)
+        return 2
+    if options.action == "down" and (options.kapal or options.nodes is not None):
+        print("swarm down takes only --name", file=sys.stderr)
         return 2
     state = state_dir()
     engine = ensure_engine(state)
     folder = state / "swarm"
-    if action == "down":
-        if not swarm_down(engine.client, folder):
-            print("no local swarm to remove")
+    if options.action == "down":
+        if not swarm_down(engine.client, folder, name=options.name):
+            print(f"no local swarm {options.name} to remove")
         return 0
-    swarm = swarm_up(engine.client, folder, nodes=int(count[0]) if count else 3)
+    runtime_images = ensure_base_images(engine.client, REPO_ROOT) if options.kapal else {}
+    swarm = swarm_up(engine.client, folder, name=options.name, nodes=options.nodes or 3)
     for node in swarm.nodes:
         print(f"  {node.name}  {node.address}  {'manager' if node.manager else 'worker'}")
     print(
@@ -149,11 +171,56 @@ def cmd_swarm(args: list[str]) -> int:
         f"Overlay network for functions: {swarm.overlay}.\n"
         f"Registry: push from this host to {swarm.registry.push}/NAME:TAG; "
         f"nodes pull {swarm.registry.address}/NAME@sha256:...\n"
-        "`python -m infra swarm down` removes it all."
+        f"`python -m infra swarm down --name {swarm.name}` removes it all."
     )
+    if options.kapal:
+        try:
+            _kapal_on_swarm(engine.client, swarm, folder / swarm.name, runtime_images)
+        except BaseException:
+            swarm_down(engine.client, folder, name=swarm.name)
+            raise
     if engine.started_by_us:
         print(f"dockerd keeps running (pid {engine.started_pid}); `python -m infra down` stops it")
     return 0
+
+
+def _kapal_on_swarm(
+    client: docker.DockerClient, swarm: LocalSwarm, folder: Path, runtime_images: dict[str, str]
+) -> None:
+    """Postgres over TCP on the swarm's bridge, and two gateways (one on a 1-node swarm)."""
+    with _timed("postgres over TCP"):
+        tcp = TcpAccess(BRIDGE_GATEWAY, SWARM_POSTGRES_PORT, secrets.token_urlsafe(24))
+        database_url = serve_over_tcp(folder / POSTGRES_DIR, tcp)
+    with _timed("gateway image"):
+        image = gateway_image(client, REPO_ROOT)
+    # KAPAL_BACKEND of this shell, when set, is the gateways' (e.g. docker: the manager's
+    # engine as a plain one).
+    env = {"KAPAL_BACKEND": os.environ["KAPAL_BACKEND"]} if "KAPAL_BACKEND" in os.environ else {}
+    with _timed("gateways"):
+        urls = deploy_gateways(
+            client,
+            swarm,
+            image=image,
+            runtime_images=runtime_images,
+            database_url=database_url,
+            namespace="kapal",
+            replicas=min(2, len(swarm.nodes)),
+            env=env,
+        )
+    from gateway.keys import write_private  # as in `up`: infra runs before the gateway can
+
+    # Files only root (or this user) can read: the key and the password are the way in.
+    key_file = folder / "admin.key"
+    write_private(key_file, create_admin_key(database_url) + "\n")
+    write_private(folder / "database.url", database_url + "\n")
+    print(
+        f"\nKapal gateways: {' '.join(urls)}\n"
+        f"Database: postgres on {tcp.address}:{tcp.port}, its URL in {folder / 'database.url'}\n"
+        f"Admin API key in {key_file}. First things to try:\n"
+        f"  curl {urls[0]}/healthz\n"
+        f'  curl -H "Authorization: Bearer $(cat {key_file})" {urls[0]}/v1/functions\n'
+        f"  KAPAL_URL={urls[0]} KAPAL_API_KEY=$(cat {key_file}) kapal ls"
+    )
 
 
 def cmd_down(_: list[str]) -> int:

@@ -68,7 +68,7 @@ def _ensure_python(client: docker.DockerClient, repo_root: Path, log: Log) -> st
     with tempfile.TemporaryDirectory(prefix="kapal-runtime-") as tmp:
         context = Path(tmp)
         _copy_runtime(runtime_dir, context / "runtime")
-        _install_site(context / "site", arch, runtime_dir / "requirements.txt", log)
+        install_site(context / "site", arch, runtime_dir / "requirements.txt", log)
         (context / "Dockerfile").write_text(RUNTIME_DOCKERFILE)
         build(client, context, tag, {INPUTS_LABEL: inputs, BASE_LABEL: "true"}, log)
     client.images.get(tag).tag(RUNTIME_IMAGE)
@@ -129,11 +129,13 @@ def _copy_runtime(runtime_dir: Path, target: Path) -> None:
         shutil.copy2(path, destination)
 
 
-def _install_site(site: Path, arch: str, requirements: Path, log: Log) -> None:
-    """Resolve the runtime's wheels on the host: inside a build there is no network."""
+def install_site(
+    site: Path, arch: str, requirements: Path, log: Log, what: str = "runtime layer"
+) -> None:
+    """Resolve an image's wheels on the host: inside a build there is no network."""
     extra = requirements if requirements.is_file() else None
     wanted = " ".join(RUNTIME_REQUIREMENTS) + (f" -r {extra.name}" if extra else "")
-    log(f"runtime layer: pip install --target site {wanted} (cp311, manylinux {arch})")
+    log(f"{what}: pip install --target site {wanted} (cp311, manylinux {arch})")
     site.mkdir()
     argv = pip_target_argv(sys.executable, site, arch, extra)
     result = subprocess.run(
@@ -143,6 +145,6 @@ def _install_site(site: Path, arch: str, requirements: Path, log: Log) -> None:
     noise = [line for line in (result.stdout + result.stderr).splitlines() if "is ignored" in line]
     output = [line for line in (result.stdout + result.stderr).splitlines() if line not in noise]
     if result.returncode != 0:
-        raise InfraError("pip could not resolve the runtime's packages:\n" + "\n".join(output))
+        raise InfraError(f"pip could not resolve the {what}'s packages:\n" + "\n".join(output))
     installed = sorted(p.name for p in site.glob("*.dist-info"))
-    log(f"runtime layer: site has {', '.join(n.removesuffix('.dist-info') for n in installed)}")
+    log(f"{what}: site has {', '.join(n.removesuffix('.dist-info') for n in installed)}")

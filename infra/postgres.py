@@ -7,7 +7,10 @@ the system user `kapal-postgres`, which owns the data dir, in a mount namespace 
 own where the data dir and the binaries are bind-mounted under a fresh `/mnt`: it needs
 no way through their parents (`/root` is 0700), and no mode or owner outside the data dir
 changes. Not root, it runs as the caller, where it is. Clients connect over the unix
-socket in the data dir, as root or as the caller.
+socket in the data dir, as root or as the caller, without a password. Asked to, the server
+also listens on TCP at one address (a swarm's tasks cannot reach a unix socket of the
+host), where every login needs the password: whatever else reaches that address (function
+containers on the same bridge) must not get in.
 """
 
 import importlib.util
@@ -19,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from infra.errors import InfraError
 from infra.host import Log
@@ -28,7 +32,9 @@ SERVER_USER = "kapal-postgres"
 _MARKER = "postgres.started"  # says an earlier `up` started the embedded server
 # Where the server sees its data dir and binaries when run as SERVER_USER.
 _MOUNT = Path("/mnt")
-_SOCKET = ".s.PGSQL.5432"
+PORT = 5432
+# The unix socket is named after the port the server listens on (TCP or not).
+_SOCKET = ".s.PGSQL.{port}"
 # sun_path is 108 bytes on Linux, the final NUL included.
 _MAX_SOCKET_PATH = 107
 _STOP_WAIT_S = 60.0
@@ -50,6 +56,29 @@ for part in pgserver pgserver.libs; do
 done
 shift 2
 exec setpriv --reuid="$SERVER_UID" --regid="$SERVER_GID" --clear-groups --no-new-privs -- "$@"
+"""
+
+
+@dataclass(frozen=True)
+class TcpAccess:
+    """The embedded server listening on TCP too, where every login needs `password`."""
+
+    address: str  # one address of this host (e.g. a swarm bridge's), not 0.0.0.0
+    port: int
+    password: str
+
+    def url(self, database: str = DATABASE) -> str:
+        """The URL clients elsewhere use: user postgres, the password, over TCP."""
+        password = quote(self.password, safe="")
+        return f"postgresql://postgres:{password}@{self.address}:{self.port}/{database}"
+
+
+# With TCP: the unix socket stays trusted (only this host's root or the caller reach it),
+# every TCP login proves the password (scram-sha-256), from wherever it comes.
+_TCP_HBA = """\
+local all all trust
+host all all 0.0.0.0/0 scram-sha-256
+host all all ::/0 scram-sha-256
 """
 
 
@@ -98,14 +127,29 @@ def stop_recorded_postgres(state_dir: Path, log: Log = print) -> bool:
     return stopped
 
 
-def url(pgdata: Path, database: str) -> str:
+def url(pgdata: Path, database: str, port: int = PORT) -> str:
     """The libpq URL of `database` on the embedded server of `pgdata` (its unix socket)."""
-    return f"postgresql://postgres:@/{database}?host={pgdata}"
+    return f"postgresql://postgres:@/{database}?host={pgdata}" + (
+        "" if port == PORT else f"&port={port}"
+    )
 
 
-def start_embedded(pgdata: Path) -> None:
-    """The embedded server of `pgdata` running: made when new, started when stopped."""
-    if len(str(pgdata / _SOCKET)) > _MAX_SOCKET_PATH:
+def serve_over_tcp(pgdata: Path, tcp: TcpAccess, database: str = DATABASE) -> str:
+    """The embedded server of `pgdata` started listening on TCP as `tcp` says, with
+    `database` in it; the URL of that database over TCP (tcp.url)."""
+    start_embedded(pgdata, tcp)
+    _create_database(url(pgdata, "postgres", tcp.port), database)
+    return tcp.url(database)
+
+
+def start_embedded(pgdata: Path, tcp: TcpAccess | None = None) -> None:
+    """The embedded server of `pgdata` running: made when new, started when stopped.
+
+    With `tcp`, it also listens at tcp.address:tcp.port, password-checked; a server that
+    already runs is left as it is.
+    """
+    port = PORT if tcp is None else tcp.port
+    if len(str(pgdata / _SOCKET.format(port=port))) > _MAX_SOCKET_PATH:
         raise InfraError(
             f"the data dir {pgdata} is too long a path for its unix socket: "
             "set KAPAL_HOME to a shorter one, or KAPAL_DATABASE_URL"
@@ -124,17 +168,26 @@ def start_embedded(pgdata: Path) -> None:
             "postgres",
         )
     seen = server.seen
+    if tcp is None:
+        listen = '-h ""'  # no TCP: the unix socket only
+    else:
+        server.write(pgdata / "pg_hba.conf", _TCP_HBA)
+        listen = f"-h {tcp.address} -p {tcp.port} -c password_encryption=scram-sha-256"
     server.run(
         "pg_ctl",
         "-w",
         "-o",
-        '-h ""',  # no TCP: the unix socket only
+        listen,
         "-o",
         f"-k {seen}",
         "-l",
         str(seen / "log"),
         "start",
     )
+    if tcp is not None:
+        # Sent on psql's stdin: a password on a command line is readable by every user.
+        secret = tcp.password.replace("'", "''")
+        _psql(url(pgdata, "postgres", port), f"ALTER ROLE postgres PASSWORD '{secret}'")
 
 
 def stop_embedded(pgdata: Path) -> None:
@@ -205,6 +258,14 @@ class _Server:
                 for path in (self.pgdata, *self.pgdata.rglob("*")):
                     os.lchown(path, *owner)
         os.chmod(self.pgdata, 0o700)
+
+    def write(self, path: Path, text: str) -> None:
+        """A file of the data dir, owned like the rest of it."""
+        path.write_text(text)
+        if self.as_root:
+            user = _server_user()
+            os.lchown(path, user.pw_uid, user.pw_gid)
+        os.chmod(path, 0o600)
 
     def run(self, command: str, *args: str) -> None:
         if self.as_root:
@@ -284,20 +345,22 @@ def _bin(name: str) -> str:
     return str(_pginstall() / "bin" / name)
 
 
-def _create_database(admin_uri: str) -> None:
-    exists = _psql(admin_uri, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'")
+def _create_database(admin_uri: str, database: str = DATABASE) -> None:
+    exists = _psql(admin_uri, f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
     if exists.strip() != "1":
-        _psql(admin_uri, f"CREATE DATABASE {DATABASE}")
+        _psql(admin_uri, f"CREATE DATABASE {database}")
 
 
 def _psql(uri: str, sql: str) -> str:
+    # The statement goes on stdin, never onto a command line other users can read.
     result = subprocess.run(
-        [_bin("psql"), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-tA", "-c", sql, uri],
-        stdin=subprocess.DEVNULL,
+        [_bin("psql"), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-tA", uri],
+        input=sql,
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        raise InfraError(f"psql {sql!r} failed: {result.stderr.strip()}")
+        what = sql.split(" PASSWORD ")[0]  # an error message must not show a password
+        raise InfraError(f"psql {what!r} failed: {result.stderr.strip()}")
     return result.stdout

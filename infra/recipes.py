@@ -153,7 +153,7 @@ def runtime_inputs_hash(runtime_dir: Path, arch: str) -> str:
         RUNTIME_DOCKERFILE,
     ]
     digest.update(_sha256_of_parts(head).encode())
-    _hash_files(digest, runtime_dir)
+    hash_files(digest, runtime_dir)
     return digest.hexdigest()
 
 
@@ -167,11 +167,12 @@ def nodejs_inputs_hash(runtime_dir: Path, arch: str) -> str:
         NODEJS_RUNTIME_DOCKERFILE,
     ]
     digest.update(_sha256_of_parts(head).encode())
-    _hash_files(digest, runtime_dir)
+    hash_files(digest, runtime_dir)
     return digest.hexdigest()
 
 
-def _hash_files(digest: "hashlib._Hash", runtime_dir: Path) -> None:
+def hash_files(digest: "hashlib._Hash", runtime_dir: Path) -> None:
+    """Feed every file of `runtime_dir` (runtime_files), by relative name, to `digest`."""
     for path in runtime_files(runtime_dir):
         data = path.read_bytes()
         name = path.relative_to(runtime_dir).as_posix().encode()

@@ -27,6 +27,7 @@ from docker.types import IPAMConfig, IPAMPool
 from infra.errors import InfraError
 from infra.host import Log
 from infra.imagestore import build, image_labels, remove_other_tags
+from infra.postgres import stop_embedded
 from infra.recipes import BASE_LABEL, INPUTS_LABEL, OsRecipe, os_inputs_hash, wheel_arch
 from infra.registry import REGISTRY_PORT, RunningRegistry, registry_image, start_registry
 from infra.rootfs import ensure_os_image, remove_tree
@@ -86,6 +87,9 @@ SWARM_POOL = "10.216.0.0/16"
 OVERLAY_SUBNET = "10.217.0.0/24"
 
 READY_TIMEOUT_S = 60.0
+# The data dir, in the swarm's folder, of a Postgres started for Kapal on the swarm
+# (infra/swarm_kapal.py): stopped before the folder is removed.
+POSTGRES_DIR = "postgres"
 
 
 @dataclass(frozen=True)
@@ -205,8 +209,8 @@ def swarm_up(
 def swarm_down(
     client: docker.DockerClient, state: Path, *, name: str = "kapal", log: Log = print
 ) -> bool:
-    """Remove the swarm's nodes, its registry, their folders and the bridge; True when
-    there was one."""
+    """Remove the swarm's nodes (with every service on them), its registry, the Postgres
+    started beside it, their folders and the bridge; True when there was one."""
     found = False
     for container in client.containers.list(all=True, filters={"label": f"{SWARM_LABEL}={name}"}):
         container.remove(force=True, v=True)
@@ -216,6 +220,7 @@ def swarm_down(
         found = True
     folder = state / name
     if folder.exists():
+        stop_embedded(folder / POSTGRES_DIR)
         remove_tree(folder)
         found = True
     if found:

@@ -59,3 +59,17 @@ class ContainerBackend(Protocol):
     async def list_managed(self) -> list[Running]:
         """Every running or stopped container this Kapal namespace owns."""
         ...
+
+
+class ReplicaBackend(Protocol):
+    """A backend that runs instances as a replicated service per function version (Docker
+    Swarm): a pool sets how many replicas run, the backend starts and stops them (and
+    replaces the ones that die), and pools find them through `watch`/`list_managed`."""
+
+    async def set_replicas(self, spec: FunctionSpec, replicas: int) -> None:
+        """Run `replicas` instances of `spec` (its service made on first use)."""
+        ...
+
+    async def remove_version(self, function: str, version: int) -> None:
+        """Stop every instance of one version (SIGTERM: in-flight work drains)."""
+        ...

@@ -170,7 +170,7 @@ def container_config(
 
 
 class DockerBackend:
-    # Pools start and stop single containers here (a Swarm backend sets replica counts).
+    # Starts and stops each instance itself (see scheduler.backend.ReplicaBackend).
     replicated: ClassVar[bool] = False
 
     def __init__(
@@ -489,6 +489,14 @@ class DockerBackend:
             timestamps=True,
             since=since_s if since_s > 0 else None,
         )
+
+    async def publish(self, image: str, function: str, version: int) -> str:
+        """Where instances get a function version's image: on one engine, where it was
+        built (a swarm's backend pushes it to a registry instead)."""
+        return image
+
+    async def unpublish(self, function: str) -> None:
+        """Nothing was published beyond this engine (see `publish`)."""
 
     async def remove_images(self, repository: str) -> None:
         """Remove every tag of a function's image repository."""

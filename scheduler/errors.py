@@ -73,3 +73,9 @@ class ImageUnavailable(SchedulerError):
     """An image function's image cannot be had: not on the engine, or its pull failed."""
 
     status, code = 422, "image_unavailable"
+
+
+class ImagePushFailed(SchedulerError):
+    """A built image could not be pushed to the registry its instances pull from."""
+
+    status, code = 503, "image_push_failed"

@@ -4,11 +4,18 @@ Cold starts, fastest first: unpause a paused standby of this function, specializ
 prewarmed generic runtime container, or start a new container from the function's image.
 Instances scaled down are paused (a standby costing no CPU) and removed once idle for
 `idle_timeout_s`.
+
+On a replicated backend (a Docker Swarm service per version) the pool does not start or
+stop instances itself: it sets the replica count, the backend runs that many (replacing
+the ones that die), and the pool routes to those it discovers. The backend chooses which
+ones go on a scale-down; they drain (no new requests once the pool hears, in-flight ones
+finish under the task's SIGTERM drain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -19,7 +26,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from scheduler.autoscaler import AutoscalerConfig
-from scheduler.backend import ContainerBackend, Running
+from scheduler.backend import ContainerBackend, ReplicaBackend, Running
 from scheduler.errors import NoCapacity, Rerouted, SchedulerError, StartFailed, UnknownFunction
 from scheduler.models import FunctionSpec
 from scheduler.scaler import Scaler
@@ -134,6 +141,9 @@ BUSY_BACKOFF_S = 0.005
 
 Demand = Callable[["Pool"], None]
 BeforePause = Callable[[Instance], Awaitable[bool]]
+# A retired replicated version's service is removed this long after the last request this
+# gateway sent it ended: the other gateways have switched to the new version by then.
+RETIRE_GRACE_S = 2.0
 
 
 async def _always(inst: Instance) -> bool:
@@ -153,6 +163,7 @@ class Pool:
         *,
         on_demand: Demand | None = None,
         before_pause: BeforePause = _always,
+        replicas: ReplicaBackend | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -192,6 +203,14 @@ class Pool:
         self.events: Callable[[Instance, str, str], None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._tasks = _Tasks()
+        # A replicated backend: this pool sets the replica count of its version's service.
+        self.replicas = replicas
+        # The count asked for, and the one the backend last accepted (None: not known).
+        self._replicas_wanted = 0
+        self._replicas_set: int | None = None
+        self._replicas_busy = False
+        # Set when the last instance is forgotten (a retired version waits for it).
+        self._emptied: asyncio.Event | None = None
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -269,7 +288,9 @@ class Pool:
         inst.served += 1
         inst.last_used = self.clock()
         if inst.state is InstanceState.DRAINING:
-            if inst.in_flight == 0 and self.leading:
+            if inst.in_flight == 0 and self.replicas is not None:
+                self.forget(inst)  # the backend stops it
+            elif inst.in_flight == 0 and self.leading:
                 self._stop(inst, why="drained: its version serves no traffic")
         elif inst.state is InstanceState.READY:
             self._wake(1)
@@ -334,6 +355,8 @@ class Pool:
     def forget(self, inst: Instance) -> None:
         """Drop an instance from routing without touching its container."""
         self.instances.pop(inst.id, None)
+        if self._emptied is not None and not self.instances:
+            self._emptied.set()
 
     def container_exited(self, container_id: str, action: str) -> None:
         """The engine says a container died: replace its instance (if it was still ours)."""
@@ -345,7 +368,13 @@ class Pool:
             ):
                 reason = "out of memory" if action == "oom" else "container exited"
                 inst.exit_reason = reason
-                if not self.leading and inst.in_flight == 0:
+                if self.replicas is not None:
+                    # Scaled down, replaced or lost with its node: whatever it still
+                    # serves finishes (or fails) on its own; nothing new goes to it.
+                    inst.state = InstanceState.DRAINING
+                    if inst.in_flight == 0:
+                        self.forget(inst)
+                elif not self.leading and inst.in_flight == 0:
                     self.forget(inst)  # the leader stopped it (scaled down, replaced)
                 else:
                     self.discard(inst, reason)
@@ -358,7 +387,14 @@ class Pool:
             "instance discarded",
             extra={"function": self.spec.name, "instance": inst.id, "reason": reason},
         )
-        self._stop(inst, grace_s=0.0, why=f"replaced: {reason}")
+        if self.replicas is not None:
+            # One task of a service cannot be stopped alone: out of routing here (the
+            # backend replaces it if it died; a live one is found again by the resync).
+            self._event(inst, "info", f"instance dropped from routing ({reason})")
+            inst.state = InstanceState.STOPPING
+            self.forget(inst)
+        else:
+            self._stop(inst, grace_s=0.0, why=f"replaced: {reason}")
         if self._waiters:
             self.poke()
 
@@ -415,6 +451,9 @@ class Pool:
         if self.closed or self.retired or not self.leading:
             return
         self.desired = desired
+        if self.replicas is not None:
+            self._set_replicas(desired)
+            return
         active = self.active()
         if desired > len(active):
             for _ in range(desired - len(active)):
@@ -429,6 +468,9 @@ class Pool:
 
     def ensure_min(self) -> None:
         if not self.leading or self.closed or self.retired:
+            return
+        if self.replicas is not None:
+            self.scale_to(max(self.desired, self.min_instances))
             return
         missing = self.min_instances - len(self.active())
         for _ in range(max(0, missing)):
@@ -463,6 +505,68 @@ class Pool:
             inst.container_id, inst.address = claimed.id, claimed.address
         self._tasks.spawn(self._start(inst, claimed), f"start-{self.spec.name}-{inst.id}")
         return inst
+
+    def _set_replicas(self, n: int) -> None:
+        """Ask the backend for `n` replicas (one call at a time; the latest count wins)."""
+        self._replicas_wanted = n
+        if not self._replicas_busy and self._replicas_set != n:
+            self._replicas_busy = True
+            self._tasks.spawn(self._apply_replicas(), f"replicas-{self.spec.name}")
+
+    async def _apply_replicas(self) -> None:
+        assert self.replicas is not None
+        try:
+            while self._replicas_set != self._replicas_wanted:
+                if self.closed or self.retired or not self.leading:
+                    return
+                n = self._replicas_wanted
+                try:
+                    await self.replicas.set_replicas(self.spec, n)
+                except Exception as e:
+                    message = (
+                        str(e) if isinstance(e, SchedulerError) else f"{type(e).__name__}: {e}"
+                    )
+                    log.warning(
+                        "replicas not set",
+                        extra={"function": self.spec.name, "replicas": n, "error": message},
+                    )
+                    self.last_error = message
+                    self._replicas_set = None
+                    if not self.ready_count():
+                        self._fail_waiters(
+                            StartFailed(f"function {self.spec.name} failed to start: {message}")
+                        )
+                    return
+                if self._replicas_set is None or n != self._replicas_set:
+                    log.info(
+                        "replicas set",
+                        extra={
+                            "function": self.spec.name,
+                            "version": self.spec.version,
+                            "replicas": n,
+                        },
+                    )
+                self._replicas_set = n
+        finally:
+            self._replicas_busy = False
+
+    async def _remove_service(self) -> None:
+        """A retired version: once what this gateway sent it has finished (and the other
+        gateways have had time to switch), its service goes."""
+        assert self.replicas is not None
+        if self.instances:  # those still serving are forgotten as they finish
+            self._emptied = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), self.spec.limits.timeout_s + 5)
+        await asyncio.sleep(RETIRE_GRACE_S)
+        self.instances.clear()
+        try:
+            await self.replicas.remove_version(self.spec.name, self.spec.version)
+        except Exception as e:
+            log.warning(
+                "service not removed",
+                extra={"function": self.spec.name, "version": self.spec.version, "error": str(e)},
+            )
 
     async def _start(self, inst: Instance, claimed: Running | None = None) -> None:
         began = self.clock()
@@ -600,6 +704,10 @@ class Pool:
         if not self.leading or self.closed or self.retired:
             return
         wanted = min(self.spec.scaling.max, max(self.min_instances, serving))
+        if self.replicas is not None:
+            if wanted:
+                self.scale_to(wanted)
+            return
         for _ in range(wanted - len(self.active())):
             self.add_instance()
 
@@ -608,6 +716,14 @@ class Pool:
         that do, what is in flight finishes, then every instance stops."""
         self.retired = True
         self._fail_waiters(Rerouted(self.spec.name))
+        if self.replicas is not None:
+            for inst in list(self.instances.values()):
+                inst.state = InstanceState.DRAINING
+                if inst.in_flight == 0:
+                    self.forget(inst)
+            if self.leading:
+                self._tasks.spawn(self._remove_service(), f"retire-{self.spec.name}")
+            return
         for inst in list(self.instances.values()):
             if inst.state in (InstanceState.STARTING, InstanceState.READY):
                 inst.state = InstanceState.DRAINING
@@ -622,6 +738,11 @@ class Pool:
     def take_over(self) -> None:
         """This gateway now leads: finish what the last leader left half done."""
         self.leading = True
+        if self.replicas is not None:
+            self._replicas_set = None  # the last leader's count is not known here
+            if self.retired:
+                self._tasks.spawn(self._remove_service(), f"retire-{self.spec.name}")
+                return
         for inst in list(self.instances.values()):
             if inst.state is InstanceState.DRAINING and inst.in_flight == 0:
                 self._stop(inst)
@@ -650,6 +771,12 @@ class Pool:
         instance (without: leave them to the gateways that stay)."""
         self.closed = True
         self._fail_waiters(UnknownFunction(self.spec.name))
+        if self.replicas is not None:
+            self.instances.clear()
+            await self.drain_tasks()
+            if stop:
+                await self.replicas.remove_version(self.spec.name, self.spec.version)
+            return
         for inst in list(self.instances.values()):
             if stop:
                 self._stop(inst, grace_s)

@@ -14,6 +14,10 @@ concurrency every gateway reports through `Peers`.
 Every `sample_s` the loop records (leader) or reports (others) each pool's concurrency;
 every `decide_s` the leader asks each function's `Scaler` for a count and applies it,
 removes idle standbys and refills the prewarmed containers.
+
+On a replicated backend (`replicas`: a Swarm service per version) the leader applies a
+count as the service's replica count, and every gateway, the leader too, routes to the
+tasks it discovers; there are no standbys or prewarmed containers to keep.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Protocol
 
 from scheduler import probe
 from scheduler.autoscaler import AutoscalerConfig
-from scheduler.backend import ContainerBackend, Running
+from scheduler.backend import ContainerBackend, ReplicaBackend, Running
 from scheduler.docker_backend import LABEL_INSTANCE, LABEL_RUNTIME
 from scheduler.models import PREWARM_NAME, RUNTIME_HEALTH_PATH, FunctionSpec
 from scheduler.pool import Instance, InstanceState, Pool, PoolConfig
@@ -131,8 +135,11 @@ class Scheduler:
         sample_s: float = 0.25,
         decide_s: float = 1.0,
         resync_s: float = 5.0,
+        replicas: ReplicaBackend | None = None,
     ) -> None:
         self.backend = backend
+        # The backend runs replicas of a service per version (Swarm): pools set counts.
+        self.replicas = replicas
         self.pool_config = pool_config or PoolConfig()
         self.autoscaler = autoscaler or AutoscalerConfig()
         self.prewarm = prewarm
@@ -188,6 +195,7 @@ class Scheduler:
             scaler=Scaler(self.autoscaler),
             on_demand=self._report_now,
             before_pause=self._before_pause,
+            replicas=self.replicas,
         )
         pool.announce = self._announce
         pool.events = self.events
@@ -269,7 +277,10 @@ class Scheduler:
         pools = self.all_pools()
         known = {i.container_id for p in pools for i in p.instances.values()}
         found = [c for c in await self.backend.list_managed() if c.id not in known]
-        await asyncio.gather(*(self._adopt_or_remove(c) for c in found))
+        if self.replicas is not None:
+            await self._remove_unserved(found)
+        else:
+            await asyncio.gather(*(self._adopt_or_remove(c) for c in found))
         for pool in self.all_pools():
             pool.take_over()
         if self.prewarm is not None:
@@ -283,6 +294,23 @@ class Scheduler:
         log.warning("no longer leading: another gateway scales the pools")
         for pool in self.all_pools():
             pool.leading = False
+
+    async def _remove_unserved(self, found: list[Running]) -> None:
+        """Replicated: route to the tasks of serving versions, remove the services of the
+        others (a version the last leader retired but did not get to remove)."""
+        assert self.replicas is not None
+        unserved: set[tuple[str, int]] = set()
+        for c in found:
+            if self._serving(c.function, c.version) is not None:
+                self._discover_soon(c.id, c)
+            else:
+                unserved.add((c.function, c.version))
+        for function, version in sorted(unserved):
+            log.info("leftover service removed", extra={"function": function, "version": version})
+            try:
+                await self.replicas.remove_version(function, version)
+            except Exception as e:
+                log.warning("leftover service not removed", extra={"error": str(e)})
 
     async def _adopt_or_remove(self, c: Running) -> None:
         status, body = 0, b""
@@ -322,7 +350,7 @@ class Scheduler:
             if self.prewarm is not None:
                 self.prewarm.forget(container_id)
             return
-        if self.leading:
+        if self.leading and self.replicas is None:
             return  # the leader made these changes itself
         inst = self._find(container_id)
         if action == "pause":
@@ -385,7 +413,7 @@ class Scheduler:
                     and now - inst.since > PARK_TTL_S
                 ):
                     pool.set_state(inst, InstanceState.READY)
-        if not self.leading:
+        if not self.leading or self.replicas is not None:
             for c in found.values():
                 if c.address and self._find(c.id) is None:
                     self._discover_soon(c.id, c)
@@ -582,4 +610,7 @@ class Scheduler:
             await self.prewarm.close(remove=last)
         if last:  # whatever other gateways started and left behind
             leftovers = await self.backend.list_managed()
-            await asyncio.gather(*(self.backend.remove(c.id) for c in leftovers))
+            if self.replicas is not None:
+                await self._remove_unserved(leftovers)
+            else:
+                await asyncio.gather(*(self.backend.remove(c.id) for c in leftovers))

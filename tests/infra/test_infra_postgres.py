@@ -3,13 +3,23 @@
 import asyncio
 import os
 import pwd
+import socket
 import stat
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from infra.postgres import SERVER_USER, ensure_postgres, postmaster_pid, stop_recorded_postgres
+from infra.postgres import (
+    SERVER_USER,
+    TcpAccess,
+    ensure_postgres,
+    postmaster_pid,
+    serve_over_tcp,
+    stop_embedded,
+    stop_recorded_postgres,
+    url,
+)
 
 
 def test_kapal_database_url_is_used_as_given(
@@ -87,3 +97,44 @@ def test_embedded_postgres_changes_nothing_outside_its_home(
         postgres.stop()
     assert postmaster_pid(home / "pg") is None
     assert modes(home) == before
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_tcp_url_carries_the_password_quoted() -> None:
+    tcp = TcpAccess("10.213.0.1", 5433, "p@ss/word")
+    assert tcp.url() == "postgresql://postgres:p%40ss%2Fword@10.213.0.1:5433/kapal"
+    assert tcp.url("other").endswith(":5433/other")
+
+
+@pytest.mark.integration
+def test_over_tcp_every_login_needs_the_password_and_the_socket_stays_open(
+    tmp_path: Path,
+) -> None:
+    tcp = TcpAccess("127.0.0.1", free_port(), "tcp-s3cret'pass")
+    pgdata = tmp_path / "pg"
+    database_url = serve_over_tcp(pgdata, tcp, "swarmdb")
+    try:
+        assert database_url == tcp.url("swarmdb")
+
+        async def login(dsn: str) -> str:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return str(await conn.fetchval("SELECT current_database()"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(login(database_url)) == "swarmdb"
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            asyncio.run(login(TcpAccess(tcp.address, tcp.port, "wrong").url("swarmdb")))
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            asyncio.run(login(f"postgresql://postgres@127.0.0.1:{tcp.port}/swarmdb"))
+        # Beside it, the unix socket (named after the port) lets this host in without one.
+        assert asyncio.run(login(url(pgdata, "swarmdb", tcp.port))) == "swarmdb"
+    finally:
+        stop_embedded(pgdata)
+    assert postmaster_pid(pgdata) is None
