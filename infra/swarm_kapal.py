@@ -37,6 +37,7 @@ from infra.host import Log
 from infra.recipes import RUNTIME_USER
 from infra.registry import push_image
 from infra.swarm import NODE_API_PORT, SWARM_LABEL, LocalSwarm
+from scheduler.docker_backend import internal_network_name
 
 # What a Kapal-made service or secret is, beside the swarm it belongs to.
 ROLE_LABEL = "kapal.role"
@@ -110,6 +111,7 @@ def deploy_gateways(
         if engine.api.services(filters={"name": name}):  # type: ignore[no-untyped-call]
             raise InfraError(f"the service {name} exists: remove_gateways first")
         secret = _secret_key(engine, secret_key_name(namespace), labels)
+        internal = _internal_overlay(engine, swarm, labels)
         container = ContainerSpec(
             reference,
             env={**gateway_env(swarm, runtime_images, database_url, namespace), **(env or {})},
@@ -130,7 +132,9 @@ def deploy_gateways(
             resources=resources,
             restart_policy=RestartPolicy(condition="any", delay=1_000_000_000),
             placement=Placement(constraints=list(constraints) or None, maxreplicas=1),
-            networks=[swarm.overlay],
+            # Functions without outbound access run on the internal twin: gateways reach
+            # them there (a service joins its networks when it is made).
+            networks=[swarm.overlay, internal],
         )
         engine.api.create_service(  # type: ignore[no-untyped-call]
             template,
@@ -233,6 +237,19 @@ def _secret_key(
     return SecretReference(
         secret_id, name, filename=SECRET_KEY_FILE.rpartition("/")[2], uid=uid, gid=gid, mode=0o400
     )
+
+
+def _internal_overlay(
+    engine: docker.DockerClient, swarm: LocalSwarm, labels: Mapping[str, str]
+) -> str:
+    """The overlay without a route out beside the swarm's (named as the swarm backend
+    names it), made when missing."""
+    name = internal_network_name(swarm.overlay)
+    if not any(n["Name"] == name for n in engine.api.networks(names=[name])):
+        engine.api.create_network(
+            name, driver="overlay", attachable=True, internal=True, labels=dict(labels)
+        )
+    return name
 
 
 def _wait_until_answering(

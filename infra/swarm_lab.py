@@ -46,7 +46,7 @@ class SwarmLab:
     def node_names(self) -> dict[str, str]:
         """Node ID -> hostname (the node's container name on this host)."""
         with self.swarm.manager.engine() as engine:
-            return {n.id: n.attrs["Description"]["Hostname"] for n in engine.nodes.list()}
+            return {str(n.id): n.attrs["Description"]["Hostname"] for n in engine.nodes.list()}
 
 
 @contextlib.contextmanager

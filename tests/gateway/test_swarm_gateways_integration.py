@@ -50,6 +50,7 @@ def handle(event, context):
     return {"v": os.environ["KAPAL_VERSION"], "x": x}
 """
 
+
 def quiet(_: str) -> None:
     pass
 
