@@ -88,7 +88,9 @@ def test_functions_get_an_attachable_overlay_of_their_own_with_a_subnet(
     assert functions["ipam"]["config"][0]["subnet"].startswith("${KAPAL_FUNCTIONS_SUBNET:-")
     gateway = stack["services"]["gateway"]
     assert gateway["environment"]["KAPAL_SWARM_NETWORK"] == functions["name"]
-    assert sorted(gateway["networks"]) == ["functions", "kapal"]
+    assert sorted(gateway["networks"]) == ["functions", "functions-internal", "kapal"]
+    internal = networks["functions-internal"]
+    assert internal["internal"] is True and internal["name"] == functions["name"] + "-internal"
     assert networks["kapal"] == {"driver": "overlay"}
     # Kapal's own services are not on the functions' network.
     assert stack["services"]["registry"]["networks"] == ["kapal"]
