@@ -80,8 +80,6 @@ def deployment(
             runtime_images={"python": runtime_image},
             database_url=database_url,
             namespace=NAMESPACE,
-            # Until the swarm backend is wired, the manager's engine as a plain one.
-            env={"KAPAL_BACKEND": "docker"},
             log=quiet,
         )
         key = create_admin_key(database_url)
