@@ -28,10 +28,11 @@ Look = Callable[[], tuple[set[str], set[str]]]
 
 
 def watch_tasks(
-    api: APIClient, look: Look, on_event: Callable[[str, str], None], poll_s: float
+    api: APIClient, look: Look, on_event: Callable[[str, str], None], interval: Callable[[], float]
 ) -> Callable[[], None]:
     """Call `on_event(task_id, action)` on the running loop for each change `look` shows
-    ("start" for every running task at the first look too); returns a stop function."""
+    ("start" for every running task at the first look too), looking every `interval()`
+    seconds and at each service or node event; returns a stop function."""
     loop = asyncio.get_running_loop()
     stopped = threading.Event()
     wake = threading.Event()
@@ -53,7 +54,7 @@ def watch_tasks(
                 for task_id, action in task_changes(running, seen, now_running, now_seen):
                     loop.call_soon_threadsafe(on_event, task_id, action)
                 running, seen = now_running, now_seen
-            wake.wait(poll_s)
+            wake.wait(interval())
             wake.clear()
 
     def listen() -> None:

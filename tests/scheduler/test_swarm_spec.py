@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from scheduler.docker_backend import LABEL_INSTANCE, RUNTIME_UID, container_config
 from scheduler.models import FunctionSpec, Limits, Network
+from scheduler.swarm_pull import job_spec
 from scheduler.swarm_spec import (
     MAX_SECRET_NAME,
     MAX_SERVICE_NAME,
@@ -175,3 +176,15 @@ def test_watch_reports_what_changed_between_two_looks() -> None:
         ("c", "destroy"),
     ]
     assert task_changes({"a"}, {"a"}, {"a"}, {"a"}) == []
+
+
+def test_an_image_is_spread_by_a_global_job_that_exits_at_once() -> None:
+    spec = job_spec("kapal-pull-f-1", "reg:5000/kapal-fn/f@sha256:ab", {"kapal.pull": "kapal"})
+    assert spec["Mode"] == {"GlobalJob": {}}
+    template = spec["TaskTemplate"]
+    assert template["RestartPolicy"] == {"Condition": "none"}
+    container = template["ContainerSpec"]
+    assert container["Image"] == "reg:5000/kapal-fn/f@sha256:ab"
+    assert container["Command"] == ["true"]
+    assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+    assert spec["Labels"] == {"kapal.pull": "kapal"}
