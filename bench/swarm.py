@@ -81,7 +81,12 @@ def run(quick: bool) -> dict[str, Any]:
             namespace=NAMESPACE,
             runtime_images={"python": images["python"]},
             gateway_constraints=[f"node.hostname!={DOOMED}"],
-            env={"KAPAL_AUTOSCALE_STABLE_WINDOW_S": "10", "KAPAL_LOG_LEVEL": "WARNING"},
+            # No per-key rate limit: the overlay probe calls as fast as it can.
+            env={
+                "KAPAL_AUTOSCALE_STABLE_WINDOW_S": "10",
+                "KAPAL_LOG_LEVEL": "WARNING",
+                "KAPAL_KEY_RPS": "0",
+            },
             log=say,
         ) as lab:
             return asyncio.run(_measure(lab, engine.client, images["python"], quick))
