@@ -288,23 +288,11 @@ def _backend(settings: Settings) -> Backend:
 def _scheduler(
     settings: Settings, backend: Backend, functions: FunctionStore, peers: Cluster
 ) -> Scheduler:
-    if isinstance(backend, SwarmBackend):
-        # Swarm runs a count of replicas per version: no standbys to pause, no generic
-        # containers to specialize (a task is only ever its own service's).
-        return Scheduler(
-            backend,
-            PoolConfig(
-                start_timeout_s=settings.start_timeout_s,
-                buffer_size=settings.buffer_size,
-                stop_grace_s=settings.stop_grace_s,
-                pause=False,
-            ),
-            _autoscaler(settings),
-            peers=peers,
-            replicas=backend,
-        )
+    # Swarm runs a count of replicas per version: no standbys to pause, no generic
+    # containers to specialize (a task is only ever its own service's).
+    swarm = backend if isinstance(backend, SwarmBackend) else None
     prewarm = None
-    if any(settings.prewarm_sizes().values()):
+    if swarm is None and any(settings.prewarm_sizes().values()):
         prewarm = PrewarmPool(
             backend,
             settings.base_images(),
@@ -318,19 +306,16 @@ def _scheduler(
             start_timeout_s=settings.start_timeout_s,
             buffer_size=settings.buffer_size,
             stop_grace_s=settings.stop_grace_s,
-            pause=settings.pause_standbys,
+            pause=settings.pause_standbys and swarm is None,
         ),
-        _autoscaler(settings),
+        AutoscalerConfig(
+            target_utilization=settings.autoscale_target_utilization,
+            stable_window_s=settings.autoscale_stable_window_s,
+            panic_window_s=settings.autoscale_panic_window_s,
+        ),
         prewarm,
         peers=peers,
-    )
-
-
-def _autoscaler(settings: Settings) -> AutoscalerConfig:
-    return AutoscalerConfig(
-        target_utilization=settings.autoscale_target_utilization,
-        stable_window_s=settings.autoscale_stable_window_s,
-        panic_window_s=settings.autoscale_panic_window_s,
+        replicas=swarm,
     )
 
 

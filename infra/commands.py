@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,25 +16,19 @@ import docker
 from infra import host
 from infra.engine import Engine, ensure_engine, stop_engine, stop_recorded_engine
 from infra.errors import InfraError
-from infra.gateway_image import gateway_image
 from infra.images import ensure_base_images
 from infra.postgres import (
     Postgres,
-    TcpAccess,
     ensure_postgres,
-    serve_over_tcp,
     stop_recorded_postgres,
 )
 from infra.registry import REGISTRY_TOOLS
 from infra.state import state_dir
-from infra.swarm import BRIDGE_GATEWAY, POSTGRES_DIR, LocalSwarm, swarm_down, swarm_up
-from infra.swarm_kapal import create_admin_key, deploy_gateways
+from infra.swarm import BRIDGE_GATEWAY, LocalSwarm, swarm_down, swarm_up
+from infra.swarm_lab import POSTGRES_PORT, start_kapal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LISTEN = "127.0.0.1:8080"
-# Postgres of `swarm up --kapal`, on the swarm bridge's host side (only this machine and
-# the swarm reach it).
-SWARM_POSTGRES_PORT = 5432
 # Commands the tests use beyond the engine (command -> Debian package), installed when
 # missing: wrk for the load tests, Chromium for the dashboard's browser tests, and for the
 # image-function tests a registry on the host (distribution's) with htpasswd credentials.
@@ -188,34 +181,31 @@ def _kapal_on_swarm(
     client: docker.DockerClient, swarm: LocalSwarm, folder: Path, runtime_images: dict[str, str]
 ) -> None:
     """Postgres over TCP on the swarm's bridge, and two gateways (one on a 1-node swarm)."""
-    with _timed("postgres over TCP"):
-        tcp = TcpAccess(BRIDGE_GATEWAY, SWARM_POSTGRES_PORT, secrets.token_urlsafe(24))
-        database_url = serve_over_tcp(folder / POSTGRES_DIR, tcp)
-    with _timed("gateway image"):
-        image = gateway_image(client, REPO_ROOT)
     # KAPAL_BACKEND of this shell, when set, is the gateways' (e.g. docker: the manager's
     # engine as a plain one).
     env = {"KAPAL_BACKEND": os.environ["KAPAL_BACKEND"]} if "KAPAL_BACKEND" in os.environ else {}
-    with _timed("gateways"):
-        urls = deploy_gateways(
+    with _timed("kapal on the swarm"):
+        lab = start_kapal(
             client,
             swarm,
-            image=image,
-            runtime_images=runtime_images,
-            database_url=database_url,
+            folder,
+            REPO_ROOT,
             namespace="kapal",
-            replicas=min(2, len(swarm.nodes)),
+            runtime_images=runtime_images,
+            gateways=min(2, len(swarm.nodes)),
             env=env,
         )
+    urls, database_url = lab.urls, lab.database_url
     from gateway.keys import write_private  # as in `up`: infra runs before the gateway can
 
     # Files only root (or this user) can read: the key and the password are the way in.
     key_file = folder / "admin.key"
-    write_private(key_file, create_admin_key(database_url) + "\n")
+    write_private(key_file, lab.admin_key + "\n")
     write_private(folder / "database.url", database_url + "\n")
     print(
         f"\nKapal gateways: {' '.join(urls)}\n"
-        f"Database: postgres on {tcp.address}:{tcp.port}, its URL in {folder / 'database.url'}\n"
+        f"Database: postgres on {BRIDGE_GATEWAY}:{POSTGRES_PORT}, "
+        f"its URL in {folder / 'database.url'}\n"
         f"Admin API key in {key_file}. First things to try:\n"
         f"  curl {urls[0]}/healthz\n"
         f'  curl -H "Authorization: Bearer $(cat {key_file})" {urls[0]}/v1/functions\n'

@@ -37,7 +37,6 @@ from infra.host import Log
 from infra.recipes import RUNTIME_USER
 from infra.registry import push_image
 from infra.swarm import NODE_API_PORT, SWARM_LABEL, LocalSwarm
-from scheduler.docker_backend import internal_network_name
 
 # What a Kapal-made service or secret is, beside the swarm it belongs to.
 ROLE_LABEL = "kapal.role"
@@ -244,7 +243,7 @@ def _internal_overlay(
 ) -> str:
     """The overlay without a route out beside the swarm's (named as the swarm backend
     names it), made when missing."""
-    name = internal_network_name(swarm.overlay)
+    name = f"{swarm.overlay}-internal"  # scheduler.docker_backend.internal_network_name
     if not any(n["Name"] == name for n in engine.api.networks(names=[name])):
         engine.api.create_network(
             name, driver="overlay", attachable=True, internal=True, labels=dict(labels)

@@ -1,9 +1,9 @@
-"""A whole Kapal on a local swarm, made and removed in one block: for tests and benchmarks.
+"""A whole Kapal on a local swarm: for `swarm up --kapal`, tests and benchmarks.
 
-The swarm (infra.swarm), Postgres over TCP on its bridge, a registry of its own for
-function images (with a password when asked, so nodes pull with credentials), the
-gateways as a Swarm service (infra.swarm_kapal) and an admin key. Everything goes at the
-end of the block, even when it fails half way.
+Beside the swarm (infra.swarm): Postgres over TCP on its bridge, function images in the
+swarm's registry or in one of their own that needs a password (so nodes pull with
+credentials), the gateways as a Swarm service (infra.swarm_kapal) and an admin key.
+`swarm_lab` makes all of it for one block and removes it after, even when it fails.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from infra.registry import REGISTRY_PORT, RunningRegistry, registry_image, start
 from infra.swarm import BRIDGE_GATEWAY, POSTGRES_DIR, SWARM_LABEL, LocalSwarm, swarm_down, swarm_up
 from infra.swarm_kapal import create_admin_key, deploy_gateways
 
-# The function registry's address on the swarm bridge (the swarm's own is 10.213.0.2).
+# A function registry with credentials, on the swarm bridge (the swarm's own is .2).
 FUNCTIONS_REGISTRY_IP = "10.213.0.3"
 POSTGRES_PORT = 5432
 
@@ -49,6 +49,57 @@ class SwarmLab:
             return {str(n.id): n.attrs["Description"]["Hostname"] for n in engine.nodes.list()}
 
 
+def start_kapal(
+    client: docker.DockerClient,
+    swarm: LocalSwarm,
+    folder: Path,
+    repo_root: Path,
+    *,
+    namespace: str,
+    runtime_images: Mapping[str, str],
+    gateways: int = 2,
+    credentials: tuple[str, str] | None = None,
+    gateway_constraints: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    log: Log = print,
+) -> SwarmLab:
+    """Kapal on a running local swarm, its state in `folder` (the swarm's): Postgres over
+    TCP, function images in the swarm's registry (or, with `credentials`, a registry of
+    their own that asks for them), `gateways` gateway replicas and an admin key.
+    `swarm_down` removes it all with the swarm."""
+    registry = swarm.registry
+    told = dict(env or {})
+    if credentials is not None:
+        registry = start_registry(
+            client,
+            registry_image(client, log),
+            folder / "functions-registry",
+            name=f"{swarm.name}-functions-registry",
+            network=f"{swarm.name}-swarm",
+            ip=FUNCTIONS_REGISTRY_IP,
+            labels={SWARM_LABEL: swarm.name},
+            credentials=credentials,
+        )
+        told["KAPAL_REGISTRY"] = registry.address
+        told["KAPAL_REGISTRY_USER"], told["KAPAL_REGISTRY_PASSWORD"] = credentials
+    tcp = TcpAccess(BRIDGE_GATEWAY, POSTGRES_PORT, secrets.token_urlsafe(24))
+    database_url = serve_over_tcp(folder / POSTGRES_DIR, tcp)
+    urls = deploy_gateways(
+        client,
+        swarm,
+        image=gateway_image(client, repo_root, log),
+        runtime_images=runtime_images,
+        database_url=database_url,
+        namespace=namespace,
+        replicas=gateways,
+        env=told,
+        constraints=gateway_constraints,
+        log=log,
+    )
+    key = create_admin_key(database_url)
+    return SwarmLab(swarm, urls, key, database_url, registry, credentials)
+
+
 @contextlib.contextmanager
 def swarm_lab(
     client: docker.DockerClient,
@@ -65,42 +116,23 @@ def swarm_lab(
     env: Mapping[str, str] | None = None,
     log: Log = print,
 ) -> Iterator[SwarmLab]:
-    """Kapal on a new local swarm of `nodes` nodes, `gateways` gateway replicas; removed
+    """Kapal (`start_kapal`) on a new local swarm of `nodes` nodes; all of it removed
     (nodes, registries, Postgres, folders) when the block ends."""
-    functions_registry = f"{FUNCTIONS_REGISTRY_IP}:{REGISTRY_PORT}"
-    image = gateway_image(client, repo_root, log)
-    swarm = swarm_up(
-        client, state, name=name, nodes=nodes, insecure_registries=(functions_registry,), log=log
-    )
+    trusted = (f"{FUNCTIONS_REGISTRY_IP}:{REGISTRY_PORT}",) if credentials is not None else ()
+    swarm = swarm_up(client, state, name=name, nodes=nodes, insecure_registries=trusted, log=log)
     try:
-        registry = start_registry(
-            client,
-            registry_image(client, log),
-            state / name / "functions-registry",
-            name=f"{name}-functions-registry",
-            network=f"{name}-swarm",
-            ip=FUNCTIONS_REGISTRY_IP,
-            labels={SWARM_LABEL: name},
-            credentials=credentials,
-        )
-        tcp = TcpAccess(BRIDGE_GATEWAY, POSTGRES_PORT, secrets.token_urlsafe(24))
-        database_url = serve_over_tcp(state / name / POSTGRES_DIR, tcp)
-        told = {"KAPAL_REGISTRY": registry.address, **(env or {})}
-        if credentials is not None:
-            told["KAPAL_REGISTRY_USER"], told["KAPAL_REGISTRY_PASSWORD"] = credentials
-        urls = deploy_gateways(
+        yield start_kapal(
             client,
             swarm,
-            image=image,
-            runtime_images=runtime_images,
-            database_url=database_url,
+            state / name,
+            repo_root,
             namespace=namespace,
-            replicas=gateways,
-            env=told,
-            constraints=gateway_constraints,
+            runtime_images=runtime_images,
+            gateways=gateways,
+            credentials=credentials,
+            gateway_constraints=gateway_constraints,
+            env=env,
             log=log,
         )
-        key = create_admin_key(database_url)
-        yield SwarmLab(swarm, urls, key, database_url, registry, credentials)
     finally:
         swarm_down(client, state, name=name, log=log)

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 from docker import APIClient
 
-from scheduler import firewall, lease
+from scheduler import engine_images, firewall, lease
 from scheduler.backend import EVENTS, Running
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import PREWARM_NAME, RUNTIME_PORT, FunctionSpec
@@ -499,36 +499,14 @@ class DockerBackend:
         """Nothing was published beyond this engine (see `publish`)."""
 
     async def remove_images(self, repository: str) -> None:
-        """Remove every tag of a function's image repository."""
-
-        def remove() -> None:
-            for img in self.api.images(name=repository):
-                for tag in img.get("RepoTags") or []:
-                    try:
-                        self.api.remove_image(tag, force=True)
-                    except docker.errors.NotFound:
-                        pass
-
-        await self._run(remove)
+        """Remove every tag of a function's image repository from the engine."""
+        await self._run(engine_images.remove_repository, self.api, repository)
 
     async def remove_image(self, tag: str) -> None:
-        def remove() -> None:
-            try:
-                self.api.remove_image(tag, force=True)
-            except docker.errors.NotFound:
-                pass
-
-        await self._run(remove)
+        await self._run(engine_images.remove_tag, self.api, tag)
 
     async def image_exists(self, tag: str) -> bool:
-        def exists() -> bool:
-            try:
-                self.api.inspect_image(tag)  # type: ignore[no-untyped-call]
-                return True
-            except docker.errors.ImageNotFound:
-                return False
-
-        return await self._run(exists)
+        return await self._run(engine_images.exists, self.api, tag)
 
     def close(self) -> None:
         self.lease.release()

@@ -35,7 +35,7 @@ from docker import APIClient
 from docker.auth import encode_header
 from docker.types import IPAMConfig, IPAMPool
 
-from scheduler import swarm_pull, swarm_spec
+from scheduler import engine_images, swarm_pull, swarm_spec
 from scheduler.backend import Running
 from scheduler.docker_backend import (
     LABEL_FUNCTION,
@@ -558,36 +558,14 @@ class SwarmBackend:
     # -- images on the manager's engine ---------------------------------------------------
 
     async def remove_images(self, repository: str) -> None:
-        """Remove every tag of an image repository from the manager's engine."""
-
-        def remove() -> None:
-            for img in self.api.images(name=repository):
-                for tag in img.get("RepoTags") or []:
-                    try:
-                        self.api.remove_image(tag, force=True)
-                    except docker.errors.NotFound:
-                        pass
-
-        await self._run(remove)
+        """Remove every tag of a function's image repository from the engine."""
+        await self._run(engine_images.remove_repository, self.api, repository)
 
     async def remove_image(self, tag: str) -> None:
-        def remove() -> None:
-            try:
-                self.api.remove_image(tag, force=True)
-            except docker.errors.NotFound:
-                pass
-
-        await self._run(remove)
+        await self._run(engine_images.remove_tag, self.api, tag)
 
     async def image_exists(self, tag: str) -> bool:
-        def exists() -> bool:
-            try:
-                self.api.inspect_image(tag)  # type: ignore[no-untyped-call]
-                return True
-            except docker.errors.ImageNotFound:
-                return False
-
-        return await self._run(exists)
+        return await self._run(engine_images.exists, self.api, tag)
 
     def close(self) -> None:
         for stop in self._stops:
