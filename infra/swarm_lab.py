@@ -84,6 +84,9 @@ def start_kapal(
         told["KAPAL_REGISTRY_USER"], told["KAPAL_REGISTRY_PASSWORD"] = credentials
     tcp = TcpAccess(BRIDGE_GATEWAY, POSTGRES_PORT, secrets.token_urlsafe(24))
     database_url = serve_over_tcp(folder / POSTGRES_DIR, tcp)
+    # Before the gateways start: they load the keys there are then (one made later reaches
+    # them only with the next catalog refresh).
+    key = create_admin_key(database_url)
     urls = deploy_gateways(
         client,
         swarm,
@@ -96,7 +99,6 @@ def start_kapal(
         constraints=gateway_constraints,
         log=log,
     )
-    key = create_admin_key(database_url)
     return SwarmLab(swarm, urls, key, database_url, registry, credentials)
 
 
