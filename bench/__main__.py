@@ -10,6 +10,7 @@ from typing import Any
 
 from bench import (
     cold,
+    cold_steps,
     deploy,
     image,
     logs,
@@ -27,6 +28,7 @@ Scenario = Callable[[bool], dict[str, Any]]
 SCENARIOS: dict[str, Scenario] = {
     "warm": warm.run,
     "cold": cold.run,
+    "cold-steps": cold_steps.run,
     "scale": scale.run,
     "async": run_async,
     "logs": logs.run,
