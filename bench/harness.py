@@ -27,7 +27,7 @@ def say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def kapal(**env: str) -> Iterator[GatewayProcess]:
+def kapal(log_level: str = "WARNING", **env: str) -> Iterator[GatewayProcess]:
     """A gateway on a fresh embedded Postgres and namespace; everything removed after."""
     tmp = Path(tempfile.mkdtemp(prefix="kapal-bench-"))
     engine = ensure_engine(tmp, log=say)
@@ -44,7 +44,7 @@ def kapal(**env: str) -> Iterator[GatewayProcess]:
         "KAPAL_RUNTIME_IMAGE_NODEJS": images["nodejs"],
         **env,
     }
-    gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level="WARNING", **env)
+    gw = GatewayProcess(pg.url, new_namespace(), tmp, log_level=log_level, **env)
     try:
         gw.start()
         yield gw

@@ -2,7 +2,10 @@
 
 Figures: errors, seconds_to_target_instances, p99 during the step and steady at 1
 connection, instances_peak, seconds_to_zero (short idle timeout) and requests dropped
-while the pool scales down under a light load.
+while the pool scales down under a light load; idle_memory_mib (every Kapal container
+with no load, from the engine's stats) before the step and once back at zero; and where
+the step's time went (`trace`: instances ready by tier, new-container start times, the
+autoscaler's decisions), read from the gateway's log.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from bench.burst_trace import idle_memory_mib, step_trace
 from bench.harness import deploy, get_function, kapal, say
 from bench.wrk import WrkResult, wrk
 
@@ -36,7 +40,8 @@ def run(quick: bool) -> dict[str, Any]:
     idle_s = 2 if quick else 5
     target = min(MAX_INSTANCES, math.ceil(CONNECTIONS / (CONCURRENCY * 0.7)))
     env = {"KAPAL_AUTOSCALE_STABLE_WINDOW_S": str(stable_s)}
-    with kapal(**env) as gw:
+    # INFO: the log says which tier each instance came from and what the scaler decided.
+    with kapal(log_level="INFO", **env) as gw:
         spec = {
             "scaling": {"concurrency": CONCURRENCY, "max": MAX_INSTANCES, "idle_timeout_s": idle_s}
         }
@@ -45,6 +50,8 @@ def run(quick: bool) -> dict[str, Any]:
         wrk(url, 1, 1, threads=1)  # the first (cold) request is not part of steady state
         say("steady: 1 connection")
         steady = wrk(url, 1, 5 if quick else 10, threads=1)
+        time.sleep(1.0)  # the last requests finish and the prewarm pool is refilled
+        memory_idle, containers_idle = idle_memory_mib(gw.namespace)
 
         say(f"step: {CONNECTIONS} connections for {step_s}s")
         result: list[WrkResult] = []
@@ -52,6 +59,7 @@ def run(quick: bool) -> dict[str, Any]:
             target=lambda: result.append(wrk(url, CONNECTIONS, step_s, threads=2))
         )
         began = time.monotonic()
+        began_wall = time.time()
         loader.start()
         reached: float | None = None
         peak = 0
@@ -63,6 +71,7 @@ def run(quick: bool) -> dict[str, Any]:
             time.sleep(0.1)
         loader.join()
         step = result[0]
+        trace = step_trace(gw.log_path, began_wall, time.time())
 
         say("scale-down under 2 connections, then idle to zero")
         light: list[WrkResult] = []
@@ -78,6 +87,8 @@ def run(quick: bool) -> dict[str, Any]:
                 zero = time.monotonic() - idle_began
                 break
             time.sleep(0.2)
+        time.sleep(2.0)  # the prewarm pool is refilled
+        memory_zero, containers_zero = idle_memory_mib(gw.namespace)
     return {
         "scenario": "scale",
         "step_seconds": step_s,
@@ -93,4 +104,11 @@ def run(quick: bool) -> dict[str, Any]:
         "seconds_to_zero": round(zero, 1) if zero is not None else None,
         "dropped_on_scale_down": light[0].errors + light[0].non2xx,
         "requests_during_scale_down": light[0].requests,
+        # One warm instance and the prewarmed containers, no load.
+        "idle_memory_mib": memory_idle,
+        "idle_containers": containers_idle,
+        # Back at zero instances after the burst (what is left: prewarmed containers).
+        "idle_memory_mib_at_zero": memory_zero,
+        "idle_containers_at_zero": containers_zero,
+        "trace": trace,
     }
