@@ -60,7 +60,10 @@ def step_trace(log_path: Path, began: float, until: float) -> dict[str, Any]:
 
 
 def _usage_bytes(api: Any, cid: str) -> int:
-    stats = api.stats(cid, stream=False, one_shot=True)
+    try:
+        stats = api.stats(cid, stream=False, one_shot=True)
+    except docker.errors.NotFound:  # removed since it was listed
+        return 0
     mem = stats.get("memory_stats") or {}
     usage = int(mem.get("usage") or 0)
     # What `docker stats` shows: the page cache that can be dropped is not counted.
@@ -68,12 +71,23 @@ def _usage_bytes(api: Any, cid: str) -> int:
     return max(0, usage - inactive)
 
 
-def idle_memory_mib(namespace: str) -> tuple[float, int]:
-    """Memory of every running container of a Kapal namespace (MiB), and their count."""
+def running(namespace: str) -> list[str]:
+    """Ids of the running containers of a Kapal namespace."""
     client = docker.from_env()
     try:
         labels = ["kapal.managed=true", f"kapal.namespace={namespace}"]
-        ids = [c.id for c in client.containers.list(filters={"label": labels})]
+        # The low-level list: the model's inspects each one, and one removed meanwhile
+        # (a scale-down, a prewarm shrinking) fails the whole call.
+        return [str(c["Id"]) for c in client.api.containers(filters={"label": labels})]
+    finally:
+        client.close()
+
+
+def idle_memory_mib(namespace: str) -> tuple[float, int]:
+    """Memory of every running container of a Kapal namespace (MiB), and their count."""
+    ids = running(namespace)
+    client = docker.from_env()
+    try:
         with ThreadPoolExecutor(8) as pool:
             used = list(pool.map(lambda cid: _usage_bytes(client.api, cid), ids))
         return round(sum(used) / 2**20, 1), len(ids)

@@ -5,7 +5,8 @@ connection, instances_peak, seconds_to_zero (short idle timeout) and requests dr
 while the pool scales down under a light load; idle_memory_mib (every Kapal container
 with no load, from the engine's stats) before the step and once back at zero; and where
 the step's time went (`trace`: instances ready by tier, new-container start times, the
-autoscaler's decisions), read from the gateway's log.
+autoscaler's decisions), read from the gateway's log. Then the same step again
+(`second_step_*`): what the first burst taught the prewarm pool.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import threading
 import time
 from typing import Any
 
-from bench.burst_trace import idle_memory_mib, step_trace
+from bench.burst_trace import idle_memory_mib, running, step_trace
 from bench.harness import deploy, get_function, kapal, say
 from bench.wrk import WrkResult, wrk
+from infra.local import GatewayProcess
 
 SLEEP_50MS = (
     "import asyncio\n"
@@ -54,24 +56,7 @@ def run(quick: bool) -> dict[str, Any]:
         memory_idle, containers_idle = idle_memory_mib(gw.namespace)
 
         say(f"step: {CONNECTIONS} connections for {step_s}s")
-        result: list[WrkResult] = []
-        loader = threading.Thread(
-            target=lambda: result.append(wrk(url, CONNECTIONS, step_s, threads=2))
-        )
-        began = time.monotonic()
-        began_wall = time.time()
-        loader.start()
-        reached: float | None = None
-        peak = 0
-        while loader.is_alive():
-            n = active(get_function(gw, "sleepy"))
-            peak = max(peak, n)
-            if reached is None and n >= target:
-                reached = time.monotonic() - began
-            time.sleep(0.1)
-        loader.join()
-        step = result[0]
-        trace = step_trace(gw.log_path, began_wall, time.time())
+        step, reached, peak, trace = burst(gw, url, target, step_s)
 
         say("scale-down under 2 connections, then idle to zero")
         light: list[WrkResult] = []
@@ -87,15 +72,19 @@ def run(quick: bool) -> dict[str, Any]:
                 zero = time.monotonic() - idle_began
                 break
             time.sleep(0.2)
-        time.sleep(2.0)  # the prewarm pool is refilled
+        settle(gw.namespace)  # the prewarm pool is refilled
         memory_zero, containers_zero = idle_memory_mib(gw.namespace)
+
+        # The same step again: what the first burst taught the prewarm pool.
+        say(f"second step: {CONNECTIONS} connections for {step_s}s")
+        again, reached_again, _, trace_again = burst(gw, url, target, step_s)
     return {
         "scenario": "scale",
         "step_seconds": step_s,
         "stable_window_s": stable_s,
         "idle_timeout_s": idle_s,
         "target_instances": target,
-        "errors": steady.errors + steady.non2xx + step.errors + step.non2xx,
+        "errors": sum(r.errors + r.non2xx for r in (steady, step, again)),
         "seconds_to_target_instances": round(reached, 2) if reached is not None else None,
         "p99_ms_during_step": round(step.p99_us / 1000, 1),
         "p99_ms_steady": round(steady.p99_us / 1000, 1),
@@ -111,4 +100,47 @@ def run(quick: bool) -> dict[str, Any]:
         "idle_memory_mib_at_zero": memory_zero,
         "idle_containers_at_zero": containers_zero,
         "trace": trace,
+        "second_step_seconds_to_target": (
+            round(reached_again, 2) if reached_again is not None else None
+        ),
+        "second_step_p99_ms": round(again.p99_us / 1000, 1),
+        "second_step_requests": again.requests,
+        "second_step_trace": trace_again,
     }
+
+
+def burst(
+    gw: GatewayProcess, url: str, target: int, seconds: float
+) -> tuple[WrkResult, float | None, int, dict[str, Any]]:
+    """`CONNECTIONS` connections for `seconds`: the load's figures, seconds until `target`
+    instances were ready (None: never), the most ready, and where the time went."""
+    result: list[WrkResult] = []
+    loader = threading.Thread(
+        target=lambda: result.append(wrk(url, CONNECTIONS, seconds, threads=2))
+    )
+    began = time.monotonic()
+    began_wall = time.time()
+    loader.start()
+    reached: float | None = None
+    peak = 0
+    while loader.is_alive():
+        n = active(get_function(gw, "sleepy"))
+        peak = max(peak, n)
+        if reached is None and n >= target:
+            reached = time.monotonic() - began
+        time.sleep(0.1)
+    loader.join()
+    return result[0], reached, peak, step_trace(gw.log_path, began_wall, time.time())
+
+
+def settle(namespace: str, quiet_s: float = 3.0, longest_s: float = 30.0) -> None:
+    """Wait until the namespace's container count has not changed for `quiet_s`."""
+    began = last_change = time.monotonic()
+    last = -1
+    while time.monotonic() - began < longest_s:
+        n = len(running(namespace))
+        if n != last:
+            last, last_change = n, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            return
+        time.sleep(0.5)
