@@ -272,7 +272,9 @@ def _run_forwarding_sigterm(argv: list[str], cwd: Path) -> int:
 
 def _warn_leftover_containers(engine: Engine) -> None:
     try:
-        leftovers = engine.client.containers.list(all=True, filters={"label": "kapal.managed=true"})
+        leftovers = engine.client.containers.list(
+            all=True, filters={"label": "kapal.managed=true"}, ignore_removed=True
+        )
     except Exception as err:  # a warning must not hide the tests' result
         print(f"warning: could not list leftover containers: {err}", file=sys.stderr)
         return

@@ -126,7 +126,7 @@ def managed_containers(
     labels = ["kapal.managed=true", f"kapal.namespace={namespace}"]
     if function is not None:
         labels.append(f"kapal.function={function}")
-    return client.containers.list(all=True, filters={"label": labels})
+    return client.containers.list(all=True, filters={"label": labels}, ignore_removed=True)
 
 
 def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:

@@ -212,7 +212,9 @@ def swarm_down(
     """Remove the swarm's nodes (with every service on them), its registry, the Postgres
     started beside it, their folders and the bridge; True when there was one."""
     found = False
-    for container in client.containers.list(all=True, filters={"label": f"{SWARM_LABEL}={name}"}):
+    for container in client.containers.list(
+        all=True, filters={"label": f"{SWARM_LABEL}={name}"}, ignore_removed=True
+    ):
         container.remove(force=True, v=True)
         found = True
     for network in client.networks.list(filters={"label": f"{SWARM_LABEL}={name}"}):

@@ -300,7 +300,7 @@ def _wait_until_gone(swarm: LocalSwarm, service: str) -> None:
     label: dict[str, str | list[str] | bool] = {"label": f"com.docker.swarm.service.name={service}"}
     for node in swarm.nodes:
         with node.engine() as engine:
-            while engine.containers.list(all=True, filters=label):
+            while engine.containers.list(all=True, filters=label, ignore_removed=True):
                 if time.monotonic() > deadline:
                     raise InfraError(f"the containers of {service} did not go")
                 time.sleep(0.2)

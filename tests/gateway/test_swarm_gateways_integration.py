@@ -335,7 +335,8 @@ async def test_a_gateway_killed_mid_job_loses_nothing(
     node = next(n for n in kapal.swarm.nodes if n.address == victim)
     with node.engine() as engine:
         gateway = engine.containers.list(
-            filters={"label": f"com.docker.swarm.service.name={NAMESPACE}-gateway"}
+            filters={"label": f"com.docker.swarm.service.name={NAMESPACE}-gateway"},
+            ignore_removed=True,
         )
         assert len(gateway) == 1
         gateway[0].kill("SIGKILL")

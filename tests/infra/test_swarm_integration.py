@@ -177,7 +177,7 @@ def test_down_leaves_nothing_behind(
 ) -> None:
     assert swarm_down(docker_client, state, name=NAME, log=lambda _: None)
     label = {"label": f"{SWARM_LABEL}={NAME}"}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert docker_client.containers.list(all=True, filters=label, ignore_removed=True) == []
     assert docker_client.networks.list(filters=label) == []
     assert not (state / NAME).exists()
     assert not swarm_down(docker_client, state, name=NAME, log=lambda _: None)

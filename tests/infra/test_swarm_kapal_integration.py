@@ -145,7 +145,8 @@ def test_the_gateway_containers_run_read_only_unprivileged_limited_and_labelled(
     for node in deployment.swarm.nodes:
         with node.engine() as engine:
             containers = engine.containers.list(
-                filters={"label": f"com.docker.swarm.service.name={gateway_service(NAMESPACE)}"}
+                filters={"label": f"com.docker.swarm.service.name={gateway_service(NAMESPACE)}"},
+                ignore_removed=True,
             )
             for container in containers:
                 seen += 1
@@ -173,7 +174,12 @@ def test_remove_gateways_removes_the_service_and_keeps_the_key_unless_told(
         assert engine.services.list() == []
         for node in swarm.nodes:
             with node.engine() as on_node:
-                assert on_node.containers.list(all=True, filters={"label": SWARM_LABEL}) == []
+                assert (
+                    on_node.containers.list(
+                        all=True, filters={"label": SWARM_LABEL}, ignore_removed=True
+                    )
+                    == []
+                )
         # Gateways deployed again on this database need the key secrets were sealed with.
         assert [s.name for s in engine.secrets.list()] == [secret_key_name(NAMESPACE)]
         assert not remove_gateways(swarm, NAMESPACE, forget_key=True, log=quiet)
@@ -282,7 +288,7 @@ def test_the_stack_file_runs_a_gateway_on_the_manager_over_its_socket(
         label = {"label": f"com.docker.stack.namespace={STACK}"}
         for node in swarm.nodes:
             with node.engine() as engine:
-                if engine.containers.list(all=True, filters=label):
+                if engine.containers.list(all=True, filters=label, ignore_removed=True):
                     return False
         # `stack rm` removes the networks at once, while tasks still stop on them: again.
         return subprocess.run(remove, env=env, capture_output=True, check=False).returncode == 0
@@ -301,6 +307,6 @@ def test_swarm_down_leaves_no_node_or_postgres(
     assert swarm_down(docker_client, deployment.state, name=NAME, log=quiet)
     assert postmaster_pid(pgdata) is None
     label = {"label": f"{SWARM_LABEL}={NAME}"}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert docker_client.containers.list(all=True, filters=label, ignore_removed=True) == []
     assert docker_client.networks.list(filters=label) == []
     assert not (deployment.state / NAME).exists()
