@@ -40,6 +40,7 @@ from gateway.upstream import Upstreams
 from gateway.vault import SecretCipher, SecretFiles, Secrets, SecretStore
 from gateway.webhooks.store import WebhookStore, seal_plaintext
 from scheduler.autoscaler import AutoscalerConfig
+from scheduler.backend import ContainerBackend
 from scheduler.builder import ImageBuilder
 from scheduler.depcache import DependencyCache
 from scheduler.docker_backend import DockerBackend
@@ -47,6 +48,7 @@ from scheduler.images import ImageResolver
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
+from scheduler.start_gate import StartGate
 from scheduler.swarm_backend import SwarmBackend
 
 log = logging.getLogger("kapal.gateway")
@@ -291,17 +293,21 @@ def _scheduler(
     # Swarm runs a count of replicas per version: no standbys to pause, no generic
     # containers to specialize (a task is only ever its own service's).
     swarm = backend if isinstance(backend, SwarmBackend) else None
+    # Pools and the prewarm pool share it: one bound on what the engine is asked.
+    pools: ContainerBackend = backend
+    if swarm is None and settings.starts_at_once:
+        pools = StartGate(backend, settings.starts_at_once)
     prewarm = None
     if swarm is None and any(settings.prewarm_sizes().values()):
         prewarm = PrewarmPool(
-            backend,
+            pools,
             settings.base_images(),
             settings.prewarm_sizes(),
             functions,
             settings.start_timeout_s,
         )
     return Scheduler(
-        backend,
+        pools,
         PoolConfig(
             start_timeout_s=settings.start_timeout_s,
             buffer_size=settings.buffer_size,
