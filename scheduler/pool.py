@@ -202,6 +202,8 @@ class Pool:
         # Told what happened to an instance, for the function's log: (instance, level, what).
         self.events: Callable[[Instance, str, str], None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
+        # Waiters woken for a slot that have not run yet: newcomers leave them theirs.
+        self._promised = 0
         self._tasks = _Tasks()
         # A replicated backend: this pool sets the replica count of its version's service.
         self.replicas = replicas
@@ -234,8 +236,12 @@ class Pool:
         return best
 
     async def acquire(self, deadline: float) -> Acquired:
-        """A slot on a ready instance of the current version, waiting while one starts."""
-        inst = self._pick()
+        """A slot on a ready instance of the current version, waiting while one starts.
+
+        First come, first served: while requests wait, a newcomer queues behind them
+        rather than taking the slot one of them was just woken for (in a burst that
+        barging sent woken requests to the back again and again: seconds of p99)."""
+        inst = None if self._waiters or not self._unpromised() else self._pick()
         if inst is not None:
             inst.in_flight += 1
             return Acquired(inst, cold=False)
@@ -251,19 +257,28 @@ class Pool:
             )
         began = self.clock()
         loop = asyncio.get_running_loop()
+        first = True
         while True:
             fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(fut)
+            if first:
+                self._waiters.append(fut)
+            else:  # woken, but the slot went elsewhere: keep its place at the front
+                self._waiters.appendleft(fut)
+            first = False
             self.poke()
             try:
                 await asyncio.wait_for(fut, max(0.0, deadline - self.clock()))
             except TimeoutError:
+                self._pass_on(fut)
                 self.rejected += 1
                 raise NoCapacity(
                     f"no instance of {self.spec.name} became free in time",
                     retry_after_s=1.0,
                     reason="wait_timeout",
                 ) from None
+            except BaseException:
+                self._pass_on(fut)
+                raise
             finally:
                 if not fut.done() or fut.cancelled():
                     fut.cancel()
@@ -271,6 +286,7 @@ class Pool:
                     self._waiters.remove(fut)
                 except ValueError:
                     pass
+            self._promised -= 1  # woken: the slot it was promised is its own to take
             inst = self._pick()
             if inst is not None:
                 inst.in_flight += 1
@@ -405,7 +421,26 @@ class Pool:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+                self._promised += 1
                 n -= 1
+
+    def _pass_on(self, fut: asyncio.Future[None]) -> None:
+        """A waiter leaves (deadline, client gone) after it was woken for a slot it will
+        not take: wake the next one, or that slot would idle while others wait."""
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            self._promised -= 1
+            self._wake(1)
+
+    def _unpromised(self) -> bool:
+        """Whether a free slot is left beyond those promised to woken waiters."""
+        if not self._promised:
+            return True
+        free = sum(
+            i.free_slots
+            for i in self.instances.values()
+            if i.state is InstanceState.READY and i.version == self.spec.version
+        )
+        return free > self._promised
 
     def _fail_waiters(self, exc: SchedulerError) -> None:
         while self._waiters:

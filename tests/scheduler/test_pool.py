@@ -341,3 +341,35 @@ async def test_waiting_requests_start_instances_for_the_target_utilization() -> 
     # 16 requests at 4 slots x 0.5: 8 instances at once, not one at a time.
     assert len(pool.active()) == 8
     await asyncio.gather(*waiters)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_a_newcomer_queues_behind_those_waiting() -> None:
+    pool = make_pool(FakeBackend(), spec(concurrency=1, max=1))
+    a = await pool.acquire(10**9)
+    b = asyncio.ensure_future(pool.acquire(10**9))
+    await settle()
+    pool.release(a.instance)  # wakes b
+    newcomer = asyncio.ensure_future(pool.acquire(10**9))
+    await settle()
+    assert b.done() and not newcomer.done()
+    pool.release((await b).instance)
+    await settle()
+    assert newcomer.done()
+
+
+async def test_a_newcomer_takes_a_free_slot_beyond_those_promised() -> None:
+    pool = make_pool(FakeBackend(), spec(concurrency=2, max=1))
+    a = await pool.acquire(10**9)
+    b = await pool.acquire(10**9)
+    c = asyncio.ensure_future(pool.acquire(10**9))
+    await settle()
+    pool.release(a.instance)  # one slot, promised to c
+    pool.release(b.instance)  # a second one, free for whoever comes
+    newcomer = await pool.acquire(10**9)
+    assert newcomer.instance is a.instance and not newcomer.cold
+    assert (await c).instance is a.instance
