@@ -3,41 +3,72 @@
 The engine does much of a start one at a time: asked for 12 at once here, each took
 4.3 s (p50) and they all arrived together near the end; 2 at a time, each took 0.7 s at
 the same total rate (2.3-2.8 starts/s on this 2-core host). So the starts beyond a few
-wait here, in the order asked, and a burst's capacity arrives one instance after
-another instead of all at once after seconds. Everything else passes straight through.
+wait here, instances requests wait for before prewarmed containers, each kind in the
+order asked, and a burst's capacity arrives one instance after another instead of all
+at once after seconds. Everything else passes straight through.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from scheduler.backend import ContainerBackend, Running
-from scheduler.models import FunctionSpec
+from scheduler.models import PREWARM_NAME, FunctionSpec
 
 
 class StartGate:
-    """A `ContainerBackend` that runs at most `at_once` of `start` at a time."""
+    """A `ContainerBackend` that runs at most `at_once` of `start` at a time.
+
+    Instances that requests wait for go first: a prewarmed container (started ahead, for
+    a later burst) waits while any of them does, or a refill of many would hold a burst's
+    cold starts back behind it.
+    """
 
     def __init__(self, backend: ContainerBackend, at_once: int) -> None:
         if at_once < 1:
             raise ValueError(f"at_once must be at least 1, not {at_once}")
         self.backend = backend
         self.at_once = at_once
-        self._slots = asyncio.Semaphore(at_once)
-        # Starts asked for and not yet handed to the engine.
-        self.queued = 0
+        self._running = 0
+        # Starts waiting for a turn: instances first, then prewarmed containers.
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ahead: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        """Starts asked for and not yet handed to the engine."""
+        return sum(not f.done() for f in (*self._urgent, *self._ahead))
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
-        self.queued += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.queued -= 1
+        if self._running < self.at_once and not self.queued:
+            self._running += 1
+        else:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            (self._ahead if spec.name == PREWARM_NAME else self._urgent).append(turn)
+            try:
+                await turn  # the turn is handed over with its count
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    self._next()  # handed a turn it will not use: pass it on
+                else:
+                    turn.cancel()
+                raise
         try:
             return await self.backend.start(spec, instance_id)
         finally:
-            self._slots.release()
+            self._next()
+
+    def _next(self) -> None:
+        """A start is over: hand its turn to the next one waiting, or give it back."""
+        for waiting in (self._urgent, self._ahead):
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    return
+        self._running -= 1
 
     async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
         await self.backend.remove(container_id, grace_s)

@@ -1,4 +1,5 @@
-"""The start gate: at most N starts reach the engine at once, the rest in the order asked."""
+"""The start gate: at most N starts reach the engine at once; the rest wait, instances
+before prewarmed containers, each in the order asked."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import pytest
 
 from scheduler.backend import Running
-from scheduler.models import FunctionSpec
+from scheduler.models import PREWARM_NAME, FunctionSpec
 from scheduler.start_gate import StartGate
 from tests.scheduler.test_pool import FakeBackend
 
@@ -32,8 +33,8 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def spec() -> FunctionSpec:
-    return FunctionSpec(name="f", version=1, image="img:1")
+def spec(name: str = "f") -> FunctionSpec:
+    return FunctionSpec(name=name, version=1, image="img:1")
 
 
 async def test_at_most_n_starts_at_once_the_rest_in_order() -> None:
@@ -81,3 +82,38 @@ async def test_other_calls_pass_straight_through() -> None:
 def test_at_least_one_at_once() -> None:
     with pytest.raises(ValueError, match="at_once"):
         StartGate(FakeBackend(), 0)
+
+
+async def test_instances_go_before_prewarmed_containers_asked_earlier() -> None:
+    backend = HeldBackend()
+    gate = StartGate(backend, 1)
+    first = asyncio.ensure_future(gate.start(spec(PREWARM_NAME), "p0"))
+    ahead = [asyncio.ensure_future(gate.start(spec(PREWARM_NAME), f"p{n}")) for n in (1, 2)]
+    await settle()
+    burst = [asyncio.ensure_future(gate.start(spec(), f"i{n}")) for n in range(2)]
+    await settle()
+    assert backend.entered == ["p0"] and gate.queued == 4
+
+    for done in ("p0", "i0", "i1", "p1"):
+        backend.release[done].set()
+        await settle()
+    assert backend.entered == ["p0", "i0", "i1", "p1", "p2"]
+    backend.release["p2"].set()
+    await asyncio.gather(first, *ahead, *burst)
+    assert gate.queued == 0
+
+
+async def test_a_start_cancelled_while_waiting_leaves_the_turn_to_others() -> None:
+    backend = HeldBackend()
+    gate = StartGate(backend, 1)
+    first = asyncio.ensure_future(gate.start(spec(), "i0"))
+    gone = asyncio.ensure_future(gate.start(spec(), "i1"))
+    last = asyncio.ensure_future(gate.start(spec(), "i2"))
+    await settle()
+    gone.cancel()
+    backend.release["i0"].set()
+    await settle()
+    assert backend.entered == ["i0", "i2"]
+    backend.release["i2"].set()
+    await asyncio.gather(first, last)
+    assert gone.cancelled()
