@@ -305,6 +305,7 @@ def _scheduler(
             settings.prewarm_sizes(),
             functions,
             settings.start_timeout_s,
+            cap=settings.prewarm_max,
         )
     return Scheduler(
         pools,

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     prewarm_python: int = Field(default=4, ge=0, le=50)
     # Prewarmed Node.js containers (none unless asked: most deployments run Python alone).
     prewarm_nodejs: int = Field(default=0, ge=0, le=50)
+    # Prewarmed containers per runtime at most, kept after as many recent cold starts
+    # (a runtime's own count above is the least kept).
+    prewarm_max: int = Field(default=24, ge=0, le=50)
     # Containers the engine is asked to start at once (0: no bound); more wait their turn.
     starts_at_once: int = Field(default=2, ge=0, le=64)
     # Pause scaled-down instances as standbys before removing them.

@@ -2,7 +2,8 @@
 
 A few containers of each runtime's base image run in prewarm mode, healthy and waiting.
 A function's cold start claims one and sends its code in the `/_/init` request itself
-(as OpenWhisk does), skipping container create and start. Refilled in the background.
+(as OpenWhisk does), skipping container create and start. Refilled in the background, to
+a count that follows the runtime's recent cold starts (`prewarm_size`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Protocol
 
 from scheduler import probe
@@ -20,6 +22,7 @@ from scheduler.backend import ContainerBackend, Running
 from scheduler.errors import StartFailed
 from scheduler.models import PREWARM_NAME, FunctionSpec, Limits, Network
 from scheduler.pool import new_instance_id
+from scheduler.prewarm_size import WINDOW_S, PrewarmSize, wanted
 
 log = logging.getLogger("kapal.scheduler.prewarm")
 
@@ -55,12 +58,18 @@ class PrewarmPool:
         sizes: dict[str, int],
         code: CodeSource,
         start_timeout_s: float = 30.0,
+        cap: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         # Base image per runtime, for the runtimes that keep prewarmed containers.
         self.images = {runtime: image for runtime, image in images.items() if sizes.get(runtime)}
-        # Containers kept ready per runtime.
-        self.sizes = sizes
+        # Containers kept ready per runtime: at least its own count, more after cold starts
+        # (up to `cap`).
+        self.sizes = {r: PrewarmSize(sizes[r], cap) for r in self.images}
+        self.clock = clock
+        # When each recent cold start of a function this runtime could serve happened.
+        self.cold_starts: dict[str, deque[float]] = {r: deque() for r in self.images}
         self.code = code
         self.start_timeout_s = start_timeout_s
         self.ready: dict[str, deque[Running]] = {r: deque() for r in self.images}
@@ -71,7 +80,16 @@ class PrewarmPool:
 
     def claim(self, spec: FunctionSpec) -> Running | None:
         ready = self.ready.get(spec.runtime)
-        if not ready or not can_specialize(spec):
+        if ready is None or not can_specialize(spec):
+            return None
+        # A cold start this runtime's prewarmed containers serve, whether one is left or
+        # not: the next burst finds as many ready.
+        starts = self.cold_starts[spec.runtime]
+        now = self.clock()
+        starts.append(now)
+        while starts[0] <= now - WINDOW_S:
+            starts.popleft()
+        if not ready:
             return None
         # Refilled by the scaling loop once no instance is starting: during a burst the
         # engine's time goes to the instances that requests wait for.
@@ -111,15 +129,28 @@ class PrewarmPool:
                 if r.id == container_id:
                     q.remove(r)
 
+    def wanted(self, runtime: str) -> int:
+        """Containers of `runtime` to keep ready now."""
+        return wanted(self.clock(), self.cold_starts[runtime], self.sizes[runtime])
+
     def refill(self) -> None:
-        if self.closed or time.monotonic() < self._backoff_until:
+        """Start what is missing, and remove what the runtime no longer needs (the
+        oldest first)."""
+        if self.closed or self.clock() < self._backoff_until:
             return
         for runtime in self.images:
-            while len(self.ready[runtime]) + self.starting[runtime] < self.sizes[runtime]:
+            target = self.wanted(runtime)
+            ready = self.ready[runtime]
+            while len(ready) > target:
+                self._spawn(self.backend.remove(ready.popleft().id))
+            while len(ready) + self.starting[runtime] < target:
                 self.starting[runtime] += 1
-                task = asyncio.ensure_future(self._start_one(runtime))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._start_one(runtime))
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _start_one(self, runtime: str) -> None:
         spec = FunctionSpec(
@@ -135,7 +166,7 @@ class PrewarmPool:
             await probe.wait_ready(running.address, time.monotonic() + self.start_timeout_s)
         except Exception as e:
             log.warning("prewarm start failed", extra={"runtime": runtime, "error": str(e)})
-            self._backoff_until = time.monotonic() + BACKOFF_S
+            self._backoff_until = self.clock() + BACKOFF_S
             if running is not None:
                 await self.backend.remove(running.id)
             return
