@@ -19,11 +19,11 @@ from scheduler.models import PREWARM_NAME, FunctionSpec
 
 
 class StartGate:
-    """A `ContainerBackend` that runs at most `at_once` of `start` at a time.
+    """A `ContainerBackend` that runs at most `at_once` instance starts at a time.
 
-    Instances that requests wait for go first: a prewarmed container (started ahead, for
-    a later burst) waits while any of them does, or a refill of many would hold a burst's
-    cold starts back behind it.
+    Instances that requests wait for never wait for prewarmed containers (started ahead,
+    for a later burst): those start only while no instance starts or waits, at most
+    `at_once` of them, or a refill of many would hold a burst's cold starts back.
     """
 
     def __init__(self, backend: ContainerBackend, at_once: int) -> None:
@@ -31,44 +31,52 @@ class StartGate:
             raise ValueError(f"at_once must be at least 1, not {at_once}")
         self.backend = backend
         self.at_once = at_once
-        self._running = 0
-        # Starts waiting for a turn: instances first, then prewarmed containers.
-        self._urgent: deque[asyncio.Future[None]] = deque()
-        self._ahead: deque[asyncio.Future[None]] = deque()
+        # Starts under way, and starts waiting for a turn: instances, prewarmed containers.
+        self._running = {True: 0, False: 0}
+        self._waiting: dict[bool, deque[asyncio.Future[None]]] = {True: deque(), False: deque()}
 
     @property
     def queued(self) -> int:
         """Starts asked for and not yet handed to the engine."""
-        return sum(not f.done() for f in (*self._urgent, *self._ahead))
+        return sum(not f.done() for q in self._waiting.values() for f in q)
+
+    def _may_start(self, urgent: bool) -> bool:
+        if urgent:
+            return self._running[True] < self.at_once
+        idle = not self._running[True] and not any(not f.done() for f in self._waiting[True])
+        return idle and self._running[False] < self.at_once
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
-        if self._running < self.at_once and not self.queued:
-            self._running += 1
+        urgent = spec.name != PREWARM_NAME
+        waiting = self._waiting[urgent]
+        if self._may_start(urgent) and not any(not f.done() for f in waiting):
+            self._running[urgent] += 1
         else:
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            (self._ahead if spec.name == PREWARM_NAME else self._urgent).append(turn)
+            waiting.append(turn)
             try:
                 await turn  # the turn is handed over with its count
             except BaseException:
                 if turn.done() and not turn.cancelled():
-                    self._next()  # handed a turn it will not use: pass it on
+                    self._done(urgent)  # handed a turn it will not use: pass it on
                 else:
                     turn.cancel()
                 raise
         try:
             return await self.backend.start(spec, instance_id)
         finally:
-            self._next()
+            self._done(urgent)
 
-    def _next(self) -> None:
-        """A start is over: hand its turn to the next one waiting, or give it back."""
-        for waiting in (self._urgent, self._ahead):
-            while waiting:
+    def _done(self, urgent: bool) -> None:
+        """A start is over: hand turns to those waiting, instances first."""
+        self._running[urgent] -= 1
+        for kind in (True, False):
+            waiting = self._waiting[kind]
+            while waiting and self._may_start(kind):
                 turn = waiting.popleft()
                 if not turn.done():
+                    self._running[kind] += 1
                     turn.set_result(None)
-                    return
-        self._running -= 1
 
     async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
         await self.backend.remove(container_id, grace_s)
