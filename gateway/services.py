@@ -45,6 +45,7 @@ from scheduler.builder import ImageBuilder
 from scheduler.depcache import DependencyCache
 from scheduler.docker_backend import DockerBackend
 from scheduler.images import ImageResolver
+from scheduler.keepalive import KeepAliveConfig
 from scheduler.pool import PoolConfig
 from scheduler.prewarm import PrewarmPool
 from scheduler.scheduler import Scheduler
@@ -323,6 +324,7 @@ def _scheduler(
         prewarm,
         peers=peers,
         replicas=swarm,
+        keepalive=KeepAliveConfig() if settings.keepalive == "learned" else None,
     )
 
 

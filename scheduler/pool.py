@@ -3,7 +3,9 @@
 Cold starts, fastest first: unpause a paused standby of this function, specialize a
 prewarmed generic runtime container, or start a new container from the function's image.
 Instances scaled down are paused (a standby costing no CPU) and removed once idle for
-`idle_timeout_s`.
+`idle_timeout_s`. With a learned keep-alive (scheduler/keepalive.py), while the function
+has nothing in flight its idle-time histogram decides instead: how many stay ready (none
+or one, pre-warmed before the next expected request), and when standbys go.
 
 On a replicated backend (a Docker Swarm service per version) the pool does not start or
 stop instances itself: it sets the replica count, the backend runs that many (replacing
@@ -28,6 +30,7 @@ from typing import Protocol
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, ReplicaBackend, Running
 from scheduler.errors import NoCapacity, Rerouted, SchedulerError, StartFailed, UnknownFunction
+from scheduler.keepalive import IdleTracker, Want, want
 from scheduler.models import FunctionSpec
 from scheduler.scaler import Scaler
 from scheduler.traffic import WHOLE
@@ -164,6 +167,7 @@ class Pool:
         on_demand: Demand | None = None,
         before_pause: BeforePause = _always,
         replicas: ReplicaBackend | None = None,
+        keepalive: IdleTracker | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -213,6 +217,8 @@ class Pool:
         self._replicas_busy = False
         # Set when the last instance is forgotten (a retired version waits for it).
         self._emptied: asyncio.Event | None = None
+        # The function's idle times, for a learned keep-alive (None: the fixed one).
+        self.keepalive = keepalive
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -241,6 +247,9 @@ class Pool:
         First come, first served: while requests wait, a newcomer queues behind them
         rather than taking the slot one of them was just woken for (in a burst that
         barging sent woken requests to the back again and again: seconds of p99)."""
+        ka = self.keepalive
+        if ka is not None and ka.idle_since is not None:
+            ka.arrived(self.clock())
         inst = None if self._waiters or not self._unpromised() else self._pick()
         if inst is not None:
             inst.in_flight += 1
@@ -303,6 +312,8 @@ class Pool:
         inst.in_flight -= 1
         inst.served += 1
         inst.last_used = self.clock()
+        if inst.in_flight == 0 and self.keepalive is not None and not self.observed():
+            self.keepalive.went_idle(inst.last_used)
         if inst.state is InstanceState.DRAINING:
             if inst.in_flight == 0 and self.replicas is not None:
                 self.forget(inst)  # the backend stops it
@@ -485,10 +496,14 @@ class Pool:
         """Bring the instances serving the current version to `desired`."""
         if self.closed or self.retired or not self.leading:
             return
-        self.desired = desired
         if self.replicas is not None:
+            self.desired = desired
             self._set_replicas(desired)
             return
+        kept = self._kept_idle(self.clock())
+        if kept is not None:  # idle: the keep-alive, not the autoscaler's window, decides
+            desired = max(self.min_instances, 1 if kept is Want.READY else 0)
+        self.desired = desired
         active = self.active()
         if desired > len(active):
             for _ in range(desired - len(active)):
@@ -787,9 +802,26 @@ class Pool:
         if self._waiters:
             self.poke()
 
+    def _kept_idle(self, now: float) -> Want | None:
+        """What the learned keep-alive keeps now; None: the function is busy, or its
+        history says nothing (the fixed policy holds)."""
+        ka = self.keepalive
+        if ka is None or ka.idle_since is None or self.observed():
+            return None
+        w = ka.windows(self.spec.scaling.idle_timeout_s)
+        return want(w, now - ka.idle_since) if w.learned else None
+
     def reap(self) -> None:
-        """Remove standbys idle past `idle_timeout_s`."""
+        """Remove standbys idle past `idle_timeout_s`, or when the learned keep-alive
+        expects no request before it could bring one back."""
         now = self.clock()
+        ka = self.keepalive
+        if ka is not None and ka.idle_since is None and not self.observed():
+            ka.went_idle(now)  # what was in flight ended at other gateways
+        if self._kept_idle(now) is Want.NONE:
+            for inst in list(self.instances.values()):
+                if inst.state is InstanceState.PAUSED:
+                    self._stop(inst, why="keep-alive: no request expected for a while")
         for inst in list(self.instances.values()):
             if (
                 inst.state is InstanceState.PAUSED

@@ -34,6 +34,7 @@ from scheduler import probe
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, ReplicaBackend, Running
 from scheduler.docker_backend import LABEL_INSTANCE, LABEL_RUNTIME
+from scheduler.keepalive import IdleTracker, KeepAliveConfig
 from scheduler.models import PREWARM_NAME, RUNTIME_HEALTH_PATH, FunctionSpec
 from scheduler.pool import Instance, InstanceState, Pool, PoolConfig
 from scheduler.prewarm import PrewarmPool
@@ -136,8 +137,12 @@ class Scheduler:
         decide_s: float = 1.0,
         resync_s: float = 5.0,
         replicas: ReplicaBackend | None = None,
+        keepalive: KeepAliveConfig | None = None,
     ) -> None:
         self.backend = backend
+        # A learned keep-alive per function (None: the fixed `idle_timeout_s`); pools of
+        # a replicated backend have no standbys and keep the fixed one.
+        self.keepalive = keepalive
         # The backend runs replicas of a service per version (Swarm): pools set counts.
         self.replicas = replicas
         self.pool_config = pool_config or PoolConfig()
@@ -196,6 +201,11 @@ class Scheduler:
             on_demand=self._report_now,
             before_pause=self._before_pause,
             replicas=self.replicas,
+            keepalive=(
+                IdleTracker(self.keepalive)
+                if self.keepalive is not None and self.replicas is None
+                else None
+            ),
         )
         pool.announce = self._announce
         pool.events = self.events
