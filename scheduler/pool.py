@@ -500,9 +500,7 @@ class Pool:
             self.desired = desired
             self._set_replicas(desired)
             return
-        kept = self._kept_idle(self.clock())
-        if kept is not None:  # idle: the keep-alive, not the autoscaler's window, decides
-            desired = max(self.min_instances, 1 if kept is Want.READY else 0)
+        desired = self.idle_bound(desired)
         self.desired = desired
         active = self.active()
         if desired > len(active):
@@ -801,6 +799,14 @@ class Pool:
         self.ensure_min()
         if self._waiters:
             self.poke()
+
+    def idle_bound(self, desired: int) -> int:
+        """`desired`, unless the function is idle and its learned keep-alive decides:
+        then one instance or none (above `min`), whatever the autoscaler's window says."""
+        kept = self._kept_idle(self.clock())
+        if kept is None:
+            return desired
+        return max(self.min_instances, 1 if kept is Want.READY else 0)
 
     def _kept_idle(self, now: float) -> Want | None:
         """What the learned keep-alive keeps now; None: the function is busy, or its

@@ -56,16 +56,17 @@ class Scaler:
         active = len(pool.active())
         if up_only and decision.desired <= active:
             return
-        if decision.desired != active:
+        desired = pool.idle_bound(decision.desired)  # an idle function: its keep-alive's
+        if desired != active:
             log.info(
                 "scaling",
                 extra={
                     "function": pool.spec.name,
-                    "desired": decision.desired,
+                    "desired": desired,
                     "active": active,
                     "panic": decision.panic,
                     "stable": round(inputs.stable_concurrency, 2),
                     "burst": round(max(inputs.panic_concurrency, inputs.current_concurrency), 2),
                 },
             )
-        pool.scale_to(decision.desired)
+        pool.scale_to(desired)

@@ -19,6 +19,7 @@ from scheduler.keepalive import (
 from scheduler.keepalive_sim import KINDS, SimConfig, generate, replay, replay_all
 from scheduler.pool import InstanceState, Pool
 from scheduler.scaler import Scaler
+from scheduler.scheduler import Scheduler
 from tests.scheduler.test_pool import FakeBackend, FakeClock, ready_at_once, spec
 
 SECONDS = KeepAliveConfig(bin_s=1.0, bins=60, min_samples=4, prewarm_lead_s=1.0)
@@ -201,3 +202,17 @@ async def test_a_call_while_idle_is_served_and_the_keepalive_does_not_cap_it() -
     assert len(pool.active()) >= 2  # the autoscaler wants 2 / 0.7 of one slot each
     pool.release(a.instance)
     pool.release(b.instance)
+
+
+async def test_the_scheduler_gives_each_pool_a_tracker_only_when_learned_and_not_replicated() -> (
+    None
+):
+    backend = FakeBackend()
+    learned = Scheduler(backend, keepalive=KeepAliveConfig())  # type: ignore[arg-type]
+    fixed = Scheduler(backend)  # type: ignore[arg-type]
+    swarm = Scheduler(backend, keepalive=KeepAliveConfig(), replicas=backend)  # type: ignore[arg-type]
+    for sched in (learned, fixed, swarm):
+        sched.update([spec()])
+    learned_pool_ = learned.pool("f")
+    assert learned_pool_ is not None and learned_pool_.keepalive is not None
+    assert [s.pool("f").keepalive for s in (fixed, swarm)] == [None, None]  # type: ignore[union-attr]
