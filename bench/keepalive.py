@@ -54,6 +54,8 @@ async def _replay(url: str, headers: dict[str, str], traces: list[FunctionTrace]
     """Send every request at its time; count cold starts, errors and instance MiB·s."""
     arrivals = sorted((a, t.name) for t in traces for a in t.arrivals)
     cold = errors = 0
+    # Failed requests by status (0: no answer).
+    failed: dict[int, int] = {}
     # Cold starts per kind of arrivals (poisson, periodic, bursty).
     by_kind: dict[str, int] = {t.kind: 0 for t in traces}
     kind_of = {t.name: t.kind for t in traces}
@@ -69,11 +71,13 @@ async def _replay(url: str, headers: dict[str, str], traces: list[FunctionTrace]
                     await r.read()
                     if r.status != 200:
                         errors += 1
+                        failed[r.status] = failed.get(r.status, 0) + 1
                     elif "X-Kapal-Cold-Start" in r.headers:
                         cold += 1
                         by_kind[kind_of[name]] += 1
             except aiohttp.ClientError:
                 errors += 1
+                failed[0] = failed.get(0, 0) + 1
 
         async def sample() -> None:
             nonlocal mib_s
@@ -109,6 +113,7 @@ async def _replay(url: str, headers: dict[str, str], traces: list[FunctionTrace]
         "errors": errors,
         "mib_s": mib_s,
         "by_kind": by_kind,
+        "failed": failed,
     }
 
 
@@ -155,6 +160,8 @@ def run(quick: bool) -> dict[str, Any]:
         "requests": fixed["requests"],
         "errors_fixed": fixed["errors"],
         "errors_learned": learned["errors"],
+        "errors_by_status_fixed": fixed["failed"],
+        "errors_by_status_learned": learned["failed"],
         "cold_starts_fixed": fixed["cold"],
         "cold_starts_learned": learned["cold"],
         "cold_start_pct_fixed": pct(fixed),

@@ -802,11 +802,15 @@ class Pool:
 
     def idle_bound(self, desired: int) -> int:
         """`desired`, unless the function is idle and its learned keep-alive decides:
-        then one instance or none (above `min`), whatever the autoscaler's window says."""
+        while a request is expected at least one instance stays (more while the
+        autoscaler's window still wants them: a burst may resume), otherwise none above
+        `min`."""
         kept = self._kept_idle(self.clock())
         if kept is None:
             return desired
-        return max(self.min_instances, 1 if kept is Want.READY else 0)
+        if kept is Want.READY:
+            return max(desired, self.min_instances, 1)
+        return self.min_instances
 
     def _kept_idle(self, now: float) -> Want | None:
         """What the learned keep-alive keeps now; None: the function is busy, or its

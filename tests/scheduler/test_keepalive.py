@@ -216,3 +216,20 @@ async def test_the_scheduler_gives_each_pool_a_tracker_only_when_learned_and_not
     learned_pool_ = learned.pool("f")
     assert learned_pool_ is not None and learned_pool_.keepalive is not None
     assert [s.pool("f").keepalive for s in (fixed, swarm)] == [None, None]  # type: ignore[union-attr]
+
+
+async def test_while_a_call_is_expected_the_autoscalers_instances_stay_then_they_go() -> None:
+    clock, backend = FakeClock(), FakeBackend()
+    pool = learned_pool(backend, clock, concurrency=1)
+    for _ in range(6):  # a call every 2 s: kept from the start, paused after 3.3 s
+        got = await pool.acquire(10**9)
+        pool.release(got.instance)
+        await tick_for(pool, clock, 2)
+    burst = [await pool.acquire(10**9) for _ in range(3)]
+    await tick_for(pool, clock, 1)
+    for got in burst:
+        pool.release(got.instance)
+    await tick_for(pool, clock, 1)  # idle 1 s: a call is expected, the burst may resume
+    assert pool.ready_count() >= 3
+    await tick_for(pool, clock, 3)  # idle 4 s: past the windows (3.3 s), all go
+    assert not pool.instances and len(backend.removed) >= 3
