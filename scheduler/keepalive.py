@@ -55,6 +55,11 @@ class KeepAliveConfig:
     # Seconds an instance takes to come back (a decision tick plus a start); a pre-warm
     # window shorter than twice this is not worth removing the instance for.
     prewarm_lead_s: float = 2.0
+    # Seconds a standby of a function kept from the start (no pre-warm) stays at least
+    # (bounded by `idle_timeout_s`): removing it early saves little memory and turns a
+    # 15 ms unpause into a new container, during which every request of a busy function
+    # waits cold.
+    min_remove_s: float = 60.0
     # Counts are halved when they reach this total: recent traffic weighs more, and
     # memory stays bounded.
     max_samples: float = 1000.0
@@ -141,6 +146,8 @@ def windows(hist: IdleHistogram, idle_timeout_s: float) -> KeepAliveWindows:
     remove_s = min(
         prewarm_s + idle_timeout_s, hist.percentile(cfg.remove_percentile) * (1 + cfg.margin)
     )
+    if prewarm_s == 0.0:
+        remove_s = max(remove_s, min(idle_timeout_s, cfg.min_remove_s))
     pause_s = min(remove_s, high)
     return KeepAliveWindows(prewarm_s, pause_s, remove_s, learned=True)
 

@@ -22,7 +22,7 @@ from scheduler.scaler import Scaler
 from scheduler.scheduler import Scheduler
 from tests.scheduler.test_pool import FakeBackend, FakeClock, ready_at_once, spec
 
-SECONDS = KeepAliveConfig(bin_s=1.0, bins=60, min_samples=4, prewarm_lead_s=1.0)
+SECONDS = KeepAliveConfig(bin_s=1.0, bins=60, min_samples=4, prewarm_lead_s=1.0, min_remove_s=0.0)
 
 
 def hist_of(*idle_s: float, config: KeepAliveConfig = SECONDS) -> IdleHistogram:
@@ -73,6 +73,15 @@ def test_frequent_calls_keep_one_ready_from_the_start_then_pause_then_remove() -
     assert want(w, 0.0) is Want.READY
     assert want(w, 5.0) is Want.PAUSED
     assert want(w, 11.5) is Want.NONE
+
+
+def test_a_standby_kept_from_the_start_stays_the_minimum_bounded_by_the_timeout() -> None:
+    busy = [0.5] * 50
+    floor = KeepAliveConfig(bins=60, min_remove_s=30.0)
+    assert windows(hist_of(*busy, config=floor), idle_timeout_s=300).remove_s == 30.0
+    assert windows(hist_of(*busy, config=floor), idle_timeout_s=10).remove_s == 10.0
+    periodic = windows(hist_of(*[20.2] * 10, config=floor), idle_timeout_s=300)
+    assert periodic.prewarm_s > 0 and periodic.remove_s < 30.0  # removed after each call
 
 
 def test_a_periodic_function_is_removed_after_its_burst_and_prewarmed_before_the_next() -> None:
