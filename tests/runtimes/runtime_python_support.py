@@ -219,7 +219,7 @@ def start_runtime(
             stdout=stdout,
             stderr=stderr,
         )
-    log_port = int(full_env["KAPAL_LOG_PORT"])
+    port, log_port = int(full_env["KAPAL_PORT"]), int(full_env["KAPAL_LOG_PORT"])
     runtime = RuntimeProcess(proc, port, stderr_path, log_port, stdout_path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -446,3 +446,16 @@ def test_config_reads_env() -> None:
 def test_config_names_the_bad_key_and_value(key: str, value: str) -> None:
     with pytest.raises(config.ConfigError, match=f"{key}='{value}'"):
         config.RuntimeConfig.from_env({key: value})
+
+
+def test_the_zygote_port_may_not_be_a_workers_port() -> None:
+    with pytest.raises(config.ConfigError, match="a worker's port"):
+        config.RuntimeConfig.from_env(
+            {"KAPAL_PORT": "9000", "KAPAL_ZYGOTE_PORT": "9004", "KAPAL_WORKERS_MAX": "3"}
+        )
+    with pytest.raises(config.ConfigError, match="log port"):
+        config.RuntimeConfig.from_env(
+            {"KAPAL_PORT": "9000", "KAPAL_LOG_PORT": "9002", "KAPAL_ZYGOTE_PORT": "1"}
+        )
+    parsed = config.RuntimeConfig.from_env({"KAPAL_ZYGOTE_PORT": "8079"})
+    assert (parsed.zygote_port, parsed.workers_max) == (8079, 15)

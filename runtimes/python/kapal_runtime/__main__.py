@@ -1,4 +1,8 @@
-"""`python3 -m kapal_runtime`: the container's command."""
+"""`python3 -m kapal_runtime`: the container's command.
+
+With KAPAL_ZYGOTE_PORT set (containers) this process is the zygote and each runtime is a
+forked worker (zygote.py); without it, this process is the runtime.
+"""
 
 import io
 import os
@@ -8,7 +12,8 @@ import threading
 from kapal_runtime.capture import Capture
 from kapal_runtime.config import ConfigError, RuntimeConfig
 from kapal_runtime.log import log_event
-from kapal_runtime.server import run
+from kapal_runtime.server import preload, run
+from kapal_runtime.zygote import Zygote
 
 # After a drain, how long a handler thread stuck past its deadline may delay the exit.
 EXIT_GRACE_S = 1.0
@@ -23,6 +28,16 @@ def main() -> int:
     except ConfigError as exc:
         log_event("config_invalid", "error", error=str(exc))
         return 2
+    if config.zygote_port:
+        preload(config)
+        return Zygote(config, work).serve()
+    work(config)
+    _exit_soon(EXIT_GRACE_S)
+    return 0
+
+
+def work(config: RuntimeConfig) -> int:
+    """One runtime: serve until SIGTERM, drain, return its exit code."""
     # From here on, output becomes tagged lines served on the log port (capture.py).
     capture = Capture(config) if config.log_port else None
     if capture is not None:
@@ -32,7 +47,6 @@ def main() -> int:
     finally:
         if capture is not None:
             capture.close()  # a failure's traceback, printed after this, reaches stderr
-    _exit_soon(EXIT_GRACE_S)
     return 0
 
 

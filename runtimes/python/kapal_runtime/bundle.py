@@ -6,7 +6,9 @@ container untouched and still prewarm.
 
 import base64
 import binascii
+import contextlib
 import copy
+import hashlib
 import io
 import json
 import os
@@ -19,6 +21,9 @@ from typing import Any
 
 from kapal_runtime.config import DEFAULT_HANDLER, STYLES
 from kapal_runtime.handler import parse_spec
+
+# Written in the code folder once unpacked: the archives' digest.
+INSTALLED_MARKER = ".kapal-installed"
 
 # Python 3.11.4+ and 3.12 have extraction filters; Debian 12's 3.11.2 does not.
 _HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
@@ -117,7 +122,28 @@ def _archive(body: dict[str, Any], key: str) -> bytes | None:
 
 
 def install(spec: InitSpec, code_dir: Path, deps_dir: Path) -> None:
-    """Check both archives, then unpack them. InvalidInit means nothing was written."""
+    """Check both archives, then unpack them. InvalidInit means nothing was written.
+
+    A worker forked in a container whose first worker already unpacked the same archives
+    (zygote.py) finds them in place, marked, and unpacks nothing."""
+    marker = code_dir / INSTALLED_MARKER
+    digest = _digest(spec)
+    with contextlib.suppress(OSError):
+        if marker.read_text() == digest:
+            return
+    _unpack(spec, code_dir, deps_dir)
+    with contextlib.suppress(OSError):
+        marker.write_text(digest)
+
+
+def _digest(spec: InitSpec) -> str:
+    h = hashlib.sha256()
+    for data in (spec.code, spec.deps):
+        h.update(hashlib.sha256(data or b"").digest())
+    return h.hexdigest()
+
+
+def _unpack(spec: InitSpec, code_dir: Path, deps_dir: Path) -> None:
     wanted = [("code", spec.code, code_dir), ("deps", spec.deps, deps_dir)]
     with ExitStack() as stack:
         archives = [

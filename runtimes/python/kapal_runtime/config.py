@@ -61,6 +61,11 @@ class RuntimeConfig:
     log_buffer_bytes: int = 8 * 1024 * 1024
     # After the drain at SIGTERM, how long to wait for the gateway to ack the last lines.
     log_drain_s: float = 2.0
+    # TCP port of the zygote that forks more workers on demand (zygote.py); 0: none, this
+    # process is the one runtime (running it by hand).
+    zygote_port: int = 0
+    # Workers the zygote forks at most besides worker 0.
+    workers_max: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RuntimeConfig":
@@ -91,9 +96,23 @@ class RuntimeConfig:
                 env, "KAPAL_LOG_BUFFER_BYTES", int, d.log_buffer_bytes, _positive
             ),
             log_drain_s=_read(env, "KAPAL_LOG_DRAIN_S", float, d.log_drain_s, _duration),
+            zygote_port=_read(env, "KAPAL_ZYGOTE_PORT", int, d.zygote_port, _port_or_off),
+            workers_max=_read(env, "KAPAL_WORKERS_MAX", int, d.workers_max, _workers),
         )
         if config.log_port and config.log_port == config.port:
             raise ConfigError(f"KAPAL_LOG_PORT={config.log_port} is also KAPAL_PORT")
+        if config.zygote_port:
+            # Workers take port + 2k and log port + 2k, k = 0..workers_max.
+            taken = {config.port + 2 * k for k in range(config.workers_max + 1)}
+            if config.log_port:
+                logs = {config.log_port + 2 * k for k in range(config.workers_max + 1)}
+                if logs & taken:
+                    raise ConfigError("a worker's log port would be another worker's port")
+                taken |= logs
+            if config.zygote_port in taken:
+                raise ConfigError(f"KAPAL_ZYGOTE_PORT={config.zygote_port} is a worker's port")
+            if max(taken) >= 65536:
+                raise ConfigError("the workers' ports go past 65535: lower KAPAL_WORKERS_MAX")
         return config
 
 
@@ -118,6 +137,14 @@ def _read(
 
 def _positive(value: int) -> bool:
     return value > 0
+
+
+def _port_or_off(value: int) -> bool:
+    return 0 <= value < 65536
+
+
+def _workers(value: int) -> bool:
+    return 0 <= value <= 64
 
 
 def _duration(value: float) -> bool:

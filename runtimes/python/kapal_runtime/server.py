@@ -5,6 +5,7 @@ a port of their own (logport.py), which outlives this server's drain at SIGTERM.
 """
 
 import asyncio
+import contextlib
 import enum
 import json
 import math
@@ -418,6 +419,14 @@ async def serve(app: web.Application, config: RuntimeConfig, stopping: asyncio.E
         await stopping.wait()
     finally:
         await runner.cleanup()
+
+
+def preload(config: RuntimeConfig) -> None:
+    """Import in the zygote what every worker imports at start beyond this module's own
+    imports: the event loop's module."""
+    if config.event_loop != "asyncio":
+        with contextlib.suppress(Exception):  # new_event_loop says why, in the worker
+            import uvloop  # noqa: F401
 
 
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
