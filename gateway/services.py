@@ -44,6 +44,7 @@ from scheduler.backend import ContainerBackend
 from scheduler.builder import ImageBuilder
 from scheduler.depcache import DependencyCache
 from scheduler.docker_backend import DockerBackend
+from scheduler.forks import Zygotes
 from scheduler.images import ImageResolver
 from scheduler.keepalive import KeepAliveConfig
 from scheduler.pool import PoolConfig
@@ -325,6 +326,9 @@ def _scheduler(
         peers=peers,
         replicas=swarm,
         keepalive=KeepAliveConfig() if settings.keepalive == "learned" else None,
+        forks=Zygotes(backend.resize)
+        if isinstance(backend, DockerBackend) and settings.forks
+        else None,
     )
 
 

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     starts_at_once: int = Field(default=2, ge=0, le=64)
     # Pause scaled-down instances as standbys before removing them.
     pause_standbys: bool = True
+    # Grow Python instances under a burst by forking workers in running containers
+    # (milliseconds) while new containers start (hundreds of ms each).
+    forks: bool = True
     # Keep-alive of idle instances: "learned" from each function's idle times (bounded
     # by its `idle_timeout_s`), or "fixed" (ready, paused, removed after the timeout).
     keepalive: Literal["learned", "fixed"] = "learned"

@@ -22,6 +22,7 @@ from docker import APIClient
 from scheduler import engine_images, firewall, lease
 from scheduler.backend import EVENTS, Running
 from scheduler.errors import BackendError, StartFailed
+from scheduler.forks import WORKERS_MAX, ZYGOTE_PORT, forkable
 from scheduler.models import PREWARM_NAME, RUNTIME_PORT, FunctionSpec
 
 log = logging.getLogger("kapal.scheduler.docker")
@@ -30,6 +31,8 @@ T = TypeVar("T")
 # The user function code runs as (the runtime image's USER); so does an image function
 # whose image would run as root.
 RUNTIME_UID = 10001
+# Processes and threads one instance may have (each forked worker brings its own).
+PIDS_LIMIT = 512
 LABEL_MANAGED = "kapal.managed"
 LABEL_NAMESPACE = "kapal.namespace"
 LABEL_FUNCTION = "kapal.function"
@@ -129,6 +132,10 @@ def container_config(
     }
     if spec.style is not None:
         env["KAPAL_STYLE"] = spec.style
+    if forkable(spec):
+        # PID 1 is a zygote: under a burst the pool forks more workers in the container.
+        env["KAPAL_ZYGOTE_PORT"] = str(ZYGOTE_PORT)
+        env["KAPAL_WORKERS_MAX"] = str(WORKERS_MAX)
     if spec.from_image:  # no Kapal runtime inside: only who it is
         env = {**spec.env, "KAPAL_FUNCTION": spec.name, "KAPAL_VERSION": str(spec.version)}
     memory = spec.limits.memory_mb * 1024 * 1024
@@ -154,7 +161,7 @@ def container_config(
             "mem_limit": memory,
             "memswap_limit": memory,
             "nano_cpus": int(spec.limits.cpus * 1e9),
-            "pids_limit": 512,
+            "pids_limit": PIDS_LIMIT,
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "read_only": True,
@@ -194,6 +201,8 @@ class DockerBackend:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
         self.lease = lease.NamespaceLease(namespace)
         self._image_users: dict[str, str] = {}
+        # The engine's CPUs (a container's CPU limit cannot exceed them), once asked.
+        self._ncpu: int | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -360,6 +369,31 @@ class DockerBackend:
             self._remove_quietly(container_id)
 
         await self._run(remove)
+
+    async def resize(self, container_id: str, spec: FunctionSpec, workers: int) -> None:
+        """Limits for `workers` instances of `spec` in one container (forked workers share
+        their container's cgroup): memory and pids times `workers`, CPUs too up to the
+        engine's."""
+
+        def update() -> None:
+            if self._ncpu is None:
+                self._ncpu = int(self.client.info().get("NCPU") or 1)
+            memory = spec.limits.memory_mb * 1024 * 1024 * workers
+            cpus = min(spec.limits.cpus * workers, float(self._ncpu))
+            resources = {
+                "Memory": memory,
+                "MemorySwap": memory,
+                "NanoCpus": int(cpus * 1e9),
+                "PidsLimit": PIDS_LIMIT * workers,
+            }
+            # The SDK's update_container knows neither NanoCpus nor PidsLimit.
+            api = self.api
+            url = f"{api.base_url}/v{api.api_version}/containers/{container_id}/update"
+            answer = api.post(url, json=resources, timeout=30)
+            if not answer.ok:
+                raise BackendError(f"limits not updated: {answer.status_code} {answer.text[:200]}")
+
+        await self._run(update)
 
     async def pause(self, container_id: str) -> None:
         await self._run(self.api.pause, container_id)

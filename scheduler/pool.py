@@ -1,9 +1,11 @@
 """One pool of instances per function version: slots, cold starts by tier, scaling, draining.
 
 Cold starts, fastest first: unpause a paused standby of this function, specialize a
-prewarmed generic runtime container, or start a new container from the function's image.
-Instances scaled down are paused (a standby costing no CPU) and removed once idle for
-`idle_timeout_s`. With a learned keep-alive (scheduler/keepalive.py), while the function
+prewarmed generic runtime container, fork a worker in a container this pool already runs
+(its zygote: forks.py), or start a new container from the function's image. Instances
+scaled down are paused (a standby costing no CPU) and removed once idle for
+`idle_timeout_s`; forked workers are stopped first, and a container is not paused while
+it hosts any. With a learned keep-alive (scheduler/keepalive.py), while the function
 has nothing in flight its idle-time histogram decides instead: how many stay ready (none
 or one, pre-warmed before the next expected request), and when standbys go.
 
@@ -30,6 +32,7 @@ from typing import Protocol
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, ReplicaBackend, Running
 from scheduler.errors import NoCapacity, Rerouted, SchedulerError, StartFailed, UnknownFunction
+from scheduler.forks import WORKERS_MAX, Forks, forkable
 from scheduler.keepalive import IdleTracker, Want, want
 from scheduler.models import FunctionSpec
 from scheduler.scaler import Scaler
@@ -39,7 +42,7 @@ log = logging.getLogger("kapal.scheduler.pool")
 
 Clock = Callable[[], float]
 # Polls an instance of a spec at an address until it is ready, or a deadline passes.
-ReadyWaiter = Callable[[str, float, FunctionSpec], Awaitable[None]]
+ReadyWaiter = Callable[[str, float, FunctionSpec | None], Awaitable[None]]
 
 
 class InstanceState(StrEnum):
@@ -55,6 +58,7 @@ class Tier(StrEnum):
 
     PAUSED = "paused"
     PREWARM = "prewarm"
+    FORK = "fork"
     NEW = "new"
 
 
@@ -88,6 +92,9 @@ class Instance:
     frozen: bool = False
     # When it entered its state (monotonic).
     since: float = 0.0
+    # A forked worker's number in its container (tier FORK, once forked); 0: the
+    # container's own first runtime.
+    worker: int = 0
 
     @property
     def version(self) -> int:
@@ -141,6 +148,8 @@ def new_instance_id() -> str:
 
 # How long an instance that answered "busy" is skipped.
 BUSY_BACKOFF_S = 0.005
+# How often a stopping forked worker is looked for until it has exited.
+FORK_EXIT_POLL_S = 0.25
 
 Demand = Callable[["Pool"], None]
 BeforePause = Callable[[Instance], Awaitable[bool]]
@@ -168,6 +177,7 @@ class Pool:
         before_pause: BeforePause = _always,
         replicas: ReplicaBackend | None = None,
         keepalive: IdleTracker | None = None,
+        forks: Forks | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -219,6 +229,11 @@ class Pool:
         self._emptied: asyncio.Event | None = None
         # The function's idle times, for a learned keep-alive (None: the fixed one).
         self.keepalive = keepalive
+        # Grows instances inside running containers (None: a container per instance).
+        self.forks = forks if forks is not None and forkable(spec) else None
+        # Forked workers alive per container, those draining too (their limits count).
+        self._forked: dict[str, int] = {}
+        self._resizing: dict[str, asyncio.Lock] = {}
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -348,8 +363,9 @@ class Pool:
     # -- instances other gateways started (discovered from the backend) -----------------
 
     def find(self, container_id: str) -> Instance | None:
+        """The instance of a container's own first runtime (not a forked worker)."""
         for inst in self.instances.values():
-            if inst.container_id == container_id:
+            if inst.container_id == container_id and inst.tier is not Tier.FORK:
                 return inst
         return None
 
@@ -507,9 +523,16 @@ class Pool:
             for _ in range(desired - len(active)):
                 self.add_instance()
             return
+        # Forked workers go first; a container hosting any is not paused under them.
         idle = sorted(
-            (i for i in active if i.state is InstanceState.READY and i.in_flight == 0),
-            key=lambda i: i.last_used,
+            (
+                i
+                for i in active
+                if i.state is InstanceState.READY
+                and i.in_flight == 0
+                and (i.tier is Tier.FORK or not self._forked.get(i.container_id))
+            ),
+            key=lambda i: (i.tier is not Tier.FORK, i.last_used),
         )
         for inst in idle[: len(active) - desired]:
             self._park(inst)
@@ -545,14 +568,128 @@ class Pool:
             self._tasks.spawn(self._unpause(inst), f"unpause-{self.spec.name}-{inst.id}")
             return inst
         claimed = self.prewarm.claim(self.spec) if self.prewarm is not None else None
+        host = self._fork_host() if claimed is None else None
         now = self.clock()
         inst = Instance(new_instance_id(), self.spec, InstanceState.STARTING, now, now)
         self.instances[inst.id] = inst
         if claimed is not None:
             inst.tier = Tier.PREWARM
             inst.container_id, inst.address = claimed.id, claimed.address
+        elif host is not None:
+            inst.tier, inst.container_id = Tier.FORK, host.container_id
+            self._forked[host.container_id] = self._forked.get(host.container_id, 0) + 1
+            self._tasks.spawn(self._fork(inst, host), f"fork-{self.spec.name}-{inst.id}")
+            return inst
         self._tasks.spawn(self._start(inst, claimed), f"start-{self.spec.name}-{inst.id}")
         return inst
+
+    # -- forked workers ------------------------------------------------------------------
+
+    def _fork_host(self) -> Instance | None:
+        """A serving container of the current version with room for one more worker, the
+        one with the fewest; None when forking is off or no container has room."""
+        if self.forks is None:
+            return None
+        best: Instance | None = None
+        fewest = WORKERS_MAX
+        for inst in self.instances.values():
+            n = self._forked.get(inst.container_id, 0)
+            if (
+                n < fewest
+                and inst.tier is not Tier.FORK
+                and inst.state is InstanceState.READY
+                and not inst.frozen
+                and inst.container_id
+                and inst.spec.version == self.spec.version
+            ):
+                best, fewest = inst, n
+        return best
+
+    async def _fork(self, inst: Instance, host: Instance) -> None:
+        assert self.forks is not None
+        began = self.clock()
+        try:
+            worker = await self.forks.fork(host.address)
+            inst.worker, inst.address = worker.slot, worker.address
+            self._resize(inst.container_id)
+            deadline = began + self.config.start_timeout_s
+            if worker.generic:
+                # A fork of a specialized prewarmed container: it loads the same code (in
+                # place already: the runtime does not unpack it again).
+                if self.prewarm is None:
+                    raise StartFailed("a generic worker was forked and no prewarm source")
+                await self.wait_ready(worker.address, deadline, None)
+                running = Running(inst.container_id, worker.address, host.spec.name, 0)
+                await self.prewarm.specialize(running, inst.spec)
+            else:
+                await self.wait_ready(worker.address, deadline, inst.spec)
+        except Exception as e:
+            self._start_failed(inst, e)
+            return
+        self._became_ready(inst, began)
+
+    async def _stop_worker(self, inst: Instance) -> None:
+        """Stop a forked worker (it drains), then give its container's limits back."""
+        assert self.forks is not None
+        cid = inst.container_id
+        try:
+            if inst.worker:
+                await self.forks.stop(inst.address, inst.worker)
+                # Its memory stays counted until it has exited.
+                for _ in range(int((inst.spec.limits.timeout_s + 1.0) / FORK_EXIT_POLL_S)):
+                    alive = await self.forks.workers(inst.address)
+                    if all(w.slot != inst.worker for w in alive):
+                        break
+                    await asyncio.sleep(FORK_EXIT_POLL_S)
+        except Exception as e:  # its container is gone (or going): nothing to give back
+            log.debug("forked worker not stopped", extra={"instance": inst.id, "error": str(e)})
+        left = self._forked.get(cid, 0) - 1
+        if left > 0:
+            self._forked[cid] = left
+        else:
+            self._forked.pop(cid, None)
+        if inst.worker and self.find(cid) is not None:  # its container still serves
+            self._resize(cid)
+
+    async def stop_unknown_forks(self) -> None:
+        """Stop the workers a previous leader forked in this pool's containers: nothing
+        routes to them here (followers route to containers only), and a fork comes back
+        in milliseconds if the load wants it."""
+        if self.forks is None:
+            return
+        known = {(i.container_id, i.worker) for i in self.instances.values() if i.worker}
+        hosts = [
+            i
+            for i in list(self.instances.values())
+            if i.tier is not Tier.FORK and i.address and not i.frozen
+        ]
+        for host in hosts:
+            try:
+                for w in await self.forks.workers(host.address):
+                    if (host.container_id, w.slot) not in known:
+                        log.info(
+                            "unknown forked worker stopped",
+                            extra={"container": host.container_id[:12], "worker": w.slot},
+                        )
+                        await self.forks.stop(host.address, w.slot)
+            except Exception as e:  # gone, or frozen by another gateway meanwhile
+                log.debug("forked workers not listed", extra={"error": str(e)})
+
+    def _resize(self, container_id: str) -> None:
+        """Set a container's limits to its workers' worth (off the request's path)."""
+        if self.forks is not None:
+            self._tasks.spawn(self._apply_size(container_id), f"resize-{container_id[:12]}")
+
+    async def _apply_size(self, container_id: str) -> None:
+        assert self.forks is not None
+        # One engine call at a time per container, each with the count of its time.
+        lock = self._resizing.setdefault(container_id, asyncio.Lock())
+        async with lock:
+            workers = 1 + self._forked.get(container_id, 0)
+            try:
+                await self.forks.resize(container_id, self.spec, workers)
+            except Exception as e:  # gone meanwhile
+                log.debug("limits not resized", extra={"container": container_id, "error": str(e)})
 
     def _set_replicas(self, n: int) -> None:
         """Ask the backend for `n` replicas (one call at a time; the latest count wins)."""
@@ -682,8 +819,9 @@ class Pool:
         self._wake(inst.free_slots)
 
     def _park(self, inst: Instance) -> None:
-        """Scaled down: pause as a standby (or remove when pausing is off)."""
-        if not self.config.pause:
+        """Scaled down: pause as a standby (or remove when pausing is off, or a forked
+        worker: pausing one would pause its container)."""
+        if not self.config.pause or inst.tier is Tier.FORK:
             self._stop(inst)
             return
         inst.state, inst.since = InstanceState.PAUSED, self.clock()
@@ -735,6 +873,12 @@ class Pool:
             self._remove_container(inst, self.config.stop_grace_s if grace_s is None else grace_s)
 
     def _remove_container(self, inst: Instance, grace_s: float) -> None:
+        """Remove an instance's container, or stop it when it is a forked worker."""
+        if inst.tier is Tier.FORK:
+            self._tasks.spawn(self._stop_worker(inst), f"unfork-{self.spec.name}-{inst.id}")
+            return
+        self._forked.pop(inst.container_id, None)
+        self._resizing.pop(inst.container_id, None)
         self._tasks.spawn(
             self.backend.remove(inst.container_id, grace_s), f"remove-{self.spec.name}-{inst.id}"
         )

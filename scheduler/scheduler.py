@@ -34,6 +34,7 @@ from scheduler import probe
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import ContainerBackend, ReplicaBackend, Running
 from scheduler.docker_backend import LABEL_INSTANCE, LABEL_RUNTIME
+from scheduler.forks import Forks
 from scheduler.keepalive import IdleTracker, KeepAliveConfig
 from scheduler.models import PREWARM_NAME, RUNTIME_HEALTH_PATH, FunctionSpec
 from scheduler.pool import Instance, InstanceState, Pool, PoolConfig
@@ -138,8 +139,11 @@ class Scheduler:
         resync_s: float = 5.0,
         replicas: ReplicaBackend | None = None,
         keepalive: KeepAliveConfig | None = None,
+        forks: Forks | None = None,
     ) -> None:
         self.backend = backend
+        # Grows a pool's instances inside its containers (none on a replicated backend).
+        self.forks = forks if replicas is None else None
         # A learned keep-alive per function (None: the fixed `idle_timeout_s`); pools of
         # a replicated backend have no standbys and keep the fixed one.
         self.keepalive = keepalive
@@ -206,6 +210,7 @@ class Scheduler:
                 if self.keepalive is not None and self.replicas is None
                 else None
             ),
+            forks=self.forks,
         )
         pool.announce = self._announce
         pool.events = self.events
@@ -291,6 +296,7 @@ class Scheduler:
             await self._remove_unserved(found)
         else:
             await asyncio.gather(*(self._adopt_or_remove(c) for c in found))
+            await asyncio.gather(*(p.stop_unknown_forks() for p in self.all_pools()))
         for pool in self.all_pools():
             pool.take_over()
         if self.prewarm is not None:

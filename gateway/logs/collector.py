@@ -127,7 +127,9 @@ class LogCollector:
     async def _follow(self, inst: Instance) -> None:
         assert self._session is not None
         function, version = inst.spec.name, inst.spec.version
-        url = f"http://{inst.address.rsplit(':', 1)[0]}:{self.port}/_/logs"
+        # A forked worker's log port is two past the one before (runtime zygote.py).
+        port = self.port + 2 * inst.worker
+        url = f"http://{inst.address.rsplit(':', 1)[0]}:{port}/_/logs"
         after = await self._cursor(inst.id)
         reported = 0
         failures = 0
