@@ -1,8 +1,8 @@
 """One pool of instances per function version: slots, cold starts by tier, scaling, draining.
 
-Cold starts, fastest first: unpause a paused standby of this function, specialize a
-prewarmed generic runtime container, fork a worker in a container this pool already runs
-(its zygote: forks.py), or start a new container from the function's image. Instances
+Cold starts, fastest first: unpause a paused standby of this function, fork a worker in a
+container this pool already runs (its zygote: forks.py), specialize a prewarmed generic
+runtime container, or start a new container from the function's image. Instances
 scaled down are paused (a standby costing no CPU) and removed once idle for
 `idle_timeout_s`; forked workers are stopped first, and a container is not paused while
 it hosts any. With a learned keep-alive (scheduler/keepalive.py), while the function
@@ -95,6 +95,8 @@ class Instance:
     # A forked worker's number in its container (tier FORK, once forked); 0: the
     # container's own first runtime.
     worker: int = 0
+    # A forked worker's host: the instance of its container's first runtime.
+    host: str = ""
 
     @property
     def version(self) -> int:
@@ -232,8 +234,14 @@ class Pool:
         # Grows instances inside running containers (None: a container per instance).
         self.forks = forks if forks is not None and forkable(spec) else None
         # Forked workers alive per container, those draining too (their limits count).
+        # Forked workers per host instance (its container's own), those still to come
+        # and those draining too (their limits count).
         self._forked: dict[str, int] = {}
         self._resizing: dict[str, asyncio.Lock] = {}
+        # The forks counted there (each is uncounted once).
+        self._counted: set[str] = set()
+        # Forks waiting for the instance they go in to come up, by its id.
+        self._settled: dict[str, asyncio.Event] = {}
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -530,7 +538,7 @@ class Pool:
                 for i in active
                 if i.state is InstanceState.READY
                 and i.in_flight == 0
-                and (i.tier is Tier.FORK or not self._forked.get(i.container_id))
+                and (i.tier is Tier.FORK or not self._forked.get(i.id))
             ),
             key=lambda i: (i.tier is not Tier.FORK, i.last_used),
         )
@@ -567,8 +575,12 @@ class Pool:
             inst.state, inst.tier = InstanceState.STARTING, Tier.PAUSED
             self._tasks.spawn(self._unpause(inst), f"unpause-{self.spec.name}-{inst.id}")
             return inst
-        claimed = self.prewarm.claim(self.spec) if self.prewarm is not None else None
-        host = self._fork_host() if claimed is None else None
+        # A fork before a prewarmed container: no engine call, and the prewarmed ones stay
+        # for the cold starts a fork cannot serve (a function's first instance).
+        host = self._fork_host()
+        claimed = None
+        if host is None and self.prewarm is not None:
+            claimed = self.prewarm.claim(self.spec)
         now = self.clock()
         inst = Instance(new_instance_id(), self.spec, InstanceState.STARTING, now, now)
         self.instances[inst.id] = inst
@@ -576,8 +588,9 @@ class Pool:
             inst.tier = Tier.PREWARM
             inst.container_id, inst.address = claimed.id, claimed.address
         elif host is not None:
-            inst.tier, inst.container_id = Tier.FORK, host.container_id
-            self._forked[host.container_id] = self._forked.get(host.container_id, 0) + 1
+            inst.tier, inst.host = Tier.FORK, host.id
+            self._forked[host.id] = self._forked.get(host.id, 0) + 1
+            self._counted.add(inst.id)
             self._tasks.spawn(self._fork(inst, host), f"fork-{self.spec.name}-{inst.id}")
             return inst
         self._tasks.spawn(self._start(inst, claimed), f"start-{self.spec.name}-{inst.id}")
@@ -586,32 +599,41 @@ class Pool:
     # -- forked workers ------------------------------------------------------------------
 
     def _fork_host(self) -> Instance | None:
-        """A serving container of the current version with room for one more worker, the
-        one with the fewest; None when forking is off or no container has room."""
+        """The container of the current version with room for one more worker: a serving
+        one with the fewest, else one still starting (its forks follow it up in ms, where
+        another container would take as long again); None when forking is off."""
         if self.forks is None:
             return None
         best: Instance | None = None
-        fewest = WORKERS_MAX
+        rank = (2, 0)
         for inst in self.instances.values():
-            n = self._forked.get(inst.container_id, 0)
             if (
-                n < fewest
-                and inst.tier is not Tier.FORK
-                and inst.state is InstanceState.READY
-                and not inst.frozen
-                and inst.container_id
-                and inst.spec.version == self.spec.version
+                inst.tier is Tier.FORK
+                or inst.frozen
+                or inst.spec.version != self.spec.version
+                or inst.state not in (InstanceState.READY, InstanceState.STARTING)
+                or self._forked.get(inst.id, 0) >= WORKERS_MAX
             ):
-                best, fewest = inst, n
+                continue
+            this = (int(inst.state is InstanceState.STARTING), self._forked.get(inst.id, 0))
+            if this < rank:
+                best, rank = inst, this
         return best
 
     async def _fork(self, inst: Instance, host: Instance) -> None:
         assert self.forks is not None
         began = self.clock()
         try:
+            if host.state is InstanceState.STARTING:
+                await self._settled.setdefault(host.id, asyncio.Event()).wait()
+                if inst.state is not InstanceState.STARTING:  # stopped while it waited
+                    return
+            if host.state is not InstanceState.READY or host.frozen:
+                raise StartFailed("the container it was to be forked in did not come up")
+            inst.container_id = host.container_id
             worker = await self.forks.fork(host.address)
             inst.worker, inst.address = worker.slot, worker.address
-            self._resize(inst.container_id)
+            self._resize(host)
             deadline = began + self.config.start_timeout_s
             if worker.generic:
                 # A fork of a specialized prewarmed container: it loads the same code (in
@@ -628,10 +650,26 @@ class Pool:
             return
         self._became_ready(inst, began)
 
+    def _uncount(self, fork: Instance) -> None:
+        """A fork no longer uses its container (once, however it ended)."""
+        if fork.id not in self._counted:
+            return
+        self._counted.discard(fork.id)
+        left = self._forked.get(fork.host, 0) - 1
+        if left > 0:
+            self._forked[fork.host] = left
+        else:
+            self._forked.pop(fork.host, None)
+
+    def _settle(self, inst: Instance) -> None:
+        """An instance is up, or will not be: forks waiting for it to come up go on."""
+        event = self._settled.pop(inst.id, None)
+        if event is not None:
+            event.set()
+
     async def _stop_worker(self, inst: Instance) -> None:
         """Stop a forked worker (it drains), then give its container's limits back."""
         assert self.forks is not None
-        cid = inst.container_id
         try:
             if inst.worker:
                 await self.forks.stop(inst.address, inst.worker)
@@ -643,13 +681,10 @@ class Pool:
                     await asyncio.sleep(FORK_EXIT_POLL_S)
         except Exception as e:  # its container is gone (or going): nothing to give back
             log.debug("forked worker not stopped", extra={"instance": inst.id, "error": str(e)})
-        left = self._forked.get(cid, 0) - 1
-        if left > 0:
-            self._forked[cid] = left
-        else:
-            self._forked.pop(cid, None)
-        if inst.worker and self.find(cid) is not None:  # its container still serves
-            self._resize(cid)
+        self._uncount(inst)
+        host = self.instances.get(inst.host)
+        if inst.worker and host is not None:  # its container still serves
+            self._resize(host)
 
     async def stop_unknown_forks(self) -> None:
         """Stop the workers a previous leader forked in this pool's containers: nothing
@@ -675,21 +710,21 @@ class Pool:
             except Exception as e:  # gone, or frozen by another gateway meanwhile
                 log.debug("forked workers not listed", extra={"error": str(e)})
 
-    def _resize(self, container_id: str) -> None:
+    def _resize(self, host: Instance) -> None:
         """Set a container's limits to its workers' worth (off the request's path)."""
         if self.forks is not None:
-            self._tasks.spawn(self._apply_size(container_id), f"resize-{container_id[:12]}")
+            self._tasks.spawn(self._apply_size(host), f"resize-{host.id}")
 
-    async def _apply_size(self, container_id: str) -> None:
+    async def _apply_size(self, host: Instance) -> None:
         assert self.forks is not None
         # One engine call at a time per container, each with the count of its time.
-        lock = self._resizing.setdefault(container_id, asyncio.Lock())
+        lock = self._resizing.setdefault(host.id, asyncio.Lock())
         async with lock:
-            workers = 1 + self._forked.get(container_id, 0)
+            workers = 1 + self._forked.get(host.id, 0)
             try:
-                await self.forks.resize(container_id, self.spec, workers)
+                await self.forks.resize(host.container_id, self.spec, workers)
             except Exception as e:  # gone meanwhile
-                log.debug("limits not resized", extra={"container": container_id, "error": str(e)})
+                log.debug("limits not resized", extra={"instance": host.id, "error": str(e)})
 
     def _set_replicas(self, n: int) -> None:
         """Ask the backend for `n` replicas (one call at a time; the latest count wins)."""
@@ -790,6 +825,7 @@ class Pool:
 
     def _became_ready(self, inst: Instance, began: float) -> None:
         if inst.state is not InstanceState.STARTING:  # stopped or drained meanwhile
+            self._settle(inst)
             if inst.state is not InstanceState.STOPPING:
                 self._stop(inst)
             elif inst.container_id:
@@ -800,6 +836,7 @@ class Pool:
             self._stop(inst)
             return
         inst.state, inst.frozen, inst.since = InstanceState.READY, False, self.clock()
+        self._settle(inst)
         self.last_error = None
         start_ms = round((self.clock() - began) * 1000, 1)
         if inst.tier is Tier.PAUSED:
@@ -854,7 +891,8 @@ class Pool:
         self._event(inst, "error", f"instance failed to start: {message}")
         self.instances.pop(inst.id, None)
         inst.state = InstanceState.STOPPING
-        if inst.container_id:
+        self._settle(inst)
+        if inst.container_id or inst.tier is Tier.FORK:
             self._remove_container(inst, 0.0)
         self.last_error = message
         if not self.active():
@@ -865,11 +903,12 @@ class Pool:
             self.events(inst, level, what)
 
     def _stop(self, inst: Instance, grace_s: float | None = None, why: str = "scaled down") -> None:
+        self._settle(inst)
         if inst.state is not InstanceState.STOPPING:
             self._event(inst, "info", f"instance stopped ({why})")
         inst.state = InstanceState.STOPPING
         self.instances.pop(inst.id, None)
-        if inst.container_id:
+        if inst.container_id or inst.tier is Tier.FORK:
             self._remove_container(inst, self.config.stop_grace_s if grace_s is None else grace_s)
 
     def _remove_container(self, inst: Instance, grace_s: float) -> None:
@@ -877,8 +916,8 @@ class Pool:
         if inst.tier is Tier.FORK:
             self._tasks.spawn(self._stop_worker(inst), f"unfork-{self.spec.name}-{inst.id}")
             return
-        self._forked.pop(inst.container_id, None)
-        self._resizing.pop(inst.container_id, None)
+        self._forked.pop(inst.id, None)
+        self._resizing.pop(inst.id, None)
         self._tasks.spawn(
             self.backend.remove(inst.container_id, grace_s), f"remove-{self.spec.name}-{inst.id}"
         )

@@ -100,7 +100,9 @@ async def test_forks_spread_over_containers_and_stop_at_the_cap() -> None:
     await pool.drain_tasks()
     assert len(backend.started) == 2
     second = pool.add_instance()  # the emptier container hosts the next
-    assert second.tier is Tier.FORK and second.container_id == backend.started[1]
+    assert second.tier is Tier.FORK
+    assert pool.instances[second.host].container_id == backend.started[1]
+    await pool.drain_tasks()
 
 
 async def test_scale_down_stops_forks_first_and_keeps_their_container_unpaused() -> None:
@@ -205,3 +207,44 @@ async def test_a_new_leader_stops_the_forks_it_does_not_know() -> None:
     await pool.stop_unknown_forks()
     assert zygotes.stopped == [("10.0.0.1", 5)]
     assert known.state is InstanceState.READY and host.state is InstanceState.READY
+
+
+async def test_forks_wait_for_a_container_still_starting_rather_than_start_their_own() -> None:
+    backend, zygotes = FakeBackend(start_delay=0.05), FakeZygotes()
+    pool = forking_pool(backend, zygotes)
+    host = pool.add_instance()
+    forks = [pool.add_instance() for _ in range(3)]
+    assert host.tier is Tier.NEW and all(f.tier is Tier.FORK for f in forks)
+    await pool.drain_tasks()
+    assert len(backend.started) == 1
+    assert all(f.state is InstanceState.READY for f in [host, *forks])
+    assert {f.container_id for f in forks} == {host.container_id}
+    assert zygotes.sizes[-1] == (host.container_id, 4)
+
+
+async def test_forks_waiting_for_a_container_that_fails_fail_with_it() -> None:
+    backend, zygotes = (
+        FakeBackend(start_delay=0.05, fail_start=StartFailed("no image")),
+        FakeZygotes(),
+    )
+    pool = forking_pool(backend, zygotes)
+    pool.add_instance()
+    fork = pool.add_instance()
+    await pool.drain_tasks()
+    assert pool.instances == {} and fork.state is InstanceState.STOPPING
+    assert zygotes.alive == {} and zygotes.stopped == []
+    backend.fail_start = None
+    assert pool.add_instance().tier is Tier.NEW  # nothing left counted against it
+    await pool.drain_tasks()
+
+
+async def test_a_fork_stopped_while_it_waits_is_never_forked() -> None:
+    backend, zygotes = FakeBackend(start_delay=0.05), FakeZygotes()
+    pool = forking_pool(backend, zygotes)
+    host = pool.add_instance()
+    fork = pool.add_instance()
+    pool.retire()  # both go; the fork before its container came up
+    await pool.drain_tasks()
+    assert zygotes.alive == {}
+    assert backend.removed == [host.container_id]
+    assert fork.state is InstanceState.STOPPING
