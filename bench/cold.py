@@ -3,6 +3,7 @@
 - new: a function whose limits differ from the prewarmed containers' (its own image).
 - prewarm: a generic prewarmed container specialized with the function's code.
 - paused: a standby paused by scale-down, unpaused.
+- fork: a worker forked in the function's running container (its one instance busy).
 - docker_run: `docker run -d` of the same image until it answers its first request.
 
 `new` and `prewarm` are measured for Node.js functions too (`*_node`).
@@ -23,6 +24,12 @@ from bench.harness import deploy, get_function, kapal, say
 from infra.local import GatewayProcess
 
 NOOP = "def handle(event, context):\n    return 'ok'\n"
+SLEEPY = (
+    "import time\n"
+    "def handle(event, context):\n"
+    "    time.sleep(float(event.query.get('s', '0')))\n"
+    "    return 'ok'\n"
+)
 NODE_NOOP = "exports.handler = async () => 'ok';\n"
 NODE = {"runtime": "nodejs"}
 
@@ -35,6 +42,27 @@ async def first_request_ms(url: str) -> tuple[float, str]:
             if r.status != 200:
                 raise RuntimeError(f"{url}: {r.status}")
             return (time.perf_counter() - began) * 1000, r.headers.get("X-Kapal-Cold-Start", "")
+
+
+async def fork_ms(url: str) -> tuple[float, str]:
+    """A request while the function's one instance (concurrency 1) is busy: it waits for
+    the worker forked for it."""
+    async with aiohttp.ClientSession() as http:
+        busy = asyncio.create_task(http.get(f"{url}?s=1"))
+        await asyncio.sleep(0.05)
+        result = await first_request_ms(url)
+        (await busy).release()
+        return result
+
+
+def wait_forks_gone(gw: GatewayProcess, name: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        instances = get_function(gw, name)["instances"]
+        if [i["state"] for i in instances] == ["ready"] and instances[0]["tier"] != "fork":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} still has forked workers")
 
 
 def wait_paused(gw: GatewayProcess, name: str, timeout_s: float = 60) -> None:
@@ -92,6 +120,7 @@ def run(quick: bool) -> dict[str, Any]:
         "new": [],
         "prewarm": [],
         "paused": [],
+        "fork": [],
         "docker_run": [],
         "new_node": [],
         "prewarm_node": [],
@@ -105,6 +134,8 @@ def run(quick: bool) -> dict[str, Any]:
             deploy(gw, f"newn{i}", NODE_NOOP, {**NODE, "limits": {"memory_mb": 300}}, "index.js")
             deploy(gw, f"pren{i}", NODE_NOOP, NODE, "index.js")
         deploy(gw, "paused", NOOP, {"scaling": {"idle_timeout_s": 3600}})
+        forky = {"scaling": {"concurrency": 1, "min": 1, "idle_timeout_s": 3600}}
+        deploy(gw, "forky", SLEEPY, forky)
         image = get_function(gw, "new0")["image"]
         network = f"{gw.namespace}-functions"
         asyncio.run(first_request_ms(f"{gw.url}/fn/paused"))
@@ -121,6 +152,13 @@ def run(quick: bool) -> dict[str, Any]:
             ms, tier = asyncio.run(first_request_ms(f"{gw.url}/fn/paused"))
             tiers["paused"].append(ms)
             seen["paused"].add(tier)
+            for _ in range(3):  # again if the autoscaler forked before the request came
+                wait_forks_gone(gw, "forky")
+                ms, tier = asyncio.run(fork_ms(f"{gw.url}/fn/forky"))
+                if tier == "fork":
+                    break
+            tiers["fork"].append(ms)
+            seen["fork"].add(tier)
             tiers["docker_run"].append(docker_run_ms(image, network))
             for runtime_tier, name in (("new_node", f"newn{i}"), ("prewarm_node", f"pren{i}")):
                 ms, tier = asyncio.run(first_request_ms(f"{gw.url}/fn/{name}"))
@@ -140,6 +178,7 @@ def run(quick: bool) -> dict[str, Any]:
         "cold_new_p50_ms": p50("new"),
         "cold_prewarm_p50_ms": p50("prewarm"),
         "cold_paused_p50_ms": p50("paused"),
+        "cold_fork_p50_ms": p50("fork"),
         "docker_run_p50_ms": p50("docker_run"),
         "cold_new_p50_ms_node": p50("new_node"),
         "cold_prewarm_p50_ms_node": p50("prewarm_node"),
