@@ -650,6 +650,29 @@ class Pool:
             return
         self._became_ready(inst, began)
 
+    def observe_fork(self, host: Instance, slot: int, address: str) -> None:
+        """A worker the leading gateway forked in `host`'s container: routed to here too."""
+        if not address or any(
+            i.worker == slot and i.host == host.id for i in self.instances.values()
+        ):
+            return
+        now = self.clock()
+        fork = Instance(new_instance_id(), host.spec, InstanceState.READY, now, now)
+        fork.tier, fork.host, fork.worker = Tier.FORK, host.id, slot
+        fork.container_id, fork.address, fork.since = host.container_id, address, now
+        self.instances[fork.id] = fork
+        self._forked[host.id] = self._forked.get(host.id, 0) + 1
+        self._counted.add(fork.id)
+        self._wake(fork.free_slots)
+
+    def fork_gone(self, host: Instance, slot: int) -> None:
+        """The leader stopped a worker forked in `host`'s container: nothing new goes to
+        it (what is in flight finishes under its drain)."""
+        for fork in list(self.instances.values()):
+            if fork.worker == slot and fork.host == host.id:
+                self.forget(fork)
+                self._uncount(fork)
+
     def _uncount(self, fork: Instance) -> None:
         """A fork no longer uses its container (once, however it ended)."""
         if fork.id not in self._counted:
@@ -837,6 +860,8 @@ class Pool:
             return
         inst.state, inst.frozen, inst.since = InstanceState.READY, False, self.clock()
         self._settle(inst)
+        if inst.tier is Tier.FORK and self.announce is not None:
+            self.announce("fork", inst)  # other gateways route to it too
         self.last_error = None
         start_ms = round((self.clock() - began) * 1000, 1)
         if inst.tier is Tier.PAUSED:
@@ -914,6 +939,8 @@ class Pool:
     def _remove_container(self, inst: Instance, grace_s: float) -> None:
         """Remove an instance's container, or stop it when it is a forked worker."""
         if inst.tier is Tier.FORK:
+            if inst.worker and self.announce is not None:
+                self.announce("unfork", inst)
             self._tasks.spawn(self._stop_worker(inst), f"unfork-{self.spec.name}-{inst.id}")
             return
         self._forked.pop(inst.id, None)

@@ -449,6 +449,8 @@ class Scheduler:
                     if pool is not None and n > before.get(key, 0):
                         pool.remote = self._remote_load(key, time.monotonic())
                         pool.scaler.poke(time.monotonic(), pool, pool.observed())
+        elif kind in ("fork", "unfork") and not self.leading:
+            self._heard_fork(kind, message)
         elif kind in ("park", "ready") and not self.leading:
             found = self._find(str(message.get("c", "")))
             if found is None:
@@ -458,6 +460,22 @@ class Scheduler:
                 pool.set_state(inst, InstanceState.PAUSED)
             elif kind == "ready" and inst.state is InstanceState.PAUSED:
                 pool.set_state(inst, InstanceState.READY)
+
+    def _heard_fork(self, kind: str, message: dict[str, Any]) -> None:
+        """The leader forked a worker in a container (or stopped one): route to it too."""
+        found = self._find(str(message.get("c", "")))
+        try:
+            slot = int(message["w"])
+            address = str(message.get("a", ""))
+        except (KeyError, TypeError, ValueError):
+            return
+        if found is None:
+            return
+        pool, host = found
+        if kind == "fork":
+            pool.observe_fork(host, slot, address)
+        else:
+            pool.fork_gone(host, slot)
 
     def _by_key(self, key: str) -> Pool | None:
         name, _, version = key.rpartition("@")
@@ -483,7 +501,10 @@ class Scheduler:
 
     def _announce(self, kind: str, inst: Instance) -> None:
         if self.peers.others():
-            self.peers.publish({"t": kind, "c": inst.container_id})
+            message: dict[str, Any] = {"t": kind, "c": inst.container_id}
+            if inst.worker:  # a forked worker: which one, and where
+                message.update(w=inst.worker, a=inst.address)
+            self.peers.publish(message)
 
     async def _before_pause(self, inst: Instance) -> bool:
         """Freeze only once no gateway has a request on it."""

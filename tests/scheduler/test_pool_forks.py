@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
+
+from scheduler import probe
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.backend import Running
 from scheduler.errors import StartFailed
@@ -11,6 +15,7 @@ from scheduler.forks import WORKERS_MAX, ForkedWorker
 from scheduler.models import FunctionSpec
 from scheduler.pool import InstanceState, Pool, Tier
 from scheduler.scaler import Scaler
+from scheduler.scheduler import Scheduler
 from tests.scheduler.test_pool import FakeBackend, FakeClock, spec
 
 
@@ -248,3 +253,52 @@ async def test_a_fork_stopped_while_it_waits_is_never_forked() -> None:
     assert zygotes.alive == {}
     assert backend.removed == [host.container_id]
     assert fork.state is InstanceState.STOPPING
+
+
+async def test_other_gateways_hear_of_forks_and_route_to_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader announces each fork it made ready, and each it stops; a follower routes
+    to them as it does to the containers it discovers."""
+    monkeypatch.setattr(probe, "wait_ready", Readiness())  # nothing answers here
+    heard: list[dict[str, Any]] = []
+
+    class Peers:
+        def publish(self, message: dict[str, Any]) -> None:
+            heard.append(message)
+
+        def others(self) -> int:
+            return 1
+
+    s = spec(concurrency=1, max=5)
+    leader = Scheduler(FakeBackend(), peers=Peers(), forks=FakeZygotes())  # type: ignore[arg-type]
+    leader.update([s])
+    await leader.lead()
+    lead_pool = leader.versions["f"][1]
+    lead_pool.scaler = Scaler(AutoscalerConfig(target_utilization=1.0))
+    host = await lead_pool.acquire(10**9)
+    fork = await lead_pool.acquire(10**9)
+    assert fork.tier == "fork"
+    announced = {"t": "fork", "c": host.instance.container_id, "w": 1, "a": "10.0.0.1:8082"}
+    assert announced in heard
+
+    follower = Scheduler(FakeBackend(), peers=Peers(), forks=FakeZygotes())  # type: ignore[arg-type]
+    follower.update([s])
+    pool = follower.versions["f"][1]
+    running = Running(host.instance.container_id, host.instance.address, "f", 1)
+    pool.observe(running, host.instance.id, s)
+    follower.receive("leader", announced)
+    follower.receive("leader", announced)  # heard twice, routed once
+    [seen] = [i for i in pool.instances.values() if i.tier is Tier.FORK]
+    assert (seen.address, seen.worker, seen.state) == ("10.0.0.1:8082", 1, InstanceState.READY)
+
+    lead_pool.release(fork.instance)
+    lead_pool.release(host.instance)
+    lead_pool.scale_to(1)  # the fork goes first
+    await lead_pool.drain_tasks()
+    unfork = {"t": "unfork", "c": host.instance.container_id, "w": 1, "a": "10.0.0.1:8082"}
+    assert unfork in heard
+    follower.receive("leader", unfork)
+    assert [i.tier for i in pool.instances.values()] == [Tier.NEW]
+    await leader.close(last=True)
+    await follower.close()
