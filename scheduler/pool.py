@@ -551,12 +551,16 @@ class Pool:
         if self.replicas is not None:
             self.scale_to(max(self.desired, self.min_instances))
             return
-        missing = self.min_instances - len(self.active())
-        for _ in range(max(0, missing)):
-            self.add_instance()
+        # `min` is for availability: containers of their own, not workers in one.
+        containers = [i for i in self.active() if i.tier is not Tier.FORK]
+        for _ in range(max(0, self.min_instances - len(containers))):
+            self.add_instance(fork=False)
 
-    def add_instance(self) -> Instance:
-        """One more instance of the current version, from the fastest tier that has one."""
+    def add_instance(self, fork: bool = True) -> Instance:
+        """One more instance of the current version, from the fastest tier that has one.
+
+        `fork`: it may be a worker forked in a container already there (burst capacity);
+        without, a container of its own (`min` instances, a new version's warm start)."""
         version = self.spec.version
         paused = [
             i
@@ -577,7 +581,7 @@ class Pool:
             return inst
         # A fork before a prewarmed container: no engine call, and the prewarmed ones stay
         # for the cold starts a fork cannot serve (a function's first instance).
-        host = self._fork_host()
+        host = self._fork_host() if fork else None
         claimed = None
         if host is None and self.prewarm is not None:
             claimed = self.prewarm.claim(self.spec)
@@ -967,7 +971,7 @@ class Pool:
                 self.scale_to(wanted)
             return
         for _ in range(wanted - len(self.active())):
-            self.add_instance()
+            self.add_instance(fork=False)
 
     def retire(self) -> None:
         """Its version serves no more traffic: whoever waits here is sent to the versions

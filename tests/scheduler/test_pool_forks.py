@@ -302,3 +302,14 @@ async def test_other_gateways_hear_of_forks_and_route_to_them(
     assert [i.tier for i in pool.instances.values()] == [Tier.NEW]
     await leader.close(last=True)
     await follower.close()
+
+
+async def test_min_instances_are_containers_of_their_own() -> None:
+    backend, zygotes = FakeBackend(start_delay=0.01), FakeZygotes()
+    pool = forking_pool(backend, zygotes, spec(concurrency=1, min=2, max=5))
+    pool.ensure_min()
+    await pool.drain_tasks()
+    assert len(backend.started) == 2 and zygotes.alive == {}
+    pool.warm(4)  # a new version's warm start too
+    await pool.drain_tasks()
+    assert len(backend.started) == 4 and zygotes.alive == {}
