@@ -238,6 +238,8 @@ class Pool:
         # and those draining too (their limits count).
         self._forked: dict[str, int] = {}
         self._resizing: dict[str, asyncio.Lock] = {}
+        # The workers each container's limits are set for (1 until resized).
+        self._sizes: dict[str, int] = {}
         # The forks counted there (each is uncounted once).
         self._counted: set[str] = set()
         # Forks waiting for the instance they go in to come up, by its id.
@@ -635,9 +637,11 @@ class Pool:
             if host.state is not InstanceState.READY or host.frozen:
                 raise StartFailed("the container it was to be forked in did not come up")
             inst.container_id = host.container_id
+            # Limits first: a fork's pages become its own as it runs. One engine call
+            # covers every fork asked for meanwhile.
+            await self._sized(host)
             worker = await self.forks.fork(host.address)
             inst.worker, inst.address = worker.slot, worker.address
-            self._resize(host)
             deadline = began + self.config.start_timeout_s
             if worker.generic:
                 # A fork of a specialized prewarmed container: it loads the same code (in
@@ -738,20 +742,26 @@ class Pool:
                 log.debug("forked workers not listed", extra={"error": str(e)})
 
     def _resize(self, host: Instance) -> None:
-        """Set a container's limits to its workers' worth (off the request's path)."""
+        """Give back a container's limits as its workers go (off any request's path)."""
         if self.forks is not None:
-            self._tasks.spawn(self._apply_size(host), f"resize-{host.id}")
+            self._tasks.spawn(self._shrink(host), f"resize-{host.id}")
 
-    async def _apply_size(self, host: Instance) -> None:
+    async def _shrink(self, host: Instance) -> None:
+        try:
+            await self._sized(host)
+        except Exception as e:  # gone meanwhile
+            log.debug("limits not resized", extra={"instance": host.id, "error": str(e)})
+
+    async def _sized(self, host: Instance) -> None:
+        """Set the container's limits to its workers' worth (those being forked too), one
+        engine call at a time per container, none when they already are."""
         assert self.forks is not None
-        # One engine call at a time per container, each with the count of its time.
         lock = self._resizing.setdefault(host.id, asyncio.Lock())
         async with lock:
             workers = 1 + self._forked.get(host.id, 0)
-            try:
+            if self._sizes.get(host.id, 1) != workers:
                 await self.forks.resize(host.container_id, self.spec, workers)
-            except Exception as e:  # gone meanwhile
-                log.debug("limits not resized", extra={"instance": host.id, "error": str(e)})
+                self._sizes[host.id] = workers
 
     def _set_replicas(self, n: int) -> None:
         """Ask the backend for `n` replicas (one call at a time; the latest count wins)."""
@@ -949,6 +959,7 @@ class Pool:
             return
         self._forked.pop(inst.id, None)
         self._resizing.pop(inst.id, None)
+        self._sizes.pop(inst.id, None)
         self._tasks.spawn(
             self.backend.remove(inst.container_id, grace_s), f"remove-{self.spec.name}-{inst.id}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,11 @@ class FakeZygotes:
     alive: dict[str, set[int]] = field(default_factory=dict)
     stopped: list[tuple[str, int]] = field(default_factory=list)
     sizes: list[tuple[str, int]] = field(default_factory=list)
+    # What was asked, in order: ("resize", workers) and ("fork", host).
+    calls: list[tuple[str, object]] = field(default_factory=list)
 
     async def fork(self, address: str) -> ForkedWorker:
+        self.calls.append(("fork", address))
         if self.fail:
             raise StartFailed("no worker forked: the container is stopping")
         host = address.rsplit(":", 1)[0]
@@ -48,6 +52,8 @@ class FakeZygotes:
         return [ForkedWorker(k, f"{host}:{8080 + 2 * k}") for k in sorted(self.alive.get(host, ()))]
 
     async def resize(self, container_id: str, s: FunctionSpec, workers: int) -> None:
+        self.calls.append(("resize", workers))
+        await asyncio.sleep(0)  # an engine call: the other forks queue behind it
         self.sizes.append((container_id, workers))
 
 
@@ -313,3 +319,13 @@ async def test_min_instances_are_containers_of_their_own() -> None:
     pool.warm(4)  # a new version's warm start too
     await pool.drain_tasks()
     assert len(backend.started) == 4 and zygotes.alive == {}
+
+
+async def test_limits_grow_before_the_fork_in_one_call_for_every_fork_asked_meanwhile() -> None:
+    backend, zygotes = FakeBackend(), FakeZygotes()
+    pool = forking_pool(backend, zygotes)
+    host = (await pool.acquire(10**9)).instance
+    for _ in range(3):
+        pool.add_instance()
+    await pool.drain_tasks()
+    assert zygotes.calls == [("resize", 4)] + [("fork", host.address)] * 3
