@@ -53,3 +53,12 @@ def test_the_handler_style_reaches_the_runtime_only_when_set() -> None:
 def test_a_node_function_gets_its_style_and_default_handler() -> None:
     env = container_config(spec(runtime="nodejs", style="lambda"), "ns", "net", "i1")["environment"]
     assert (env["KAPAL_STYLE"], env["KAPAL_HANDLER"]) == ("lambda", "index.handler")
+
+
+def test_python_runtime_containers_run_a_zygote_others_do_not() -> None:
+    env = container_config(spec(), "ns", "net", "i1")["environment"]
+    assert (env["KAPAL_ZYGOTE_PORT"], env["KAPAL_WORKERS_MAX"]) == ("8079", "15")
+    node = container_config(spec(runtime="nodejs"), "ns", "net", "i1")["environment"]
+    assert "KAPAL_ZYGOTE_PORT" not in node
+    image = FunctionSpec(name="fn", version=3, image="nginx:1", runtime="image", port=80)
+    assert "KAPAL_ZYGOTE_PORT" not in container_config(image, "ns", "net", "i1")["environment"]
