@@ -140,11 +140,16 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
 
         # A forked worker that dies is dropped from routing at the first request that
         # finds it gone (sent to another instance: no error); the function serves on.
+        # Killed between two rounds of calls: one it was serving would fail (502).
+        stop.set()
+        await loader
+        stop.clear()
         killed = container.exec_run(
             ["python3", "-c", f"import os, signal; os.kill({fork_pid}, signal.SIGKILL)"],
             user="10001:10001",
         )
         assert killed.exit_code == 0, killed.output
+        loader = asyncio.create_task(load())
 
         async def dropped() -> bool:
             return victim["id"] not in [i["id"] for i in await instances(http, gw)]
