@@ -667,6 +667,8 @@ class Pool:
         start_ms = round((self.clock() - began) * 1000, 1)
         if inst.tier is Tier.PAUSED:
             self._event(inst, "info", f"instance resumed from pause in {start_ms} ms")
+            if self.announce is not None:  # thawed through its cgroup, the engine says nothing
+                self.announce("ready", inst)
         else:
             self._event(inst, "info", f"instance started ({inst.tier.value}) in {start_ms} ms")
         log.info(

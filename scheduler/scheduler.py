@@ -285,8 +285,15 @@ class Scheduler:
         self.leading = True
         log.info("leading: this gateway now scales the pools")
         pools = self.all_pools()
-        known = {i.container_id for p in pools for i in p.instances.values()}
-        found = [c for c in await self.backend.list_managed() if c.id not in known]
+        known = {i.container_id: i for p in pools for i in p.instances.values()}
+        listed = await self.backend.list_managed()
+        for c in listed:
+            # Frozen through its cgroup, no engine event told this follower: it must be
+            # thawed before it serves.
+            inst = known.get(c.id)
+            if inst is not None and c.paused and inst.state is InstanceState.PAUSED:
+                inst.frozen = True
+        found = [c for c in listed if c.id not in known]
         if self.replicas is not None:
             await self._remove_unserved(found)
         else:

@@ -267,3 +267,43 @@ async def test_a_key_rate_limit_holds_across_both_gateways(
     await until(http, f"{b.url}/fn/private", 200, headers=key)
     measured = await granted_rate(http, [f"{a.url}/fn/private", f"{b.url}/fn/private"], key)
     assert rate * 0.9 <= measured <= rate * 1.1, f"{measured:.1f} requests/s granted"
+
+
+async def paused_on(http: aiohttp.ClientSession, gw: GatewayProcess, name: str) -> None:
+    """Wait until `gw` sees the function's one instance as a paused standby."""
+    pool: dict[str, Any] = {}
+    for _ in range(300):
+        async with http.get(f"{gw.url}/v1/functions/{name}", headers=gw.headers) as r:
+            pool = (await r.json())["pool"]
+        if pool["paused"] == 1 and pool["ready"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not paused on {gw.url}: {pool}")
+
+
+async def test_a_standby_frozen_by_the_leader_serves_through_either_gateway(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    # Frozen and thawed through its cgroup, no engine event tells the other gateway.
+    a, b = pair(
+        make_gateway, KAPAL_AUTOSCALE_STABLE_WINDOW_S="1", KAPAL_AUTOSCALE_PANIC_WINDOW_S="1"
+    )
+    spec = {"name": "standby", "public": True, "scaling": {"idle_timeout_s": 3600}}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/standby", (200, "v1"))
+    await paused_on(http, a, "standby")
+    await paused_on(http, b, "standby")
+    # The follower asks the leader, which thaws it and says so.
+    await until(http, f"{b.url}/fn/standby", (200, "v1"))
+    await paused_on(http, a, "standby")
+    await paused_on(http, b, "standby")
+    # The follower takes over: it must thaw the standby the dead leader froze.
+    a.kill()
+    for _ in range(300):
+        async with http.get(f"{b.url}/v1/cluster", headers=b.headers) as r:
+            if (await r.json())["leading"]:
+                break
+        await asyncio.sleep(0.1)
+    assert await get(http, f"{b.url}/fn/standby") == (200, "v1")
+    assert "instance discarded" not in b.logs()
