@@ -210,6 +210,8 @@ class Scheduler:
         pool.announce = self._announce
         pool.events = self.events
         pool.leading = self.leading
+        if self.prewarm is not None:
+            self.prewarm.prefetch(spec)
         return pool
 
     # -- what is deployed ----------------------------------------------------------------
