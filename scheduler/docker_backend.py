@@ -1,8 +1,8 @@
 """Container backend on a Docker engine, through the Docker SDK.
 
 The SDK is blocking, so every call runs on a dedicated thread pool: the event loop
-never waits on the engine. Pausing is done through the container's cgroup freezer
-directly when this host allows it (see scheduler.freezer), else by the engine.
+never waits on the engine. Pausing goes through the container's cgroup freezer when this
+host allows it, else through the engine (see scheduler.docker_pause).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from docker import APIClient
 
 from scheduler import engine_images, firewall, freezer, lease
 from scheduler.backend import EVENTS, Running
+from scheduler.docker_pause import ContainerPauses
 from scheduler.errors import BackendError, StartFailed
 from scheduler.models import PREWARM_NAME, RUNTIME_PORT, FunctionSpec
 
@@ -196,12 +197,7 @@ class DockerBackend:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kapal-docker")
         self.lease = lease.NamespaceLease(namespace)
         self._image_users: dict[str, str] = {}
-        # Pause and unpause write the container's cgroup freezer when it is writable here.
-        self.freezer = freezer.Freezer() if freeze_cgroups else None
-        # Each container's cgroup, found once from its init's pid (None: the engine pauses).
-        self._cgroups: dict[str, freezer.Cgroup | None] = {}
-        # Paused by the engine (here or by an earlier gateway): only the engine unpauses it.
-        self._engine_paused: set[str] = set()
+        self.pauses = ContainerPauses(self.api, freezer.Freezer() if freeze_cgroups else None)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -330,7 +326,7 @@ class DockerBackend:
                 ip = info["NetworkSettings"]["Networks"][cfg["host_config"]["network_mode"]][
                     "IPAddress"
                 ]
-                self._learn_cgroup(cid, info["State"].get("Pid") or 0)
+                self.pauses.started(cid, info["State"].get("Pid") or 0)
             except BaseException:
                 self._remove_quietly(cid)
                 raise
@@ -359,9 +355,8 @@ class DockerBackend:
 
     async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
         def remove() -> None:
-            # A frozen container never sees the SIGTERM of a graceful stop; a forced
-            # removal kills it frozen, but thawing first costs nothing.
-            self._thaw_quietly(container_id, look=grace_s > 0)
+            # A forced removal kills a frozen container too; a graceful stop needs it thawed.
+            self.pauses.thaw_quietly(container_id, look=grace_s > 0)
             if grace_s > 0:
                 try:
                     self.api.stop(container_id, timeout=max(1, int(grace_s)))
@@ -370,89 +365,18 @@ class DockerBackend:
                 except docker.errors.DockerException:
                     pass
             self._remove_quietly(container_id)
-            self._cgroups.pop(container_id, None)
-            self._engine_paused.discard(container_id)
+            self.pauses.removed(container_id)
 
         await self._run(remove)
 
-    def _learn_cgroup(self, cid: str, pid: int) -> freezer.Cgroup | None:
-        found = self.freezer.locate(pid) if self.freezer is not None and pid else None
-        self._cgroups[cid] = found
-        return found
-
-    def _cgroup(self, cid: str) -> freezer.Cgroup | None:
-        """The container's cgroup when Kapal may freeze it itself (blocking: the first
-        time, the engine is asked for its init's pid)."""
-        if cid in self._cgroups or self.freezer is None:
-            return self._cgroups.get(cid)
-        try:
-            state = self.api.inspect_container(cid)["State"]
-        except docker.errors.NotFound:
-            return None
-        if state.get("Paused"):
-            self._engine_paused.add(cid)
-        if not state.get("Running"):
-            return None
-        return self._learn_cgroup(cid, state.get("Pid") or 0)
-
-    def _frozen(self, cid: str) -> bool:
-        """Frozen through its cgroup (the engine's own state does not show it)."""
-        found = self._cgroup(cid)
-        if found is None or self.freezer is None:
-            return False
-        try:
-            return self.freezer.frozen(found)
-        except OSError:  # gone meanwhile
-            return False
-
-    def _thaw_quietly(self, cid: str, look: bool) -> None:
-        found = self._cgroup(cid) if look else self._cgroups.get(cid)
-        if found is None or self.freezer is None or cid in self._engine_paused:
-            return
-        try:
-            if self.freezer.frozen(found):
-                self.freezer.thaw(found)
-        except (OSError, freezer.FreezeError) as e:
-            log.debug("not thawed", extra={"container": cid, "error": str(e)})
-
     async def pause(self, container_id: str) -> None:
-        def pause() -> None:
-            found = self._cgroup(container_id)
-            if found is None or self.freezer is None or container_id in self._engine_paused:
-                self.api.pause(container_id)
-                self._engine_paused.add(container_id)
-                return
-            try:
-                self.freezer.freeze(found)
-            except freezer.FreezeError as e:
-                raise BackendError(str(e)) from e
-
-        await self._run(pause)
+        await self._run(self.pauses.pause, container_id)
 
     async def unpause(self, container_id: str) -> None:
-        found = self._cgroups.get(container_id)
-        if found is not None and self.freezer is not None:
-            if container_id not in self._engine_paused:
-                # A write to a kernel file, not an engine call: on the loop, so the waiting
-                # request does not also wait for a thread (it is thawed at once).
-                try:
-                    if self.freezer.thaw(found, wait=False):
-                        return
-                except freezer.FreezeError as e:
-                    raise BackendError(str(e)) from e
-
-        def unpause() -> None:
-            found = self._cgroup(container_id)
-            if found is None or self.freezer is None or container_id in self._engine_paused:
-                self.api.unpause(container_id)
-                self._engine_paused.discard(container_id)
-                return
-            try:
-                self.freezer.thaw(found)
-            except freezer.FreezeError as e:
-                raise BackendError(str(e)) from e
-
-        await self._run(unpause)
+        # One write to a kernel file, not an engine call: on the loop, so the waiting
+        # request does not also wait for a thread.
+        if not self.pauses.thaw_now(container_id):
+            await self._run(self.pauses.unpause, container_id)
 
     async def claim(self, container_id: str, spec: FunctionSpec, instance_id: str) -> None:
         name = instance_name(self.namespace, spec.name, spec.version, instance_id)
@@ -483,15 +407,7 @@ class DockerBackend:
             labels = info["Config"].get("Labels") or {}
             if labels.get(LABEL_NAMESPACE) != self.namespace:
                 return None
-            state = info["State"]
-            status = "paused" if state.get("Paused") else state.get("Status", "")
-            if status == "paused":
-                self._engine_paused.add(info["Id"])
-            elif status == "running":
-                if info["Id"] not in self._cgroups:
-                    self._learn_cgroup(info["Id"], state.get("Pid") or 0)
-                if self._frozen(info["Id"]):
-                    status = "paused"
+            status = self.pauses.status(info["Id"], info["State"])
             nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
             return self._running(info["Id"], info.get("Name", ""), labels, nets, status)
 
@@ -525,27 +441,17 @@ class DockerBackend:
                 all=True,
                 filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"]},
             )
-            ids = {c["Id"] for c in found}
-            for gone in [cid for cid in self._cgroups if cid not in ids]:
-                del self._cgroups[gone]
-            self._engine_paused &= ids
-            listed: list[Running] = []
-            for c in found:
-                state = c.get("State", "")
-                if state == "paused":
-                    self._engine_paused.add(c["Id"])
-                elif state == "running" and self._frozen(c["Id"]):
-                    state = "paused"
-                listed.append(
-                    self._running(
-                        c["Id"],
-                        (c.get("Names") or [""])[0],
-                        c.get("Labels") or {},
-                        (c.get("NetworkSettings") or {}).get("Networks") or {},
-                        state,
-                    )
+            self.pauses.keep_only({c["Id"] for c in found})
+            return [
+                self._running(
+                    c["Id"],
+                    (c.get("Names") or [""])[0],
+                    c.get("Labels") or {},
+                    (c.get("NetworkSettings") or {}).get("Networks") or {},
+                    self.pauses.listed(c["Id"], c.get("State", "")),
                 )
-            return listed
+                for c in found
+            ]
 
         return await self._run(list_)
 

@@ -62,7 +62,7 @@ async def test_a_cgroup_frozen_instance_serves_nothing_until_thawed(
     c = await runtime(backend)
     await backend.pause(c.id)
     # Kapal froze it itself: the engine still says it runs, the backend says paused.
-    assert backend._cgroups[c.id] is not None
+    assert backend.pauses.cgroup(c.id) is not None
     assert docker_client.api.inspect_container(c.id)["State"]["Status"] == "running"
     seen = await backend.inspect(c.id)
     assert seen is not None and seen.paused
