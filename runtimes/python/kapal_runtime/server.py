@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init
+from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init, preload
 from kapal_runtime.capture import Capture
 from kapal_runtime.config import RuntimeConfig
 from kapal_runtime.deadlines import DeadlineWatch
@@ -398,6 +398,8 @@ def run(config: RuntimeConfig, capture: Capture | None = None) -> None:
     runtime = Runtime(config, capture)
     if not config.prewarm:
         runtime.load(config.handler, config.style)
+    else:
+        preload()
     stopping = asyncio.Event()
 
     def on_signal(signum: int, frame: object) -> None:
