@@ -205,6 +205,8 @@ class Pool:
         self.announce: Callable[[str, Instance], None] | None = None
         # Told what happened to an instance, for the function's log: (instance, level, what).
         self.events: Callable[[Instance, str, str], None] | None = None
+        # Told the address of a prewarmed container claimed here, while its code loads.
+        self.preconnect: Callable[[str], None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         # Waiters woken for a slot that have not run yet: newcomers leave them theirs.
         self._promised = 0
@@ -551,6 +553,8 @@ class Pool:
         if claimed is not None:
             inst.tier = Tier.PREWARM
             inst.container_id, inst.address = claimed.id, claimed.address
+            if self.preconnect is not None:
+                self.preconnect(claimed.address)
         self._tasks.spawn(self._start(inst, claimed), f"start-{self.spec.name}-{inst.id}")
         return inst
 

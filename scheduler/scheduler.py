@@ -164,6 +164,9 @@ class Scheduler:
         self._removing: dict[str, asyncio.Task[None]] = {}
         # Told what happened to each instance (for the function's log); set before start.
         self.events: Callable[[Instance, str, str], None] | None = None
+        # Opens a connection to an instance about to serve (see Pool.preconnect); set
+        # before start.
+        self.preconnect: Callable[[str], None] | None = None
         self.leading = False
         # Concurrency other gateways reported: gateway -> (when, {function: n}).
         self._remote: dict[str, tuple[float, dict[str, int]]] = {}
@@ -209,6 +212,7 @@ class Scheduler:
         )
         pool.announce = self._announce
         pool.events = self.events
+        pool.preconnect = self.preconnect
         pool.leading = self.leading
         if self.prewarm is not None:
             self.prewarm.prefetch(spec)
