@@ -85,6 +85,9 @@ class PrewarmPool:
         self.closed = False
         # /_/init bodies by (function, version), most recently used last.
         self._bodies: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # Functions deleted (`forget_code`), counted: a deleted function's numbers are
+        # used again, and a body fetched before the deletion must not be kept after it.
+        self._deletions: dict[str, int] = {}
 
     def claim(self, spec: FunctionSpec) -> Running | None:
         ready = self.ready.get(spec.runtime)
@@ -127,6 +130,7 @@ class PrewarmPool:
         if body is not None:
             self._bodies.move_to_end(key)
             return body
+        deletions = self._deletions.get(spec.name, 0)
         code = await self.code.code(spec.name, spec.version)
         body = json.dumps(
             {
@@ -139,11 +143,17 @@ class PrewarmPool:
                 "code": base64.b64encode(code).decode(),
             }
         ).encode()
-        if len(body) <= INIT_BODY_MAX_BYTES:
+        if len(body) <= INIT_BODY_MAX_BYTES and deletions == self._deletions.get(spec.name, 0):
             self._bodies[key] = body
             while sum(map(len, self._bodies.values())) > INIT_BODIES_BYTES:
                 self._bodies.popitem(last=False)
         return body
+
+    def forget_code(self, function: str) -> None:
+        """A function was deleted: its version numbers start again at 1, with other code."""
+        self._deletions[function] = self._deletions.get(function, 0) + 1
+        for key in [k for k in self._bodies if k[0] == function]:
+            del self._bodies[key]
 
     async def specialize(self, running: Running, spec: FunctionSpec) -> None:
         body = await self._init_body(spec)

@@ -278,6 +278,8 @@ class Scheduler:
         self._retired = [p for p in self._retired if p.spec.name != name]
         self.routes.pop(name, None)
         self.pools.pop(name, None)
+        if self.prewarm is not None:
+            self.prewarm.forget_code(name)
         task = self._spawn(_close(gone, stop=self.leading), f"remove-{name}")
         self._removing[name] = task
         task.add_done_callback(self._removed)

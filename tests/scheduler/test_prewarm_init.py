@@ -133,3 +133,44 @@ async def test_a_body_too_large_to_keep_is_built_on_each_cold_start(
     await pool.specialize(Running("c1", runtime.address, "_prewarm", 0), fn())
     assert code.asked == [("f", 1), ("f", 1)]
     await pool.close(remove=False)
+
+
+class ChangingCode(CountingCode):
+    """A store whose function is deleted and deployed again, its numbers starting over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deploys = 1
+        self.fetching = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def code(self, name: str, version: int) -> bytes:
+        self.fetching.set()
+        await self.release.wait()
+        return f"deploy {self.deploys}".encode()
+
+
+async def test_a_deleted_function_deployed_again_gets_its_new_code(runtime: FakeRuntime) -> None:
+    code = ChangingCode()
+    pool = make(code)
+    code.release.set()
+    pool.prefetch(fn())
+    await settle(pool)
+    # Deleted, and deployed again: version 1 again, other code.
+    pool.forget_code("f")
+    code.deploys = 2
+    await pool.specialize(Running("c1", runtime.address, "_prewarm", 0), fn())
+    assert base64.b64decode(str(runtime.bodies[-1]["code"])) == b"deploy 2"
+
+
+async def test_a_body_fetched_across_a_deletion_is_not_kept(runtime: FakeRuntime) -> None:
+    code = ChangingCode()
+    pool = make(code)
+    pool.prefetch(fn())
+    await code.fetching.wait()
+    pool.forget_code("f")  # deleted while the old code was on its way
+    code.release.set()
+    await settle(pool)
+    code.deploys = 2
+    await pool.specialize(Running("c1", runtime.address, "_prewarm", 0), fn())
+    assert base64.b64decode(str(runtime.bodies[-1]["code"])) == b"deploy 2"
