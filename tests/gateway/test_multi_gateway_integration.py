@@ -11,6 +11,7 @@ import aiohttp
 import docker
 import pytest
 
+from scheduler.freezer import Freezer
 from tests.conftest import GatewayFactory
 from tests.gateway.queue_support import FAST_QUEUE, wait_final
 from tests.support import GatewayProcess, deploy, managed_containers
@@ -281,8 +282,22 @@ async def paused_on(http: aiohttp.ClientSession, gw: GatewayProcess, name: str) 
     raise AssertionError(f"{name} not paused on {gw.url}: {pool}")
 
 
+async def frozen(client: docker.DockerClient, gw: GatewayProcess, name: str) -> None:
+    """Wait until the function's one container is frozen through its cgroup (parked
+    standbys are frozen a moment later; the engine still says it runs)."""
+    freezer = Freezer()
+    for _ in range(300):
+        found = [c for c in managed_containers(client, gw.namespace) if name in c.name]
+        cgroup = freezer.locate(found[0].attrs["State"]["Pid"]) if len(found) == 1 else None
+        if cgroup is not None and freezer.frozen(cgroup):
+            assert found[0].status == "running"
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not frozen")
+
+
 async def test_a_standby_frozen_by_the_leader_serves_through_either_gateway(
-    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
 ) -> None:
     # Frozen and thawed through its cgroup, no engine event tells the other gateway.
     a, b = pair(
@@ -294,10 +309,12 @@ async def test_a_standby_frozen_by_the_leader_serves_through_either_gateway(
     await until(http, f"{b.url}/fn/standby", (200, "v1"))
     await paused_on(http, a, "standby")
     await paused_on(http, b, "standby")
+    await frozen(docker_client, a, "standby")
     # The follower asks the leader, which thaws it and says so.
     await until(http, f"{b.url}/fn/standby", (200, "v1"))
     await paused_on(http, a, "standby")
     await paused_on(http, b, "standby")
+    await frozen(docker_client, a, "standby")
     # The follower takes over: it must thaw the standby the dead leader froze.
     a.kill()
     for _ in range(300):
