@@ -324,3 +324,27 @@ async def test_a_standby_frozen_by_the_leader_serves_through_either_gateway(
         await asyncio.sleep(0.1)
     assert await get(http, f"{b.url}/fn/standby") == (200, "v1")
     assert "instance discarded" not in b.logs()
+
+
+async def test_a_standby_a_killed_gateway_froze_is_adopted_and_thawed_by_the_next(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    # Alone, the gateway freezes its standby; killed, it leaves it frozen behind.
+    a = make_gateway(KAPAL_AUTOSCALE_STABLE_WINDOW_S="1", KAPAL_AUTOSCALE_PANIC_WINDOW_S="1")
+    spec = {"name": "left", "public": True, "scaling": {"idle_timeout_s": 3600}}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    await until(http, f"{a.url}/fn/left", (200, "v1"))
+    await paused_on(http, a, "left")
+    await frozen(docker_client, a, "left")
+    [container] = [c for c in managed_containers(docker_client, a.namespace) if "left" in c.name]
+    a.kill()
+    # The next gateway sees it frozen (the engine says running), keeps it as a standby,
+    # and thaws it for the next request.
+    b = make_gateway(database_url=a.database_url, namespace=a.namespace)
+    await paused_on(http, b, "left")
+    async with http.get(f"{b.url}/fn/left") as r:
+        assert (r.status, await r.text()) == (200, "v1")
+        assert r.headers["X-Kapal-Cold-Start"] == "paused"
+    left = [c for c in managed_containers(docker_client, b.namespace) if "left" in c.name]
+    assert [c.id for c in left] == [container.id]
