@@ -124,6 +124,7 @@ class Services:
             )
             logs = Logs.build(settings, pg, scheduler, metrics, backend)
             upstreams = Upstreams()
+            scheduler.preconnect = upstreams.preconnect
             invoker = Invoker(
                 settings,
                 scheduler,

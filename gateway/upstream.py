@@ -44,6 +44,8 @@ HOP_BY_HOP = frozenset(
 # Idle connections older than this are not reused (the runtime closes its side at 75 s).
 IDLE_TTL_S = 30.0
 MAX_IDLE_PER_ADDRESS = 256
+# How long a connection opened ahead (`preconnect`) may take before it is given up.
+PRECONNECT_TIMEOUT_S = 1.0
 # How often exchanges past their deadline are looked for: deadlines are whole seconds,
 # and one sweep for all exchanges is cheaper than a timer armed and cancelled for each.
 SWEEP_S = 0.05
@@ -295,6 +297,7 @@ class Upstreams:
         # Exchanges in flight and the loop time each must be done by.
         self._deadlines: dict[asyncio.Future[None], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._preconnects: set[asyncio.Task[None]] = set()
 
     def watch(self, done: asyncio.Future[None], deadline: float) -> None:
         """Fail `done` with TimeoutError if it is not done by `deadline` (loop time)."""
@@ -352,6 +355,21 @@ class Upstreams:
                     sock.setsockopt(level, option, value)
         return conn
 
+    def preconnect(self, address: str) -> None:
+        """Open a connection to an instance about to serve (a prewarmed container while
+        its code loads), so its first exchange does not wait for one."""
+        task = self.loop.create_task(self._preconnect(address), name="kapal-preconnect")
+        self._preconnects.add(task)
+        task.add_done_callback(self._preconnects.discard)
+
+    async def _preconnect(self, address: str) -> None:
+        try:
+            async with asyncio.timeout(PRECONNECT_TIMEOUT_S):
+                conn = await self.connect(address)
+        except (OSError, TimeoutError):
+            return  # the exchange connects itself, and says why if it cannot
+        self.put(conn)
+
     def put(self, conn: UpstreamConnection) -> None:
         if conn.closed or not conn.reusable:
             conn.close()
@@ -373,3 +391,5 @@ class Upstreams:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        for task in self._preconnects:
+            task.cancel()

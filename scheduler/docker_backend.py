@@ -1,7 +1,8 @@
 """Container backend on a Docker engine, through the Docker SDK.
 
 The SDK is blocking, so every call runs on a dedicated thread pool: the event loop
-never waits on the engine.
+never waits on the engine. Pausing goes through the container's cgroup freezer when this
+host allows it, else through the engine (see scheduler.docker_pause).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import docker
 import docker.errors
 from docker import APIClient
 
-from scheduler import engine_images, firewall, lease
+from scheduler import engine_images, firewall, freezer, lease
 from scheduler.backend import EVENTS, Running
+from scheduler.docker_pause import ContainerPauses
 from scheduler.errors import BackendError, StartFailed
 from scheduler.forks import WORKERS_MAX, ZYGOTE_PORT, forkable
 from scheduler.models import PREWARM_NAME, RUNTIME_PORT, FunctionSpec
@@ -189,6 +191,7 @@ class DockerBackend:
         secrets_root: Path | None = None,
         isolate_host: bool = True,
         runtime_env: dict[str, str] | None = None,
+        freeze_cgroups: bool = True,
     ):
         self.runtime_env = runtime_env or {}
         self.namespace = namespace
@@ -203,6 +206,7 @@ class DockerBackend:
         self._image_users: dict[str, str] = {}
         # The engine's CPUs (a container's CPU limit cannot exceed them), once asked.
         self._ncpu: int | None = None
+        self.pauses = ContainerPauses(self.api, freezer.Freezer() if freeze_cgroups else None)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -331,6 +335,7 @@ class DockerBackend:
                 ip = info["NetworkSettings"]["Networks"][cfg["host_config"]["network_mode"]][
                     "IPAddress"
                 ]
+                self.pauses.started(cid, info["State"].get("Pid") or 0)
             except BaseException:
                 self._remove_quietly(cid)
                 raise
@@ -359,6 +364,8 @@ class DockerBackend:
 
     async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
         def remove() -> None:
+            # A forced removal kills a frozen container too; a graceful stop needs it thawed.
+            self.pauses.thaw_quietly(container_id, look=grace_s > 0)
             if grace_s > 0:
                 try:
                     self.api.stop(container_id, timeout=max(1, int(grace_s)))
@@ -367,6 +374,7 @@ class DockerBackend:
                 except docker.errors.DockerException:
                     pass
             self._remove_quietly(container_id)
+            self.pauses.removed(container_id)
 
         await self._run(remove)
 
@@ -396,10 +404,13 @@ class DockerBackend:
         await self._run(update)
 
     async def pause(self, container_id: str) -> None:
-        await self._run(self.api.pause, container_id)
+        await self._run(self.pauses.pause, container_id)
 
     async def unpause(self, container_id: str) -> None:
-        await self._run(self.api.unpause, container_id)
+        # One write to a kernel file, not an engine call: on the loop, so the waiting
+        # request does not also wait for a thread.
+        if not self.pauses.thaw_now(container_id):
+            await self._run(self.pauses.unpause, container_id)
 
     async def claim(self, container_id: str, spec: FunctionSpec, instance_id: str) -> None:
         name = instance_name(self.namespace, spec.name, spec.version, instance_id)
@@ -430,8 +441,7 @@ class DockerBackend:
             labels = info["Config"].get("Labels") or {}
             if labels.get(LABEL_NAMESPACE) != self.namespace:
                 return None
-            state = info["State"]
-            status = "paused" if state.get("Paused") else state.get("Status", "")
+            status = self.pauses.status(info["Id"], info["State"])
             nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
             return self._running(info["Id"], info.get("Name", ""), labels, nets, status)
 
@@ -465,13 +475,14 @@ class DockerBackend:
                 all=True,
                 filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={self.namespace}"]},
             )
+            self.pauses.keep_only({c["Id"] for c in found})
             return [
                 self._running(
                     c["Id"],
                     (c.get("Names") or [""])[0],
                     c.get("Labels") or {},
                     (c.get("NetworkSettings") or {}).get("Networks") or {},
-                    c.get("State", ""),
+                    self.pauses.listed(c["Id"], c.get("State", "")),
                 )
                 for c in found
             ]

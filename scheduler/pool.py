@@ -217,6 +217,8 @@ class Pool:
         self.announce: Callable[[str, Instance], None] | None = None
         # Told what happened to an instance, for the function's log: (instance, level, what).
         self.events: Callable[[Instance, str, str], None] | None = None
+        # Told the address of a prewarmed container claimed here, while its code loads.
+        self.preconnect: Callable[[str], None] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
         # Waiters woken for a slot that have not run yet: newcomers leave them theirs.
         self._promised = 0
@@ -593,6 +595,8 @@ class Pool:
         if claimed is not None:
             inst.tier = Tier.PREWARM
             inst.container_id, inst.address = claimed.id, claimed.address
+            if self.preconnect is not None:
+                self.preconnect(claimed.address)
         elif host is not None:
             inst.tier, inst.host = Tier.FORK, host.id
             self._forked[host.id] = self._forked.get(host.id, 0) + 1
@@ -880,6 +884,8 @@ class Pool:
         start_ms = round((self.clock() - began) * 1000, 1)
         if inst.tier is Tier.PAUSED:
             self._event(inst, "info", f"instance resumed from pause in {start_ms} ms")
+            if self.announce is not None:  # thawed through its cgroup, the engine says nothing
+                self.announce("ready", inst)
         else:
             self._event(inst, "info", f"instance started ({inst.tier.value}) in {start_ms} ms")
         log.info(

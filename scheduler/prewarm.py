@@ -3,7 +3,9 @@
 A few containers of each runtime's base image run in prewarm mode, healthy and waiting.
 A function's cold start claims one and sends its code in the `/_/init` request itself
 (as OpenWhisk does), skipping container create and start. Refilled in the background, to
-a count that follows the runtime's recent cold starts (`prewarm_size`).
+a count that follows the runtime's recent cold starts (`prewarm_size`). Each function's
+`/_/init` body is built ahead (`prefetch`, when its version is deployed), so a cold start
+does not wait for the function store.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import base64
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Protocol
 
@@ -28,6 +30,10 @@ log = logging.getLogger("kapal.scheduler.prewarm")
 
 # After a failed start, wait this long before trying to refill again.
 BACKOFF_S = 30.0
+# The /_/init bodies kept ready, the least recently used dropped first; a larger one is
+# built on each cold start.
+INIT_BODIES_BYTES = 32 * 1024 * 1024
+INIT_BODY_MAX_BYTES = 1024 * 1024
 
 
 class CodeSource(Protocol):
@@ -77,6 +83,11 @@ class PrewarmPool:
         self._backoff_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
+        # /_/init bodies by (function, version), most recently used last.
+        self._bodies: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # Functions deleted (`forget_code`), counted: a deleted function's numbers are
+        # used again, and a body fetched before the deletion must not be kept after it.
+        self._deletions: dict[str, int] = {}
 
     def claim(self, spec: FunctionSpec) -> Running | None:
         ready = self.ready.get(spec.runtime)
@@ -95,7 +106,31 @@ class PrewarmPool:
         # engine's time goes to the instances that requests wait for.
         return ready.popleft()
 
-    async def specialize(self, running: Running, spec: FunctionSpec) -> None:
+    def prefetch(self, spec: FunctionSpec) -> None:
+        """Build `spec`'s /_/init body in the background, if a prewarmed container could
+        serve it (a store query less on its first cold start)."""
+        if self.closed or spec.runtime not in self.images or not can_specialize(spec):
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # loaded before the loop runs: the cold start fetches it
+            return
+        if (spec.name, spec.version) not in self._bodies:
+            self._spawn(self._prefetch(spec))
+
+    async def _prefetch(self, spec: FunctionSpec) -> None:
+        try:
+            await self._init_body(spec)
+        except Exception as e:  # the cold start fetches it again, and says why
+            log.debug("init body not prefetched", extra={"function": spec.name, "error": str(e)})
+
+    async def _init_body(self, spec: FunctionSpec) -> bytes:
+        key = (spec.name, spec.version)
+        body = self._bodies.get(key)
+        if body is not None:
+            self._bodies.move_to_end(key)
+            return body
+        deletions = self._deletions.get(spec.name, 0)
         code = await self.code.code(spec.name, spec.version)
         body = json.dumps(
             {
@@ -108,6 +143,20 @@ class PrewarmPool:
                 "code": base64.b64encode(code).decode(),
             }
         ).encode()
+        if len(body) <= INIT_BODY_MAX_BYTES and deletions == self._deletions.get(spec.name, 0):
+            self._bodies[key] = body
+            while sum(map(len, self._bodies.values())) > INIT_BODIES_BYTES:
+                self._bodies.popitem(last=False)
+        return body
+
+    def forget_code(self, function: str) -> None:
+        """A function was deleted: its version numbers start again at 1, with other code."""
+        self._deletions[function] = self._deletions.get(function, 0) + 1
+        for key in [k for k in self._bodies if k[0] == function]:
+            del self._bodies[key]
+
+    async def specialize(self, running: Running, spec: FunctionSpec) -> None:
+        body = await self._init_body(spec)
         try:
             status, answer = await asyncio.wait_for(
                 probe.post_json(running.address, "/_/init", body), self.start_timeout_s

@@ -168,6 +168,9 @@ class Scheduler:
         self._removing: dict[str, asyncio.Task[None]] = {}
         # Told what happened to each instance (for the function's log); set before start.
         self.events: Callable[[Instance, str, str], None] | None = None
+        # Opens a connection to an instance about to serve (see Pool.preconnect); set
+        # before start.
+        self.preconnect: Callable[[str], None] | None = None
         self.leading = False
         # Concurrency other gateways reported: gateway -> (when, {function: n}).
         self._remote: dict[str, tuple[float, dict[str, int]]] = {}
@@ -214,7 +217,10 @@ class Scheduler:
         )
         pool.announce = self._announce
         pool.events = self.events
+        pool.preconnect = self.preconnect
         pool.leading = self.leading
+        if self.prewarm is not None:
+            self.prewarm.prefetch(spec)
         return pool
 
     # -- what is deployed ----------------------------------------------------------------
@@ -277,6 +283,8 @@ class Scheduler:
         self._retired = [p for p in self._retired if p.spec.name != name]
         self.routes.pop(name, None)
         self.pools.pop(name, None)
+        if self.prewarm is not None:
+            self.prewarm.forget_code(name)
         task = self._spawn(_close(gone, stop=self.leading), f"remove-{name}")
         self._removing[name] = task
         task.add_done_callback(self._removed)
@@ -290,8 +298,15 @@ class Scheduler:
         self.leading = True
         log.info("leading: this gateway now scales the pools")
         pools = self.all_pools()
-        known = {i.container_id for p in pools for i in p.instances.values()}
-        found = [c for c in await self.backend.list_managed() if c.id not in known]
+        known = {i.container_id: i for p in pools for i in p.instances.values()}
+        listed = await self.backend.list_managed()
+        for c in listed:
+            # Frozen through its cgroup, no engine event told this follower: it must be
+            # thawed before it serves.
+            inst = known.get(c.id)
+            if inst is not None and c.paused and inst.state is InstanceState.PAUSED:
+                inst.frozen = True
+        found = [c for c in listed if c.id not in known]
         if self.replicas is not None:
             await self._remove_unserved(found)
         else:

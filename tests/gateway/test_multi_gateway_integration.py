@@ -11,6 +11,7 @@ import aiohttp
 import docker
 import pytest
 
+from scheduler.freezer import Freezer
 from tests.conftest import GatewayFactory
 from tests.gateway.queue_support import FAST_QUEUE, wait_final
 from tests.support import GatewayProcess, deploy, managed_containers
@@ -267,3 +268,83 @@ async def test_a_key_rate_limit_holds_across_both_gateways(
     await until(http, f"{b.url}/fn/private", 200, headers=key)
     measured = await granted_rate(http, [f"{a.url}/fn/private", f"{b.url}/fn/private"], key)
     assert rate * 0.9 <= measured <= rate * 1.1, f"{measured:.1f} requests/s granted"
+
+
+async def paused_on(http: aiohttp.ClientSession, gw: GatewayProcess, name: str) -> None:
+    """Wait until `gw` sees the function's one instance as a paused standby."""
+    pool: dict[str, Any] = {}
+    for _ in range(300):
+        async with http.get(f"{gw.url}/v1/functions/{name}", headers=gw.headers) as r:
+            pool = (await r.json())["pool"]
+        if pool["paused"] == 1 and pool["ready"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not paused on {gw.url}: {pool}")
+
+
+async def frozen(client: docker.DockerClient, gw: GatewayProcess, name: str) -> None:
+    """Wait until the function's one container is frozen through its cgroup (parked
+    standbys are frozen a moment later; the engine still says it runs)."""
+    freezer = Freezer()
+    for _ in range(300):
+        found = [c for c in managed_containers(client, gw.namespace) if name in c.name]
+        cgroup = freezer.locate(found[0].attrs["State"]["Pid"]) if len(found) == 1 else None
+        if cgroup is not None and freezer.frozen(cgroup):
+            assert found[0].status == "running"
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} not frozen")
+
+
+async def test_a_standby_frozen_by_the_leader_serves_through_either_gateway(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    # Frozen and thawed through its cgroup, no engine event tells the other gateway.
+    a, b = pair(
+        make_gateway, KAPAL_AUTOSCALE_STABLE_WINDOW_S="1", KAPAL_AUTOSCALE_PANIC_WINDOW_S="1"
+    )
+    spec = {"name": "standby", "public": True, "scaling": {"idle_timeout_s": 3600}}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    await until(http, f"{b.url}/fn/standby", (200, "v1"))
+    await paused_on(http, a, "standby")
+    await paused_on(http, b, "standby")
+    await frozen(docker_client, a, "standby")
+    # The follower asks the leader, which thaws it and says so.
+    await until(http, f"{b.url}/fn/standby", (200, "v1"))
+    await paused_on(http, a, "standby")
+    await paused_on(http, b, "standby")
+    await frozen(docker_client, a, "standby")
+    # The follower takes over: it must thaw the standby the dead leader froze.
+    a.kill()
+    for _ in range(300):
+        async with http.get(f"{b.url}/v1/cluster", headers=b.headers) as r:
+            if (await r.json())["leading"]:
+                break
+        await asyncio.sleep(0.1)
+    assert await get(http, f"{b.url}/fn/standby") == (200, "v1")
+    assert "instance discarded" not in b.logs()
+
+
+async def test_a_standby_a_killed_gateway_froze_is_adopted_and_thawed_by_the_next(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession, docker_client: docker.DockerClient
+) -> None:
+    # Alone, the gateway freezes its standby; killed, it leaves it frozen behind.
+    a = make_gateway(KAPAL_AUTOSCALE_STABLE_WINDOW_S="1", KAPAL_AUTOSCALE_PANIC_WINDOW_S="1")
+    spec = {"name": "left", "public": True, "scaling": {"idle_timeout_s": 3600}}
+    status, body = await deploy(http, a, {"handler.py": HELLO}, spec)
+    assert status == 201, body
+    await until(http, f"{a.url}/fn/left", (200, "v1"))
+    await paused_on(http, a, "left")
+    await frozen(docker_client, a, "left")
+    [container] = [c for c in managed_containers(docker_client, a.namespace) if "left" in c.name]
+    a.kill()
+    # The next gateway sees it frozen (the engine says running), keeps it as a standby,
+    # and thaws it for the next request.
+    b = make_gateway(database_url=a.database_url, namespace=a.namespace)
+    await paused_on(http, b, "left")
+    async with http.get(f"{b.url}/fn/left") as r:
+        assert (r.status, await r.text()) == (200, "v1")
+        assert r.headers["X-Kapal-Cold-Start"] == "paused"
+    left = [c for c in managed_containers(docker_client, b.namespace) if "left" in c.name]
+    assert [c.id for c in left] == [container.id]

@@ -260,11 +260,15 @@ async def test_cold_start_takes_a_prewarmed_container_before_a_new_one() -> None
 
     prewarm = Prewarm()
     pool = Pool(spec(), backend, ready_at_once, prewarm=prewarm)  # type: ignore[arg-type]
+    connecting: list[str] = []
+    pool.preconnect = connecting.append
     got = await pool.acquire(10**9)
     assert got.tier == "prewarm"
     assert got.instance.container_id == "warm-1"
     assert prewarm.specialized == ["warm-1"]
     assert backend.started == []
+    # The gateway opened a connection to it while its code loaded.
+    assert connecting == ["10.0.9.9:8080"]
 
 
 async def test_scale_to_starts_instances_up_to_desired() -> None:

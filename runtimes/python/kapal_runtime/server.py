@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init
+from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init, preload_unpacking
 from kapal_runtime.capture import Capture
 from kapal_runtime.config import RuntimeConfig
 from kapal_runtime.deadlines import DeadlineWatch
@@ -399,6 +399,8 @@ def run(config: RuntimeConfig, capture: Capture | None = None) -> None:
     runtime = Runtime(config, capture)
     if not config.prewarm:
         runtime.load(config.handler, config.style)
+    else:
+        preload_unpacking()
     stopping = asyncio.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -423,7 +425,9 @@ async def serve(app: web.Application, config: RuntimeConfig, stopping: asyncio.E
 
 def preload(config: RuntimeConfig) -> None:
     """Import in the zygote what every worker imports at start beyond this module's own
-    imports: the event loop's module."""
+    imports: the event loop's module, and what a prewarmed one's /_/init unpacks with."""
+    if config.prewarm:
+        preload_unpacking()
     if config.event_loop != "asyncio":
         with contextlib.suppress(Exception):  # new_event_loop says why, in the worker
             import uvloop  # noqa: F401
