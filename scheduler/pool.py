@@ -633,6 +633,7 @@ class Pool:
     async def _fork(self, inst: Instance, host: Instance) -> None:
         assert self.forks is not None
         began = self.clock()
+        sizing: asyncio.Future[None] | None = None
         try:
             if host.state is InstanceState.STARTING:
                 await self._settled.setdefault(host.id, asyncio.Event()).wait()
@@ -641,9 +642,10 @@ class Pool:
             if host.state is not InstanceState.READY or host.frozen:
                 raise StartFailed("the container it was to be forked in did not come up")
             inst.container_id = host.container_id
-            # Limits first: a fork's pages become its own as it runs. One engine call
-            # covers every fork asked for meanwhile.
-            await self._sized(host)
+            # The container's limits grow while the fork comes up (one engine call for
+            # every fork asked meanwhile), and before it serves: its pages become its own
+            # as it runs.
+            sizing = asyncio.ensure_future(self._sized(host))
             worker = await self.forks.fork(host.address)
             inst.worker, inst.address = worker.slot, worker.address
             deadline = began + self.config.start_timeout_s
@@ -657,7 +659,10 @@ class Pool:
                 await self.prewarm.specialize(running, inst.spec)
             else:
                 await self.wait_ready(worker.address, deadline, inst.spec)
+            await sizing
         except Exception as e:
+            if sizing is not None:
+                await asyncio.gather(sizing, return_exceptions=True)
             self._start_failed(inst, e)
             return
         self._became_ready(inst, began)

@@ -321,11 +321,21 @@ async def test_min_instances_are_containers_of_their_own() -> None:
     assert len(backend.started) == 4 and zygotes.alive == {}
 
 
-async def test_limits_grow_before_the_fork_in_one_call_for_every_fork_asked_meanwhile() -> None:
+async def test_limits_grow_in_one_call_for_every_fork_asked_meanwhile_before_they_serve() -> None:
     backend, zygotes = FakeBackend(), FakeZygotes()
     pool = forking_pool(backend, zygotes)
     host = (await pool.acquire(10**9)).instance
-    for _ in range(3):
-        pool.add_instance()
+    serving_at_resize: list[int] = []
+    resize = zygotes.resize
+
+    async def watched(container_id: str, s: FunctionSpec, workers: int) -> None:
+        serving_at_resize.append(pool.count(InstanceState.READY))
+        await resize(container_id, s, workers)
+
+    zygotes.resize = watched  # type: ignore[method-assign]
+    forks = [pool.add_instance() for _ in range(3)]
     await pool.drain_tasks()
-    assert zygotes.calls == [("resize", 4)] + [("fork", host.address)] * 3
+    assert [c for c in zygotes.calls if c[0] == "resize"] == [("resize", 4)]
+    assert serving_at_resize == [1]  # only the host served before the limits grew
+    assert all(f.state is InstanceState.READY for f in forks)
+    assert zygotes.sizes == [(host.container_id, 4)]
