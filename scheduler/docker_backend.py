@@ -334,6 +334,8 @@ class DockerBackend:
             holder = spares.take(network) if spares is not None else None
             if holder is not None:
                 cfg = netns.joined(cfg, holder)
+            elif spares is not None:
+                log.debug("no spare network namespace ready", extra={"network": network})
             cid = ""
             try:
                 host_config = self.api.create_host_config(**cfg["host_config"])
