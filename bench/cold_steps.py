@@ -45,14 +45,20 @@ def ms(began: float) -> float:
     return (time.perf_counter() - began) * 1000
 
 
+async def spare_ready(backend: DockerBackend) -> None:
+    assert backend.spares is not None
+    for _ in range(600):
+        if backend.spares.ready(backend.network):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("no spare network namespace was made")
+
+
 async def joined(backend: DockerBackend, spec: FunctionSpec) -> dict[str, float]:
     """A new container that joins a spare network namespace, step by step."""
     api, spares = backend.api, backend.spares
     assert spares is not None
-    for _ in range(600):  # the last one's replacement, made while nothing starts
-        if spares.ready(backend.network):
-            break
-        await asyncio.sleep(0.05)
+    await spare_ready(backend)
     holder = spares.take(backend.network)
     assert holder is not None
     cfg = netns.joined(
@@ -80,6 +86,7 @@ async def joined(backend: DockerBackend, spec: FunctionSpec) -> dict[str, float]
     finally:
         await backend.remove(cid["Id"])  # and its holder
         spares.refill_soon(backend.network)
+    await spare_ready(backend)  # made now, not during the next sample's steps
     return got
 
 

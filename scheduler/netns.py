@@ -38,6 +38,9 @@ HOLDER_MEMORY = 16 * 1024 * 1024
 HOLDER_PIDS = 8
 # Holders kept ready per functions network.
 SPARES = 1
+# A holder is made only this long after the last instance start: the instance just
+# started is still loading its runtime, and a holder's start takes CPU from it.
+SETTLE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +141,12 @@ class Spares:
 
         async def refill() -> None:
             try:
-                while True:
+                while self.ready(network) < SPARES:
                     # Instances first: the engine does much of a start one at a time.
                     await self._idle.wait()
-                    if self.ready(network) >= SPARES:
-                        return
-                    await self._run(self._make, network)
+                    await asyncio.sleep(SETTLE_S)
+                    if self._idle.is_set():
+                        await self._run(self._make, network)
             except Exception as e:
                 log.warning(
                     "no spare network namespace", extra={"network": network, "error": str(e)}
