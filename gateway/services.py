@@ -287,6 +287,8 @@ def _backend(settings: Settings) -> Backend:
         secrets_root=settings.secrets_root,
         isolate_host=settings.isolate_host,
         runtime_env=settings.runtime_env(),
+        # Holders run `sleep` from the Python runtime's image, always on the engine.
+        netns_image=settings.runtime_image_python if settings.spare_netns else None,
     )
 
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     prewarm_max: int = Field(default=24, ge=0, le=50)
     # Containers the engine is asked to start at once (0: no bound); more wait their turn.
     starts_at_once: int = Field(default=2, ge=0, le=64)
+    # Keep a network namespace ready per functions network for the next new container
+    # (Docker backend; scheduler/netns.py): its start skips building one.
+    spare_netns: bool = True
     # Pause scaled-down instances as standbys before removing them.
     pause_standbys: bool = True
     # Grow Python instances under a burst by forking workers in running containers

@@ -8,6 +8,7 @@ host allows it, else through the engine (see scheduler.docker_pause).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ import docker
 import docker.errors
 from docker import APIClient
 
-from scheduler import engine_images, firewall, freezer, lease
+from scheduler import engine_images, firewall, freezer, lease, netns
 from scheduler.backend import EVENTS, Running
 from scheduler.docker_pause import ContainerPauses
 from scheduler.errors import BackendError, StartFailed
@@ -192,8 +193,11 @@ class DockerBackend:
         isolate_host: bool = True,
         runtime_env: dict[str, str] | None = None,
         freeze_cgroups: bool = True,
+        netns_image: str | None = None,
     ):
         self.runtime_env = runtime_env or {}
+        # Network namespaces made ahead, held by containers of `netns_image` (`sleep`);
+        # None: each instance has the engine build its network.
         self.namespace = namespace
         self.network = network
         self.internal_network = internal_network_name(network)
@@ -207,6 +211,16 @@ class DockerBackend:
         # The engine's CPUs (a container's CPU limit cannot exceed them), once asked.
         self._ncpu: int | None = None
         self.pauses = ContainerPauses(self.api, freezer.Freezer() if freeze_cgroups else None)
+        self.spares: netns.Spares | None = None
+        if netns_image is not None:
+            labels = {
+                LABEL_MANAGED: "true",
+                LABEL_NAMESPACE: namespace,
+                LABEL_LEASE: str(self.lease.path),
+            }
+            self.spares = netns.Spares(
+                self.api, netns_image, labels, RUNTIME_UID, self._run, self._remove_quietly
+            )
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -257,6 +271,8 @@ class DockerBackend:
                         )
 
         await self._run(ensure)
+        if self.spares is not None:
+            self.spares.refill_soon(self.network)
 
     def _remove_abandoned_networks(self) -> None:
         """Networks of other namespaces whose gateways are all gone, and that nothing uses.
@@ -271,6 +287,8 @@ class DockerBackend:
             with lease.abandoned(Path(path)) as free:
                 if not free:
                     continue
+                for holder in self._unjoined_holders(labels.get(LABEL_NAMESPACE, "")):
+                    self._remove_quietly(holder)
                 try:
                     if self.api.inspect_network(net["Id"]).get("Containers"):
                         continue  # its containers still run: they stay isolated
@@ -288,10 +306,17 @@ class DockerBackend:
                         pass
 
     async def remove_network(self) -> None:
+        if self.spares is not None:
+            self.spares.stop()
+
         def remove() -> None:
+            if self.spares is not None:
+                self.spares.remove_ready()
             if not self.lease.last():
                 log.info("network kept: another gateway of this namespace runs")
                 return
+            for holder in self._unjoined_holders(self.namespace):  # killed gateways' spares
+                self._remove_quietly(holder)
             for name in (self.network, self.internal_network):
                 for net in self.api.networks(names=[name]):
                     if net["Name"] != name:
@@ -306,6 +331,10 @@ class DockerBackend:
         await self._run(remove)
 
     async def start(self, spec: FunctionSpec, instance_id: str) -> Running:
+        # Prewarmed containers start ahead of need: the spare namespaces are for requests.
+        spares = self.spares if spec.name != PREWARM_NAME else None
+        network = self.network if spec.network.outbound else self.internal_network
+
         def start() -> Running:
             cfg = container_config(
                 spec,
@@ -316,32 +345,50 @@ class DockerBackend:
                 self.runtime_env,
                 self._image_user(spec.image) if spec.from_image else "",
             )
-            host_config = self.api.create_host_config(**cfg["host_config"])
+            holder = spares.take(network) if spares is not None else None
+            if holder is not None:
+                cfg = netns.joined(cfg, holder)
+            elif spares is not None:
+                log.debug("no spare network namespace ready", extra={"network": network})
+            cid = ""
             try:
-                created = self.api.create_container(
-                    cfg["image"],
-                    name=cfg["name"],
-                    labels=cfg["labels"],
-                    environment=cfg["environment"],
-                    host_config=host_config,
-                    user=cfg.get("user"),
-                )
-            except docker.errors.ImageNotFound as e:
-                raise StartFailed(f"image {spec.image} is missing: redeploy the function") from e
-            cid: str = created["Id"]
-            try:
+                host_config = self.api.create_host_config(**cfg["host_config"])
+                try:
+                    created = self.api.create_container(
+                        cfg["image"],
+                        name=cfg["name"],
+                        labels=cfg["labels"],
+                        environment=cfg["environment"],
+                        host_config=host_config,
+                        user=cfg.get("user"),
+                    )
+                except docker.errors.ImageNotFound as e:
+                    message = f"image {spec.image} is missing: redeploy the function"
+                    raise StartFailed(message) from e
+                cid = created["Id"]
                 self.api.start(cid)
-                info = self.api.inspect_container(cid)
-                ip = info["NetworkSettings"]["Networks"][cfg["host_config"]["network_mode"]][
-                    "IPAddress"
-                ]
-                self.pauses.started(cid, info["State"].get("Pid") or 0)
+                if holder is not None:
+                    ip = holder.ip  # known already: no inspect (its pid: at its first pause)
+                else:
+                    info = self.api.inspect_container(cid)
+                    ip = info["NetworkSettings"]["Networks"][network]["IPAddress"]
+                    self.pauses.started(cid, info["State"].get("Pid") or 0)
             except BaseException:
-                self._remove_quietly(cid)
+                if cid:
+                    self._remove_quietly(cid)
+                if holder is not None:
+                    self._remove_quietly(holder.id)
                 raise
             return Running(cid, f"{ip}:{spec.port}", spec.name, spec.version, cfg["labels"])
 
-        return await self._run(start)
+        if spares is None:
+            return await self._run(start)
+        spares.starting()
+        try:
+            return await self._run(start)
+        finally:
+            spares.started()
+            spares.refill_soon(network)
 
     def _image_user(self, image: str) -> str:
         """The USER an image runs as (pinned images never change: asked once)."""
@@ -364,17 +411,21 @@ class DockerBackend:
 
     async def remove(self, container_id: str, grace_s: float = 0.0) -> None:
         def remove() -> None:
+            try:
+                labels = self.api.inspect_container(container_id)["Config"].get("Labels") or {}
+            except docker.errors.NotFound:
+                self.pauses.removed(container_id)
+                return
             # A forced removal kills a frozen container too; a graceful stop needs it thawed.
             self.pauses.thaw_quietly(container_id, look=grace_s > 0)
             if grace_s > 0:
-                try:
+                with contextlib.suppress(docker.errors.DockerException):  # gone: removed below
                     self.api.stop(container_id, timeout=max(1, int(grace_s)))
-                except docker.errors.NotFound:
-                    return
-                except docker.errors.DockerException:
-                    pass
             self._remove_quietly(container_id)
             self.pauses.removed(container_id)
+            holder = labels.get(netns.LABEL_NETNS)
+            if holder:  # its network namespace was its alone
+                self._remove_quietly(holder)
 
         await self._run(remove)
 
@@ -420,7 +471,8 @@ class DockerBackend:
         self, cid: str, name: str, labels: dict[str, str], nets: dict[str, Any], state: str
     ) -> Running:
         net = nets.get(self.network) or nets.get(self.internal_network) or {}
-        ip = net.get("IPAddress") or ""
+        # One that joined a holder's network namespace has no network of its own.
+        ip = net.get("IPAddress") or labels.get(netns.LABEL_IP, "")
         up = state in ("running", "paused")
         function, version = identity(self.namespace, labels, name)
         return Running(
@@ -439,7 +491,7 @@ class DockerBackend:
             except docker.errors.NotFound:
                 return None
             labels = info["Config"].get("Labels") or {}
-            if labels.get(LABEL_NAMESPACE) != self.namespace:
+            if labels.get(LABEL_NAMESPACE) != self.namespace or netns.is_holder(labels):
                 return None
             status = self.pauses.status(info["Id"], info["State"])
             nets = (info.get("NetworkSettings") or {}).get("Networks") or {}
@@ -485,6 +537,7 @@ class DockerBackend:
                     self.pauses.listed(c["Id"], c.get("State", "")),
                 )
                 for c in found
+                if not netns.is_holder(c.get("Labels") or {})
             ]
 
         return await self._run(list_)
@@ -509,6 +562,10 @@ class DockerBackend:
             try:
                 for event in stream:
                     cid, action = event.get("id", ""), event.get("Action", "")
+                    if netns.is_holder((event.get("Actor") or {}).get("Attributes") or {}):
+                        if action in ("die", "oom", "destroy"):
+                            self._pool.submit(self._kill_joined, cid)
+                        continue
                     loop.call_soon_threadsafe(on_event, cid, action)
             except Exception as e:  # the stream closes when we stop, or the engine goes
                 log.debug("event stream ended", extra={"error": str(e)})
@@ -516,6 +573,15 @@ class DockerBackend:
         thread = threading.Thread(target=read, name="kapal-docker-events", daemon=True)
         thread.start()
         return stream.close
+
+    def _kill_joined(self, holder: str) -> None:
+        """A holder went: its instance has no network left, so it dies too (and is
+        replaced like any instance that died)."""
+        for c in self.api.containers(filters={"label": f"{netns.LABEL_NETNS}={holder}"}):
+            try:
+                self.api.kill(c["Id"])
+            except docker.errors.DockerException as e:  # gone meanwhile
+                log.debug("not killed", extra={"container": c["Id"], "error": str(e)})
 
     async def remove_function(self, function: str) -> None:
         """Remove every container serving `function` (a deleted function)."""
@@ -553,7 +619,14 @@ class DockerBackend:
     async def image_exists(self, tag: str) -> bool:
         return await self._run(engine_images.exists, self.api, tag)
 
+    def _unjoined_holders(self, namespace: str) -> list[str]:
+        """Holders of `namespace` no instance joined: spares, here or left by a gateway."""
+        return netns.unjoined(self.api, [f"{LABEL_MANAGED}=true", f"{LABEL_NAMESPACE}={namespace}"])
+
     def close(self) -> None:
+        if self.spares is not None:
+            self.spares.stop()
+            self.spares.remove_ready()
         self.lease.release()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

@@ -16,7 +16,11 @@ import site
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from kapal_runtime.tls import ca_file_deferred
+
+# First of the runtime's modules to import aiohttp (they all reach it through here).
+with ca_file_deferred():
+    from aiohttp import web
 
 from kapal_runtime.bundle import InitSpec, InvalidInit, install, parse_init, preload_unpacking
 from kapal_runtime.capture import Capture
