@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 import zipfile
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from infra.local import (
     GatewayProcess,
@@ -67,3 +70,17 @@ async def deploy(
         method, url, data=form, headers=gw.headers if headers is None else headers
     ) as r:
         return r.status, await r.json()
+
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 30.0) -> T:
+    """The first truthy value `check` gives, polling (never a timing assertion)."""
+    end = time.monotonic() + within
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < end, "not there in time"
+        await asyncio.sleep(0.1)

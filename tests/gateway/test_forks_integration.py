@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -16,7 +14,7 @@ import pytest
 
 from infra.local import GatewayProcess
 from tests.conftest import GatewayFactory
-from tests.support import deploy
+from tests.support import deploy, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +34,6 @@ ASK_ZYGOTE = (
     "import socket; s = socket.create_connection(('127.0.0.1', 8079));"
     " s.sendall(b'list\\n'); print(s.makefile().readline())"
 )
-
-
-async def until(check: Callable[[], Awaitable[Any]], within: float = 60.0) -> Any:
-    """The first truthy value `check` gives, polling (never a timing assertion)."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < end, "not there in time"
-        await asyncio.sleep(0.2)
 
 
 async def instances(http: aiohttp.ClientSession, gw: GatewayProcess) -> list[dict[str, Any]]:
@@ -93,7 +80,7 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
 
     loader = asyncio.create_task(load())
     try:
-        await until(lambda: instances_with(http, gw, "fork"))
+        await eventually(lambda: instances_with(http, gw, "fork"))
         views = await instances(http, gw)
         forks = [i for i in views if i["tier"] == "fork"]
         # A forked worker runs in a container the pool started for an instance of its own.
@@ -111,7 +98,7 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
             workers = [i for i in await instances(http, gw) if i["container"] == host]
             return memory_mb() == MEMORY_MB * len(workers)
 
-        await until(limits_follow)
+        await eventually(limits_follow)
 
         # Forked workers are processes of their own in that container (its zygote says).
         listed = container.exec_run(["python3", "-c", ASK_ZYGOTE], user="10001:10001")
@@ -128,7 +115,7 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
             hostname = container.attrs["Config"]["Hostname"]
             return any(a["pid"] == fork_pid and a["host"] == hostname for a in served)
 
-        await until(fork_served)
+        await eventually(fork_served)
 
         # Each worker's lines reach the function's log, from its own log port.
         async def logged() -> bool:
@@ -136,7 +123,7 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
             async with http.get(url, headers=gw.headers) as r:
                 return f"served by {fork_pid}" in await r.text()
 
-        await until(logged)
+        await eventually(logged)
 
         # A forked worker that dies is dropped from routing at the first request that
         # finds it gone (sent to another instance: no error); the function serves on.
@@ -154,7 +141,7 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
         async def dropped() -> bool:
             return victim["id"] not in [i["id"] for i in await instances(http, gw)]
 
-        await until(dropped)
+        await eventually(dropped)
     finally:
         stop.set()
         await loader  # every call answered 200 (burst asserts it)
@@ -165,8 +152,8 @@ async def test_a_burst_forks_workers_in_the_container_and_they_go_first_after(
         views = await instances(http, gw)
         return bool(views) and all(i["tier"] != "fork" for i in views)
 
-    await until(no_forks)
-    await until(lambda: asyncio.to_thread(lambda: memory_mb() == MEMORY_MB))
+    await eventually(no_forks)
+    await eventually(lambda: asyncio.to_thread(lambda: memory_mb() == MEMORY_MB))
 
 
 async def instances_with(http: aiohttp.ClientSession, gw: GatewayProcess, tier: str) -> bool:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -16,10 +15,9 @@ import docker
 import pytest
 
 from tests.conftest import GatewayFactory
-from tests.support import GatewayProcess, deploy, managed_containers
+from tests.support import GatewayProcess, deploy, eventually, managed_containers
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 
 CHATTY = """
 import logging
@@ -49,17 +47,6 @@ def handle(event, context):
         print(event.query["text"])
     return "ok"
 """
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 30.0) -> T:
-    """The first truthy value `check` gives, polling (never a timing assertion)."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < end, "not there in time"
-        await asyncio.sleep(0.1)
 
 
 async def read_lines(

@@ -3,24 +3,21 @@ logs by request id, deadlines, and the prewarm and pause cold-start tiers."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import docker
 import pytest
 
 from tests.conftest import GatewayFactory, PostgresServer
-from tests.support import GatewayProcess, cleanup_namespace, deploy, new_namespace
+from tests.support import GatewayProcess, cleanup_namespace, deploy, eventually, new_namespace
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 
 # The Lambda console's starting code for a Node.js function, as AWS's docs show it.
 LAMBDA_CONSOLE_EXAMPLE = """\
@@ -112,17 +109,6 @@ WITH_MS = """\
 const ms = require('ms');
 exports.handler = async () => ({ twoDays: ms('2 days'), back: ms(60000) });
 """
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 30.0) -> T:
-    """The first truthy value `check` gives, polling (never a timing assertion)."""
-    end = time.monotonic() + within
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < end, "not there in time"
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
