@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,8 +137,15 @@ def cleanup_namespace(client: docker.DockerClient, namespace: str) -> list[str]:
     """
     left = []
     for c in managed_containers(client, namespace):
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            continue  # its removal was already under way when it was listed: not left
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # "removal already in progress"
+                continue
+            raise
         left.append(f"container {c.name}")
-        c.remove(force=True)
     for img in client.images.list(filters={"label": f"kapal.namespace={namespace}"}):
         client.images.remove(str(img.id), force=True)
     for name in (f"{namespace}-functions", f"{namespace}-functions-internal"):
